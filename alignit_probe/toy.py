@@ -109,3 +109,39 @@ def build_toy(out: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
         raise ProbeError(f"output {out} already exists", "pass --overwrite or choose another --out")
     build_toy_pipeline(seed).save_pretrained(out, safe_serialization=True)
     return out
+
+
+def write_toy_custom_diffusion(baseline_dir: str | Path, out: str | Path, token: str = "<new1>",
+                               init_word: str = "cat", seed: int = 0, scale: float = 0.5) -> Path:
+    """A Custom Diffusion output folder for the toy model, in the format of diffusers' train_custom_diffusion.py:
+    ``pytorch_custom_diffusion_weights.safetensors`` (attn2 K/V projections, here the baseline's plus a seeded
+    perturbation standing in for training) and ``<token>.safetensors`` (the modifier token's embedding)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(baseline_dir))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    emb = pipe.text_encoder.get_input_embeddings().weight
+    init = emb[pipe.tokenizer.convert_tokens_to_ids(init_word + "</w>")].detach()
+    vec = init + scale * init.norm() / init.numel() ** 0.5 * torch.randn(init.shape, generator=gen)
+    save_file({token: vec.contiguous()}, str(out / f"{token}.safetensors"))
+    unet, procs = pipe.unet, {}
+    for name in unet.attn_processors:
+        attn = unet.get_submodule(name[: -len(".processor")])
+        cross = name.endswith("attn2.processor")
+        proc = CustomDiffusionAttnProcessor2_0(
+            train_kv=cross, train_q_out=False, hidden_size=attn.to_q.out_features,
+            cross_attention_dim=attn.to_k.in_features if cross else None,
+        )
+        if cross:
+            with torch.no_grad():
+                for mine, base in ((proc.to_k_custom_diffusion, attn.to_k), (proc.to_v_custom_diffusion, attn.to_v)):
+                    w = base.weight
+                    mine.weight.copy_(w + scale * w.std() * torch.randn(w.shape, generator=gen))
+        procs[name] = proc
+    unet.set_attn_processor(procs)
+    unet.save_attn_procs(str(out), safe_serialization=True)
+    return out

@@ -1,0 +1,248 @@
+"""Command line: ``alignit-probe {toy build, record, compare, demo, …}``. Uses only the public Python API.
+
+Every bad input ends with one line ``error: <problem> — <fix>`` on stderr and exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from .errors import ProbeError
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers|diffusers|xarray|zarr")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def read_prompts(args) -> list[str]:
+    """Prompts from ``--prompt`` or ``--prompts FILE`` (one per line; ``#`` comments; ``{}`` → concept [class])."""
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise ProbeError(f"prompts file {path} does not exist", "pass a text file with one prompt per line")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        prompts += [ln for ln in lines if ln and not ln.startswith("#")]
+        if not prompts:
+            raise ProbeError(f"prompts file {path} is empty", "write one prompt per line")
+    if not prompts:
+        raise ProbeError("no prompts given", "pass --prompt TEXT (repeatable) or --prompts FILE")
+    fill = " ".join(x for x in (args.concept[0], (args.class_word or [None])[0]) if x)
+    return [p.replace("{}", fill) for p in prompts]
+
+
+def concepts_from(args):
+    from .concepts import Concept
+
+    words = list(args.class_word or [])
+    if len(words) > len(args.concept):
+        raise ProbeError("more --class-word than --concept values", "give one --class-word per --concept, in order")
+    words += [None] * (len(args.concept) - len(words))
+    return [Concept(t, w) for t, w in zip(args.concept, words)]
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--baseline", required=True, help="baseline pipeline: diffusers directory or hub id")
+    p.add_argument("--custom", action="append", required=True, metavar="SPEC",
+                   help="customized model: a pipeline directory, or an artifact (TI, A1111 .pt, Custom Diffusion "
+                        "folder, LoRA) applied to the baseline; repeat to apply several")
+    p.add_argument("--concept", action="append", required=True, metavar="TOKEN", help="placeholder/modifier token")
+    p.add_argument("--class-word", action="append", metavar="WORD", help="class word of each --concept, in order")
+    p.add_argument("--prompt", action="append", metavar="TEXT")
+    p.add_argument("--prompts", metavar="FILE", help="one prompt per line; {} stands for 'TOKEN CLASS'")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def load_models(args):
+    from .load import load_pair
+
+    device = args.device or default_device()
+    return load_pair(args.baseline, args.custom, device=device, dtype=_torch_dtype(args.dtype),
+                     progress=not args.no_progress)
+
+
+def cmd_toy_build(args) -> int:
+    from .toy import build_toy
+
+    out = build_toy(args.out, seed=args.seed, overwrite=args.overwrite)
+    print(f"toy pipeline written to {out}")
+    return 0
+
+
+def cmd_record(args) -> int:
+    import numpy as np
+
+    from .probe import record_store
+    from .store import check_output
+
+    concepts, prompts = concepts_from(args), read_prompts(args)
+    check_output(args.out, args.overwrite)
+    pair = load_models(args)
+    extra = None
+    if getattr(args, "alignit", False):
+        from .alignit_store import alignit_branch_writer
+
+        extra = alignit_branch_writer(pair, concepts, args)
+    out = record_store(
+        pair, concepts, prompts, args.out, overwrite=args.overwrite, batch_size=args.batch_size,
+        clip_skip=args.clip_skip, seed=args.seed, store_dtype=np.float16 if args.store_dtype == "float16" else np.float32,
+        progress=not args.no_progress, command=sys.argv, extra=extra,
+    )
+    print(f"store written to {out}")
+    return 0
+
+
+def _json_safe(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def print_table(rows: list[dict], tree) -> None:
+    from . import store as st
+
+    for w in st.store_attrs(tree).get("warnings", []):
+        print(f"warning: {w}")
+    for model in st.models(tree):
+        for w in st.model_attrs(tree, model).get("warnings", []):
+            if w not in st.store_attrs(tree).get("warnings", []):
+                print(f"warning ({model}): {w}")
+    header = f"{'model':8} {'stage':16} {'layer':54} {'role':8} {'metric':16} {'value':>8}  {'95% CI':>19}  {'n':>4}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if r["n"] == 0:
+            continue
+        layer = "" if r["layer"] is None else str(r["layer"])
+        print(f"{r['model']:8} {r['stage']:16} {layer:54} {r['role']:8} {r['metric']:16} {r['value']:8.4f}  "
+              f"[{r['ci_low']:8.4f}, {r['ci_high']:8.4f}]  {r['n']:4d}")
+    if "embedding" in tree["custom"].children:
+        emb = tree["custom/embedding"].to_dataset().load()
+        print("\nlearned embeddings (norm vs vocabulary; nearest vocabulary tokens):")
+        for v in emb.vector.values:
+            e = emb.sel(vector=v)
+            near = ", ".join(f"{t} ({c:.2f})" for t, c in zip(e.neighbor_token.values, e.neighbor_cosine.values))
+            print(f"  {e.vector_token.item():14} norm {e.norm.item():.3f} (percentile {e.norm_percentile.item():.1f}, "
+                  f"z {e.norm_z.item():+.2f})  nearest: {near}")
+
+
+def cmd_compare(args) -> int:
+    from .metrics import compare_rows
+    from .probe import progress_bar
+    from .store import open_store
+
+    tree = open_store(args.store, chunks={} if args.lazy else None)
+    n = sum(len(list(tree[m].subtree)) for m in tree.children)
+    bar = progress_bar(n, "compare", not args.no_progress and not args.json)
+    rows = compare_rows(tree, progress=bar)
+    bar.close()
+    if args.json:
+        from . import store as st
+
+        for model in st.models(tree):
+            for w in st.model_attrs(tree, model).get("warnings", []):
+                print(f"warning ({model}): {w}", file=sys.stderr)
+        json.dump([{k: _json_safe(v) for k, v in r.items()} for r in rows], sys.stdout, indent=1)
+        print()
+    else:
+        print_table(rows, tree)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The main job on the embedded default: toy baseline + toy Custom Diffusion artifact → record → compare."""
+    from .toy import build_toy, write_toy_custom_diffusion
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / "toy-baseline"
+    if not (base / "model_index.json").exists():
+        build_toy(base, seed=args.seed, overwrite=True)
+    artifact = out / "toy-custom-diffusion"
+    if not (artifact / "pytorch_custom_diffusion_weights.safetensors").exists():
+        write_toy_custom_diffusion(base, artifact, token="<new1>", init_word="cat", seed=args.seed)
+    store = out / "probe.zarr"
+    argv = ["record", "--baseline", str(base), "--custom", str(artifact), "--concept", "<new1>", "--class-word", "cat",
+            "--prompt", "photo of a <new1> cat on the beach", "--prompt", "a <new1> cat wearing a red hat",
+            "--prompt", "a painting of a <new1> cat in the style of van gogh", "--out", str(store), "--overwrite"]
+    if args.no_progress:
+        argv.append("--no-progress")
+    rc = main(argv)
+    return rc or main(["compare", str(store)] + (["--no-progress"] if args.no_progress else []))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignit-probe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    toy = sub.add_parser("toy", help="the embedded tiny SD1.x model").add_subparsers(dest="toy_command", required=True)
+    build = toy.add_parser("build", help="write the toy pipeline in diffusers format")
+    build.add_argument("--out", required=True)
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--overwrite", action="store_true")
+    build.set_defaults(func=cmd_toy_build)
+
+    rec = sub.add_parser("record", help="record every text-encoding stage of baseline and customized model")
+    add_model_args(rec)
+    rec.add_argument("--out", required=True, help="store: a .zarr folder (default) or a .nc file")
+    rec.add_argument("--overwrite", action="store_true")
+    rec.add_argument("--batch-size", type=int, default=8)
+    rec.add_argument("--clip-skip", type=int, default=None)
+    rec.add_argument("--store-dtype", choices=("float32", "float16"), default="float32")
+    rec.set_defaults(func=cmd_record)
+
+    cmp_ = sub.add_parser("compare", help="distances of each model to the baseline, per stage, layer and role")
+    cmp_.add_argument("store")
+    cmp_.add_argument("--json", action="store_true", help="print tidy JSON rows")
+    cmp_.add_argument("--lazy", action="store_true", help="compute on dask-backed arrays (large stores)")
+    cmp_.add_argument("--no-progress", action="store_true")
+    cmp_.set_defaults(func=cmd_compare)
+
+    demo = sub.add_parser("demo", help="the main job on the embedded toy model (offline)")
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ProbeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted — rerun the command", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

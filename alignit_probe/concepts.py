@@ -1,0 +1,192 @@
+"""Concepts in prompts, and token alignment between the customized prompt and the baseline prompt.
+
+A concept is its placeholder/modifier token (``<new1>``; a multi-vector Textual Inversion token expands to several
+ids, as diffusers' ``maybe_convert_prompt`` does) plus an optional class word (``cat``). In the customized prompt the
+concept span is the modifier tokens plus the class word right after them; the baseline prompt is the prompt with the
+modifier removed, or replaced by the class word where none follows.
+
+Prompts are tokenized chunk by chunk (CLIP's BPE never merges across whitespace, and added tokens are split out
+first), so every token knows its role — ``special`` (start/end), ``padding``, ``concept``, ``context`` — and its
+partner in the other prompt by construction. The chunked result is checked against the tokenizer on the whole prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import ProbeError
+
+ROLES = ("special", "padding", "concept", "context")
+
+
+@dataclass(frozen=True)
+class Concept:
+    token: str
+    class_word: str | None = None
+
+
+@dataclass
+class TokenizedPrompt:
+    """One prompt as one model sees it: 77 positions with ids, strings, roles and alignment labels."""
+
+    text: str
+    ids: list[int]
+    tokens: list[str]
+    role: list[str]
+    concept: list[int]  # concept index, -1 outside concept spans
+    label: list[tuple]  # alignment label: equal labels in two prompts are partner tokens
+    dropped: int = 0  # tokens cut by truncation
+    ref_index: list[int] = field(default_factory=list)  # partner position in the reference prompt, -1 if none
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, truncation=False).input_ids if text.strip() else []
+
+
+def modifier_ids(pipe, concept: Concept) -> list[int]:
+    """Ids of the concept's modifier token(s) in ``pipe``'s tokenizer (several for multi-vector embeddings)."""
+    tok = pipe.tokenizer
+    if concept.token not in tok.get_vocab():
+        raise ProbeError(
+            f"concept token {concept.token!r} is unknown to the customized model's tokenizer",
+            "pass the placeholder/modifier token the artifact defines (see `alignit-probe record --help`)",
+        )
+    text = concept.token
+    if hasattr(pipe, "maybe_convert_prompt"):
+        text = pipe.maybe_convert_prompt(text, tok)
+    return _encode(tok, text)
+
+
+def _split(prompt: str, concepts: list[Concept]) -> list[tuple[str, int | None]]:
+    """The prompt as alternating (text chunk, None) and (modifier, concept index) pieces."""
+    order = sorted(range(len(concepts)), key=lambda i: -len(concepts[i].token))
+    pattern = re.compile("|".join(re.escape(concepts[i].token) for i in order))
+    pieces, last = [], 0
+    for m in pattern.finditer(prompt):
+        pieces.append((prompt[last : m.start()], None))
+        pieces.append((m.group(0), next(i for i in order if concepts[i].token == m.group(0))))
+        last = m.end()
+    pieces.append((prompt[last:], None))
+    return pieces
+
+
+def _take_class_word(chunk: str, word: str | None) -> tuple[bool, str]:
+    if word:
+        m = re.match(r"\s*" + re.escape(word) + r"(?=\W|$)", chunk, flags=re.IGNORECASE)
+        if m:
+            return True, chunk[m.end() :]
+    return False, chunk
+
+
+def baseline_text(prompt: str, concepts: list[Concept]) -> str:
+    """The prompt without modifier tokens (the class word stands in where none follows)."""
+    out = []
+    pieces = _split(prompt, concepts)
+    for i, (text, c) in enumerate(pieces):
+        if c is None:
+            out.append(text)
+            continue
+        follows, _ = _take_class_word(pieces[i + 1][0], concepts[c].class_word)
+        if not follows and concepts[c].class_word:
+            out.append(" " + concepts[c].class_word + " ")
+        else:
+            out.append(" ")
+    return re.sub(r"\s+", " ", "".join(out)).strip()
+
+
+def _assemble(pieces, tokenizer, max_length: int) -> TokenizedPrompt:
+    """pieces: (ids, role, concept, labels) runs → 77 positions with start/end/padding."""
+    ids, role, concept, label = [], [], [], []
+    for run_ids, run_role, run_concept, run_labels in pieces:
+        ids += run_ids
+        role += [run_role] * len(run_ids)
+        concept += [run_concept] * len(run_ids)
+        label += run_labels
+    room = max_length - 2
+    dropped = max(0, len(ids) - room)
+    ids, role, concept, label = ids[:room], role[:room], concept[:room], label[:room]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    n_pad = room - len(ids)
+    ids = [bos] + ids + [eos] + [pad] * n_pad
+    role = ["special"] + role + ["special"] + ["padding"] * n_pad
+    concept = [-1] + concept + [-1] + [-1] * n_pad
+    label = [("bos",)] + label + [("eos",)] + [("pad", j) for j in range(n_pad)]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    return TokenizedPrompt("", ids, tokens, role, concept, label, dropped)
+
+
+def tokenize_pair(prompt: str, custom_pipe, baseline_tokenizer, concepts: list[Concept]):
+    """(customized TokenizedPrompt with ref_index into the baseline one, baseline TokenizedPrompt)."""
+    if not any(c.token in prompt for c in concepts):
+        names = ", ".join(c.token for c in concepts)
+        raise ProbeError(f"concept token {names} is absent from prompt {prompt!r}", "put the token in the prompt")
+    ctok = custom_pipe.tokenizer
+    max_length = ctok.model_max_length
+    mods = [modifier_ids(custom_pipe, c) for c in concepts]
+    pieces = _split(prompt, concepts)
+    custom, base = [], []
+    n_ctx, occurrence, skip_class = 0, 0, False
+    for i, (text, c) in enumerate(pieces):
+        if c is None:
+            if skip_class:
+                _, text = _take_class_word(text, concepts[pieces[i - 1][1]].class_word)
+            cids, bids = _encode(ctok, text), _encode(baseline_tokenizer, text)
+            if cids != bids:
+                raise ProbeError(
+                    f"text {text.strip()!r} tokenizes differently in the customized and baseline tokenizers",
+                    "remove other placeholder tokens from the prompt or name them as concepts too",
+                )
+            labels = [("ctx", n_ctx + j) for j in range(len(cids))]
+            n_ctx += len(cids)
+            custom.append((cids, "context", -1, labels))
+            base.append((bids, "context", -1, labels))
+            continue
+        word = concepts[c].class_word
+        follows, _ = _take_class_word(pieces[i + 1][0], word)
+        skip_class = follows
+        b_ids = _encode(baseline_tokenizer, word) if word else []
+        c_ids = mods[c] + (_encode(ctok, word) if follows else [])
+        b_labels = [("concept", occurrence, j - len(b_ids)) for j in range(len(b_ids))]
+        # right-aligned: the class word pairs with the class word; extra tokens pair with the span's first token
+        c_labels = [("concept", occurrence, max(j - len(c_ids), -len(b_ids))) for j in range(len(c_ids))]
+        custom.append((c_ids, "concept", c, c_labels))
+        base.append((b_ids, "concept", c, b_labels))
+        occurrence += 1
+    ct = _assemble(custom, ctok, max_length)
+    bt = _assemble(base, baseline_tokenizer, max_length)
+    ct.text, bt.text = prompt, baseline_text(prompt, concepts)
+    _check_against_tokenizer(ct, ctok, custom_pipe, ct.text)
+    _check_against_tokenizer(bt, baseline_tokenizer, None, bt.text)
+    where = {lab: j for j, lab in enumerate(bt.label)}
+    ct.ref_index = [where.get(lab, -1) for lab in ct.label]
+    bt.ref_index = list(range(len(bt.ids)))
+    return ct, bt
+
+
+def _check_against_tokenizer(tp: TokenizedPrompt, tokenizer, pipe, text: str) -> None:
+    if pipe is not None and hasattr(pipe, "maybe_convert_prompt"):
+        text = pipe.maybe_convert_prompt(text, tokenizer)
+    whole = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    if whole != tp.ids:
+        raise ProbeError(
+            f"cannot align tokens of prompt {text!r}: chunked tokenization differs from the tokenizer's",
+            "separate the concept token from neighbouring text with spaces",
+        )
+
+
+def tokenize_prompts(prompts, custom_pipe, baseline_tokenizer, concepts):
+    """Tokenize every prompt; returns (customized list, baseline list, warnings)."""
+    customs, bases, warnings = [], [], []
+    for k, p in enumerate(prompts):
+        ct, bt = tokenize_pair(p, custom_pipe, baseline_tokenizer, concepts)
+        for name, tp in (("customized", ct), ("baseline", bt)):
+            if tp.dropped:
+                warnings.append(
+                    f"prompt {k} truncated for the {name} model: {tp.dropped} token(s) beyond the encoder's "
+                    f"{len(tp.ids)} dropped"
+                )
+        customs.append(ct)
+        bases.append(bt)
+    return customs, bases, warnings

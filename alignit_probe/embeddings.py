@@ -1,0 +1,41 @@
+"""Diagnostics of learned token embeddings: their norm against the vocabulary's norm distribution, and the
+vocabulary tokens nearest to them (cosine). A learned vector far outside the vocabulary's norms is a common reason
+for a concept to dominate the prompt."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+
+
+def embedding_diagnostics(custom_pipe, baseline_pipe, token_ids: list[int], k: int = 5) -> xr.Dataset:
+    """Per learned vector (dim ``vector``): norm, its percentile and z-score among the baseline vocabulary's norms,
+    and the ``k`` nearest baseline vocabulary tokens (dim ``neighbor``)."""
+    with torch.no_grad():
+        vocab = baseline_pipe.text_encoder.get_input_embeddings().weight.detach().double().cpu()
+        learned = custom_pipe.text_encoder.get_input_embeddings().weight.detach().double().cpu()[token_ids]
+    vnorm = vocab.norm(dim=-1)
+    norm = learned.norm(dim=-1)
+    cos = (learned / norm[:, None]) @ (vocab / vnorm[:, None]).T
+    for row, tid in enumerate(token_ids):
+        if tid < vocab.shape[0]:
+            cos[row, tid] = -2.0  # a token is not its own neighbour
+    top = cos.topk(k, dim=-1)
+    names = baseline_pipe.tokenizer.convert_ids_to_tokens(top.indices.flatten().tolist())
+    vn = vnorm.numpy()
+    return xr.Dataset(
+        {
+            "norm": ("vector", norm.numpy()),
+            "norm_percentile": ("vector", np.array([(vn < n).mean() * 100 for n in norm.numpy()])),
+            "norm_z": ("vector", (norm.numpy() - vn.mean()) / vn.std()),
+            "neighbor_token": (("vector", "neighbor"), np.array(names, dtype=object).reshape(len(token_ids), k)),
+            "neighbor_cosine": (("vector", "neighbor"), top.values.numpy()),
+        },
+        coords={
+            "vector": np.arange(len(token_ids)),
+            "vector_token": ("vector", np.array(custom_pipe.tokenizer.convert_ids_to_tokens(token_ids), dtype=object)),
+            "vector_id": ("vector", np.array(token_ids, dtype=np.int64)),
+        },
+        attrs={"vocab_norm_mean": float(vn.mean()), "vocab_norm_std": float(vn.std())},
+    )
