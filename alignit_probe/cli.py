@@ -105,16 +105,135 @@ def cmd_record(args) -> int:
     check_output(args.out, args.overwrite)
     pair = load_models(args)
     extra = None
-    if getattr(args, "alignit", False):
-        from .alignit_store import alignit_branch_writer
+    if args.alignit:
+        from .alignit_store import write_alignit_branch
+        from .probe import progress_bar
 
-        extra = alignit_branch_writer(pair, concepts, args)
+        options = alignit_options(args)
+
+        def extra(writer, custom_tp, base_tp):
+            bar = progress_bar(len(prompts), "record alignit", not args.no_progress)
+            write_alignit_branch(writer, pair, concepts, prompts, options, batch_size=args.batch_size, progress=bar)
+            bar.close()
     out = record_store(
         pair, concepts, prompts, args.out, overwrite=args.overwrite, batch_size=args.batch_size,
         clip_skip=args.clip_skip, seed=args.seed, store_dtype=np.float16 if args.store_dtype == "float16" else np.float32,
         progress=not args.no_progress, command=sys.argv, extra=extra,
     )
     print(f"store written to {out}")
+    return 0
+
+
+def add_alignit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("AlignIT")
+    g.add_argument("--template", default="photo of a {concept}", help="dummy prompt; {concept} = TOKEN [CLASS]")
+    g.add_argument("--layers", nargs="+", metavar="PATH", help="attn2 paths to infuse (default: all)")
+    g.add_argument("--blocks", nargs="+", choices=("down", "mid", "up"), help="infuse only these UNet blocks")
+    g.add_argument("--resolutions", nargs="+", type=int, help="infuse only layers at these map sides (64 32 16 8)")
+    kv = g.add_mutually_exclusive_group()
+    kv.add_argument("--keys-only", action="store_true")
+    kv.add_argument("--values-only", action="store_true")
+    g.add_argument("--alpha", type=float, default=1.0, help="blend strength in [0, 1]; 1 = the paper")
+    g.add_argument("--denoiser", choices=("custom", "baseline"), default="custom", help="which UNet denoises")
+
+
+def alignit_options(args):
+    from .alignit import check_alpha
+    from .generate import AlignITOptions
+
+    check_alpha(args.alpha)
+    return AlignITOptions(template=args.template, layers=args.layers, blocks=args.blocks,
+                          resolutions=args.resolutions, keys=not args.values_only, values=not args.keys_only,
+                          alpha=args.alpha, denoiser=args.denoiser)
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--steps", type=int, default=30)
+    g.add_argument("--guidance-scale", type=float, default=7.5)
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--width", type=int, default=None)
+
+
+def _out_dir(path: str, overwrite: bool) -> Path:
+    out = Path(path)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ProbeError(f"output folder {out} is not empty", "pass --overwrite or choose another --out")
+    return out
+
+
+def cmd_alignit(args) -> int:
+    """Baseline, customized and AlignIT images (same seed), a labeled grid, and a store with the alignit branch."""
+    import shutil
+
+    from .alignit_store import write_alignit_branch
+    from .generate import generate_alignit
+    from .probe import progress_bar, record_store
+    from .report import image_grid
+
+    concepts, prompts = concepts_from(args), read_prompts(args)
+    options = alignit_options(args)
+    out = _out_dir(args.out, args.overwrite)
+    pair = load_models(args)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    images, _ = generate_alignit(pair, concepts, prompts, options, seed=args.seed, steps=args.steps,
+                                 guidance_scale=args.guidance_scale, height=args.height, width=args.width)
+    for name, imgs in images.items():
+        for k, img in enumerate(imgs):
+            img.save(tmp / "images" / f"{k:03d}-{name}.png")
+    image_grid(images, prompts, tmp / "grid.png")
+
+    def extra(writer, custom_tp, base_tp):
+        bar = progress_bar(len(prompts), "record alignit", not args.no_progress)
+        write_alignit_branch(writer, pair, concepts, prompts, options, progress=bar)
+        bar.close()
+
+    record_store(pair, concepts, prompts, tmp / "store.zarr", seed=args.seed, progress=not args.no_progress,
+                 command=sys.argv, extra=extra)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"images, grid.png and store.zarr written to {out}")
+    return 0
+
+
+def cmd_swap(args) -> int:
+    """Keys from prompt A and values from prompt B (semantic control)."""
+    import shutil
+
+    from .control import Source, generate_swap
+    from .report import image_grid
+
+    out = _out_dir(args.out, args.overwrite)
+    if args.custom:
+        if not args.concept:
+            raise ProbeError("--custom needs --concept", "name the customized model's token with --concept")
+        pair = load_models(args)
+        models = {"baseline": pair.baseline, "custom": pair.custom}
+    else:
+        from .load import load_pipeline
+
+        models = {"baseline": load_pipeline(args.baseline, args.device or default_device(),
+                                            _torch_dtype(args.dtype))}
+    for flag in ("key_model", "value_model", "denoiser"):
+        if getattr(args, flag) not in models:
+            raise ProbeError(f"--{flag.replace('_', '-')} custom needs a customized model", "pass --custom SPEC")
+    images = generate_swap(Source(models[args.key_model], args.key_prompt),
+                           Source(models[args.value_model], args.value_prompt), models[args.denoiser],
+                           tokens=args.tokens, layers=args.layers, blocks=args.blocks, seed=args.seed,
+                           steps=args.steps, guidance_scale=args.guidance_scale, height=args.height, width=args.width)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, imgs in images.items():
+        imgs[0].save(tmp / f"{name.replace(' ', '_').replace('+', 'plus')}.png")
+    image_grid(images, [f"K: {args.key_prompt} | V: {args.value_prompt}"], tmp / "grid.png")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"swap images and grid.png written to {out}")
     return 0
 
 
@@ -213,7 +332,39 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--batch-size", type=int, default=8)
     rec.add_argument("--clip-skip", type=int, default=None)
     rec.add_argument("--store-dtype", choices=("float32", "float16"), default="float32")
+    rec.add_argument("--alignit", action="store_true", help="also write the alignit branch (no images)")
+    add_alignit_args(rec)
     rec.set_defaults(func=cmd_record)
+
+    al = sub.add_parser("alignit", help="baseline / customized / AlignIT images, grid, and store with alignit branch")
+    add_model_args(al)
+    add_alignit_args(al)
+    add_generation_args(al)
+    al.add_argument("--out", required=True, help="output folder")
+    al.add_argument("--overwrite", action="store_true")
+    al.set_defaults(func=cmd_alignit)
+
+    sw = sub.add_parser("swap", help="keys from prompt A, values from prompt B (K/V semantic control)")
+    sw.add_argument("--baseline", required=True)
+    sw.add_argument("--custom", action="append", metavar="SPEC")
+    sw.add_argument("--concept", action="append", metavar="TOKEN")
+    sw.add_argument("--class-word", action="append", metavar="WORD")
+    sw.add_argument("--key-prompt", required=True, metavar="A")
+    sw.add_argument("--value-prompt", required=True, metavar="B")
+    sw.add_argument("--key-model", choices=("baseline", "custom"), default="baseline")
+    sw.add_argument("--value-model", choices=("baseline", "custom"), default="baseline")
+    sw.add_argument("--denoiser", choices=("baseline", "custom"), default="baseline")
+    sw.add_argument("--tokens", nargs="+", metavar="WORD", help="swap values only at these words of A")
+    sw.add_argument("--layers", nargs="+", metavar="PATH")
+    sw.add_argument("--blocks", nargs="+", choices=("down", "mid", "up"))
+    sw.add_argument("--device", default=None)
+    sw.add_argument("--dtype", choices=DTYPES, default="float32")
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--no-progress", action="store_true")
+    add_generation_args(sw)
+    sw.add_argument("--out", required=True)
+    sw.add_argument("--overwrite", action="store_true")
+    sw.set_defaults(func=cmd_swap)
 
     cmp_ = sub.add_parser("compare", help="distances of each model to the baseline, per stage, layer and role")
     cmp_.add_argument("store")

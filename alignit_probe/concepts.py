@@ -39,6 +39,31 @@ class TokenizedPrompt:
     dropped: int = 0  # tokens cut by truncation
     ref_index: list[int] = field(default_factory=list)  # partner position in the reference prompt, -1 if none
 
+    @property
+    def spans(self) -> dict[int, list[int]]:
+        """Positions of each concept occurrence, keyed by occurrence number."""
+        out: dict[int, list[int]] = {}
+        for pos, lab in enumerate(self.label):
+            if lab[0] == "concept":
+                out.setdefault(lab[1], []).append(pos)
+        return out
+
+
+def align_positions(dst: TokenizedPrompt, src: TokenizedPrompt) -> list[int]:
+    """For every position of ``dst``, its partner position in ``src`` (-1: none).
+
+    Context, start/end and padding tokens pair by label (the k-th context token with the k-th, …). Concept spans pair
+    occurrence by occurrence, right-aligned (class word with class word); extra ``dst`` tokens pair with the first
+    token of the ``src`` span, and with nothing where that span is empty."""
+    where = {lab: j for j, lab in enumerate(src.label) if lab[0] != "concept"}
+    out = [where.get(lab, -1) for lab in dst.label]
+    src_spans = src.spans
+    for occ, d in dst.spans.items():
+        s = src_spans.get(occ, [])
+        for k, pos in enumerate(reversed(d)):
+            out[pos] = s[len(s) - 1 - k] if k < len(s) else (s[0] if s else -1)
+    return out
+
 
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False, truncation=False).input_ids if text.strip() else []
@@ -117,15 +142,15 @@ def _assemble(pieces, tokenizer, max_length: int) -> TokenizedPrompt:
     return TokenizedPrompt("", ids, tokens, role, concept, label, dropped)
 
 
-def tokenize_pair(prompt: str, custom_pipe, baseline_tokenizer, concepts: list[Concept]):
+def tokenize_pair(prompt: str, custom_pipe, baseline_tokenizer, concepts: list[Concept], allow_absent=False):
     """(customized TokenizedPrompt with ref_index into the baseline one, baseline TokenizedPrompt)."""
-    if not any(c.token in prompt for c in concepts):
+    if not allow_absent and not any(c.token in prompt for c in concepts):
         names = ", ".join(c.token for c in concepts)
         raise ProbeError(f"concept token {names} is absent from prompt {prompt!r}", "put the token in the prompt")
     ctok = custom_pipe.tokenizer
     max_length = ctok.model_max_length
     mods = [modifier_ids(custom_pipe, c) for c in concepts]
-    pieces = _split(prompt, concepts)
+    pieces = _split(prompt, concepts) if concepts else [(prompt, None)]
     custom, base = [], []
     n_ctx, occurrence, skip_class = 0, 0, False
     for i, (text, c) in enumerate(pieces):
@@ -148,9 +173,8 @@ def tokenize_pair(prompt: str, custom_pipe, baseline_tokenizer, concepts: list[C
         skip_class = follows
         b_ids = _encode(baseline_tokenizer, word) if word else []
         c_ids = mods[c] + (_encode(ctok, word) if follows else [])
-        b_labels = [("concept", occurrence, j - len(b_ids)) for j in range(len(b_ids))]
-        # right-aligned: the class word pairs with the class word; extra tokens pair with the span's first token
-        c_labels = [("concept", occurrence, max(j - len(c_ids), -len(b_ids))) for j in range(len(c_ids))]
+        b_labels = [("concept", occurrence, j) for j in range(len(b_ids))]
+        c_labels = [("concept", occurrence, j) for j in range(len(c_ids))]
         custom.append((c_ids, "concept", c, c_labels))
         base.append((b_ids, "concept", c, b_labels))
         occurrence += 1
@@ -159,8 +183,7 @@ def tokenize_pair(prompt: str, custom_pipe, baseline_tokenizer, concepts: list[C
     ct.text, bt.text = prompt, baseline_text(prompt, concepts)
     _check_against_tokenizer(ct, ctok, custom_pipe, ct.text)
     _check_against_tokenizer(bt, baseline_tokenizer, None, bt.text)
-    where = {lab: j for j, lab in enumerate(bt.label)}
-    ct.ref_index = [where.get(lab, -1) for lab in ct.label]
+    ct.ref_index = align_positions(ct, bt)
     bt.ref_index = list(range(len(bt.ids)))
     return ct, bt
 
@@ -176,11 +199,11 @@ def _check_against_tokenizer(tp: TokenizedPrompt, tokenizer, pipe, text: str) ->
         )
 
 
-def tokenize_prompts(prompts, custom_pipe, baseline_tokenizer, concepts):
+def tokenize_prompts(prompts, custom_pipe, baseline_tokenizer, concepts, allow_absent=False):
     """Tokenize every prompt; returns (customized list, baseline list, warnings)."""
     customs, bases, warnings = [], [], []
     for k, p in enumerate(prompts):
-        ct, bt = tokenize_pair(p, custom_pipe, baseline_tokenizer, concepts)
+        ct, bt = tokenize_pair(p, custom_pipe, baseline_tokenizer, concepts, allow_absent)
         for name, tp in (("customized", ct), ("baseline", bt)):
             if tp.dropped:
                 warnings.append(

@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from . import store as st
-from .record import STAGES
+from .record import STAGES, TEXT_STAGES
 
 METRICS = ("cosine_distance", "relative_l2")
 
@@ -51,6 +51,8 @@ def token_distances(a: xr.DataArray, b: xr.DataArray, ref_index: xr.DataArray) -
 
 def stage_arrays(tree: xr.DataTree, model: str, stage: str):
     """(layer label, DataArray) pairs of one stage: ``layer`` is the encoder layer index, the attn2 path, or None."""
+    if stage in TEXT_STAGES and "text" not in tree[model].children:
+        return
     if stage in ("token_embedding", "encoder_output"):
         yield None, st.group(tree, model, "text")[stage]
     elif stage == "encoder_layer":

@@ -1,0 +1,132 @@
+"""Precomputed keys and values, injected into attn2 during an ordinary diffusers pipeline call.
+
+``inject_kv(unet, cond_embeds, kv)`` swaps the processor of each chosen attn2 layer for ``InjectKV``, which calls the
+original processor (plain, SDPA, Custom Diffusion, LoRA-wrapped: its query and output projection stay exactly as they
+were) and replaces, at its attention call, the keys/values of the conditional rows only — rows found by exact content
+(``guidance.CondRows``), never by batch size — with K/V computed once per prompt. The unconditional branch is
+untouched. Original processors come back on exit, also on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ProbeError
+from .guidance import CondRows
+from .sites import SUFFIX, attn2_paths, find_sites, project_kv
+
+
+class InjectKV(nn.Module):
+    """Wraps one attn2 processor; ``key``/``value``: (prompt, token, inner_dim) or None (keep the layer's own)."""
+
+    def __init__(self, inner, cond: CondRows, key: torch.Tensor | None, value: torch.Tensor | None):
+        super().__init__()
+        self.inner = inner
+        self.cond = cond
+        self.key, self.value = key, value
+        self.hits = 0
+
+    def _for(self, t, rows_like, which):
+        return t[which].to(device=rows_like.device, dtype=rows_like.dtype)
+
+    def project_kv(self, attn, c):
+        """K/V this layer uses for encoder states ``c`` (so recording through the wrapper sees the injection)."""
+        k, v = project_kv(attn, self.inner, c)
+        rows, which = self.cond.match(c)
+        if rows:
+            k, v = k.clone(), v.clone()
+            if self.key is not None:
+                k[rows] = self._for(self.key, k, which)
+            if self.value is not None:
+                v[rows] = self._for(self.value, v, which)
+        return k, v
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if encoder_hidden_states is None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        rows, which = self.cond.match(encoder_hidden_states)
+        if not rows:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        self.hits += 1
+        original = F.scaled_dot_product_attention
+
+        def swapped(query, key, value, *args, **kw):
+            b, h, t, d = key.shape
+            key, value = key.clone(), value.clone()
+            if self.key is not None:
+                key[rows] = self._for(self.key, key, which).view(len(rows), t, h, d).transpose(1, 2)
+            if self.value is not None:
+                value[rows] = self._for(self.value, value, which).view(len(rows), t, h, d).transpose(1, 2)
+            return original(query, key, value, *args, **kw)
+
+        F.scaled_dot_product_attention = swapped
+        try:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        finally:
+            F.scaled_dot_product_attention = original
+
+
+def select_sites(unet, layers=None, blocks=None, resolutions=None) -> list[str]:
+    """attn2 paths chosen by exact path, by block (down/mid/up), and/or by resolution (attention-map side at the
+    UNet's default sample size). All given filters apply together; none given: every site."""
+    sites = find_sites(unet)
+    valid = [s.path for s in sites]
+    if layers:
+        bad = [p for p in layers if p not in valid]
+        if bad:
+            raise ProbeError(f"no attn2 layer {bad[0]!r} in this UNet", "valid layers: " + ", ".join(valid))
+    if blocks:
+        bad = [b for b in blocks if b not in ("down", "mid", "up")]
+        if bad:
+            raise ProbeError(f"unknown block {bad[0]!r}", "use down, mid or up")
+    res = site_resolutions(unet)
+    if resolutions:
+        bad = [r for r in resolutions if r not in set(res.values())]
+        if bad:
+            raise ProbeError(f"no attn2 layer at resolution {bad[0]}",
+                             "valid resolutions: " + ", ".join(map(str, sorted(set(res.values()), reverse=True))))
+    return [s.path for s in sites
+            if (not layers or s.path in layers) and (not blocks or s.block in blocks)
+            and (not resolutions or res[s.path] in resolutions)]
+
+
+def site_resolutions(unet) -> dict[str, int]:
+    """Side of each attn2 layer's attention map at the UNet's default sample size (64, 32, 16, 8 for SD1.5)."""
+    n_down = len(unet.config.block_out_channels)
+    size = unet.config.sample_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    out = {}
+    for path in attn2_paths(unet):
+        head, idx = path.split(".")[0], path.split(".")[1]
+        level = {"down_blocks": lambda i: i, "mid_block": lambda i: n_down - 1,
+                 "up_blocks": lambda i: n_down - 1 - i}[head](int(idx) if idx.isdigit() else 0)
+        out[path] = size // 2**level
+    return out
+
+
+@contextlib.contextmanager
+def inject_kv(unet, cond_embeds: torch.Tensor, kv: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]],
+              require_use: bool = True):
+    """Inject ``kv[path] = (key, value)`` (each (prompt, token, inner_dim) or None) at those attn2 layers for the
+    conditional rows ``cond_embeds`` (the ``prompt_embeds`` the caller hands the pipeline)."""
+    cond = CondRows(cond_embeds)
+    original = unet.attn_processors
+    wrappers = {}
+    procs = dict(original)
+    for path, (k, v) in kv.items():
+        key = path + SUFFIX
+        if key not in original:
+            raise ProbeError(f"no attn2 layer {path!r} in this UNet", "valid layers: " + ", ".join(attn2_paths(unet)))
+        wrappers[path] = procs[key] = InjectKV(original[key], cond, k, v)
+    unet.set_attn_processor(procs)
+    try:
+        yield wrappers
+    finally:
+        unet.set_attn_processor(dict(original))
+    if require_use and wrappers and not any(w.hits for w in wrappers.values()):
+        raise ProbeError("injected keys/values were never used: the pipeline's conditioning did not match",
+                         "pass the same tensor as prompt_embeds= to the pipeline call inside the with-block")
