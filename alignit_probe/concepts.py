@@ -85,6 +85,8 @@ def modifier_ids(pipe, concept: Concept) -> list[int]:
 
 def _split(prompt: str, concepts: list[Concept]) -> list[tuple[str, int | None]]:
     """The prompt as alternating (text chunk, None) and (modifier, concept index) pieces."""
+    if not concepts:
+        return [(prompt, None)]
     order = sorted(range(len(concepts)), key=lambda i: -len(concepts[i].token))
     pattern = re.compile("|".join(re.escape(concepts[i].token) for i in order))
     pieces, last = [], 0
@@ -150,7 +152,7 @@ def tokenize_pair(prompt: str, custom_pipe, baseline_tokenizer, concepts: list[C
     ctok = custom_pipe.tokenizer
     max_length = ctok.model_max_length
     mods = [modifier_ids(custom_pipe, c) for c in concepts]
-    pieces = _split(prompt, concepts) if concepts else [(prompt, None)]
+    pieces = _split(prompt, concepts)
     custom, base = [], []
     n_ctx, occurrence, skip_class = 0, 0, False
     for i, (text, c) in enumerate(pieces):

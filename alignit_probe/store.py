@@ -69,6 +69,7 @@ class StoreWriter:
         self.attrs = dict(attrs or {})
         self._nodes: dict[str, list[xr.Dataset]] = {}
         self._started: set[str] = set()
+        self._model_attrs: dict[str, dict] = {}
         _remove(self.tmp)
 
     def __enter__(self):
@@ -90,8 +91,9 @@ class StoreWriter:
     def append(self, model: str, batch, model_attrs: dict | None = None) -> None:
         """Append one recorded batch (``record.Batch``) to ``model``'s branch."""
         coords = batch.coords.copy()
-        if model not in self._started:
-            coords.attrs = encode_attrs(model_attrs or {})
+        if model not in self._model_attrs:
+            self._model_attrs[model] = encode_attrs(model_attrs or {})
+        coords.attrs = self._model_attrs[model]  # appends rewrite group attrs: keep them
         self._write(model, coords)
         for name, ds in batch.groups.items():
             self._write(f"{model}/{name}", ds)

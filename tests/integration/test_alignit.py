@@ -1,0 +1,139 @@
+"""AlignIT inside diffusers: exact invariants, injection reaching attention, restoration, bit-identical baseline."""
+
+import numpy as np
+import pytest
+import torch
+
+from alignit_probe import store as st
+from alignit_probe.alignit import BASELINE
+from alignit_probe.alignit_store import write_alignit_branch
+from alignit_probe.concepts import Concept
+from alignit_probe.control import Source, swap_kv
+from alignit_probe.errors import ProbeError
+from alignit_probe.generate import AlignITOptions, alignit, alignit_kv, generate_alignit
+from alignit_probe.probe import record_store
+from alignit_probe.record import encoder_states
+from alignit_probe.sites import attn2_paths, intercept_sdpa, record_kv
+
+CONCEPTS = [Concept("<new1>", "cat")]
+PROMPTS = ["photo of a <new1> cat on the beach", "a <new1> in a red hat"]
+GEN = dict(seed=0, steps=2, guidance_scale=7.5, output_type="np")
+
+
+def test_alignit_kv_invariants(cd_pair):
+    akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS)
+    base_kv = record_kv(cd_pair.baseline.unet, encoder_states(cd_pair.baseline, akv.baseline))
+    dummy = akv.plans[0]  # any plan: all share the one dummy prompt
+    from alignit_probe.alignit import tokenize_dummies
+
+    d = tokenize_dummies(cd_pair.custom, cd_pair.baseline.tokenizer, CONCEPTS)[0]
+    dummy_kv = record_kv(cd_pair.custom.unet, encoder_states(cd_pair.custom, [d]))
+    for path, (k, v) in akv.kv.items():
+        for p, plan in enumerate(akv.plans):
+            for i, (s, pos) in enumerate(zip(plan.source, plan.position)):
+                ref_k, ref_v = (base_kv[path][0][p], base_kv[path][1][p]) if s == BASELINE else \
+                    (dummy_kv[path][0][0], dummy_kv[path][1][0])
+                assert torch.equal(k[p, i], ref_k[pos]) and torch.equal(v[p, i], ref_v[pos])
+    assert dummy.tokens.role.count("concept") == 2
+
+
+def test_injected_kv_reach_attention_for_conditional_rows_only(cd_pair):
+    akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1])
+    paths = attn2_paths(cd_pair.custom.unet)
+    unet = cd_pair.custom.unet
+    neg = cd_pair.custom.encode_prompt([""], "cpu", 1, False)[0].detach()
+    ehs = torch.cat([neg, akv.cond_embeds])
+    calls = []  # attn2 path markers, each followed by the (q, k, v) its attention call received
+    hooks = [unet.get_submodule(p).register_forward_pre_hook(lambda m, a, path=p: calls.append(path) and None)
+             for p in paths]
+    try:
+        with alignit(cd_pair, akv), intercept_sdpa(calls), torch.no_grad():
+            unet(torch.randn(2, 4, 16, 16), 10, encoder_hidden_states=ehs)
+    finally:
+        for h in hooks:
+            h.remove()
+    own = record_kv(unet, neg)  # processors restored: the layer's own K/V for the unconditional row
+    seen = 0
+    for j, item in enumerate(calls):
+        if isinstance(item, str):
+            q, k, v = calls[j + 1]
+            merge = lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1)
+            assert torch.equal(merge(k)[1], akv.kv[item][0][0]) and torch.equal(merge(v)[1], akv.kv[item][1][0])
+            assert torch.equal(merge(k)[0], own[item][0][0]) and torch.equal(merge(v)[0], own[item][1][0])
+            seen += 1
+    assert seen == len(paths)
+
+
+def test_processors_restored_after_exit_and_error(cd_pair):
+    before = {k: id(v) for k, v in cd_pair.custom.unet.attn_processors.items()}
+    akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1])
+    with pytest.raises(RuntimeError, match="boom"):
+        with alignit(cd_pair, akv):
+            raise RuntimeError("boom")
+    assert {k: id(v) for k, v in cd_pair.custom.unet.attn_processors.items()} == before
+
+
+def test_empty_concept_span_reproduces_baseline_image_bit_for_bit(cd_pair):
+    images, akv = generate_alignit(cd_pair, CONCEPTS, ["a red car on the beach"], AlignITOptions(denoiser="baseline"),
+                                   allow_absent=True, **GEN)
+    assert all(r != "concept" for r in akv.plans[0].tokens.role)
+    assert np.array_equal(images["alignit"], images["baseline"])
+    assert not np.array_equal(images["custom"], images["baseline"])
+
+
+def test_alignit_changes_the_customized_image(cd_pair):
+    images, _ = generate_alignit(cd_pair, CONCEPTS, PROMPTS[:1], **GEN)
+    assert not np.array_equal(images["alignit"], images["custom"])
+
+
+def test_options_layers_keys_only_alpha(cd_pair):
+    paths = attn2_paths(cd_pair.custom.unet)
+    akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(blocks=["mid"]))
+    assert list(akv.kv) == [p for p in paths if p.startswith("mid_block")]
+    full = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1])
+    keys = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(keys=True, values=False))
+    custom_kv = record_kv(cd_pair.custom.unet, full.custom_embeds)
+    for p in paths:  # same layout as the customized prompt here: values stay the customized model's
+        assert torch.equal(keys.kv[p][0], full.kv[p][0]) and torch.equal(keys.kv[p][1], custom_kv[p][1])
+    half = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(alpha=0.5))
+    p = paths[0]
+    assert torch.allclose(half.kv[p][0], 0.5 * full.kv[p][0] + 0.5 * custom_kv[p][0])
+    with pytest.raises(ProbeError, match="valid layers"):
+        alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(layers=["nope.attn2"]))
+    with pytest.raises(ProbeError, match="outside"):
+        alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(alpha=-0.1))
+    with pytest.raises(ProbeError, match="placeholder"):
+        alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(template="photo of a cat"))
+
+
+def test_alignit_branch_in_store_shows_zero_shift_outside_concepts(cd_pair, tmp_path):
+    from alignit_probe.metrics import compare_rows
+
+    def extra(writer, c, b):
+        write_alignit_branch(writer, cd_pair, CONCEPTS, PROMPTS, AlignITOptions(), batch_size=1)
+
+    out = record_store(cd_pair, CONCEPTS, PROMPTS, tmp_path / "s.zarr", progress=False, extra=extra)
+    rows = [r for r in compare_rows(st.open_store(out)) if r["model"] == "alignit"]
+    assert {r["stage"] for r in rows} == {"key", "value"}
+    for r in rows:
+        if r["role"] in ("context", "special", "padding"):
+            assert r["value"] == 0.0, r
+        else:
+            assert r["value"] > 0
+
+
+def test_swap_keys_from_a_values_from_b(cd_pair):
+    base = cd_pair.baseline
+    kv, ca, pos = swap_kv(Source(base, "a dog on the grass"), Source(base, "a cat in the snow"), base,
+                          tokens=["dog"])
+    assert pos == [2]
+    ta = record_kv(base.unet, ca)
+    cb = base.encode_prompt(["a cat in the snow"], "cpu", 1, False)[0].detach()
+    tb = record_kv(base.unet, cb)
+    for path, (k, v) in kv.items():
+        assert torch.equal(k, ta[path][0])
+        assert torch.equal(v[:, 2], tb[path][1][:, 2])
+        keep = [i for i in range(77) if i != 2]
+        assert torch.equal(v[:, keep], ta[path][1][:, keep])
+    with pytest.raises(ProbeError, match="none of the tokens"):
+        swap_kv(Source(base, "a dog"), Source(base, "a cat"), base, tokens=["zebra"])

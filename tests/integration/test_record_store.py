@@ -1,0 +1,96 @@
+"""Recording, the store and compare on the toy pipeline with a real Custom Diffusion artifact."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alignit_probe import store as st
+from alignit_probe.cli import main
+from alignit_probe.concepts import Concept
+from alignit_probe.metrics import compare_rows
+from alignit_probe.probe import record_store
+from alignit_probe.sites import record_kv
+
+PROMPTS = ["photo of a <new1> cat on the beach", "a <new1> cat wearing a red hat", "a <new1> in the snow"]
+CONCEPTS = [Concept("<new1>", "cat")]
+
+
+@pytest.fixture(scope="module")
+def stores(cd_pair, tmp_path_factory):
+    d = tmp_path_factory.mktemp("stores")
+    return {fmt: record_store(cd_pair, CONCEPTS, PROMPTS, d / f"s.{fmt}", batch_size=2, progress=False)
+            for fmt in ("zarr", "nc")}
+
+
+def test_encoder_output_equals_pipeline_encode_prompt(cd_pair, stores):
+    tree = st.open_store(stores["zarr"])
+    for model, pipe in (("custom", cd_pair.custom), ("baseline", cd_pair.baseline)):
+        text = st.group(tree, model, "text")
+        prompts = [str(p) for p in text.prompt_text.values]
+        expected = pipe.encode_prompt(prompts, "cpu", 1, False)[0].detach()
+        assert np.array_equal(text.encoder_output.values, expected.numpy())
+        assert np.array_equal(text.encoder_layer.isel(layer=-1).values.shape, expected.shape)
+
+
+def test_recorded_kv_equal_custom_diffusion_projection(cd_pair, stores):
+    tree = st.open_store(stores["zarr"])
+    c = cd_pair.custom.encode_prompt(PROMPTS, "cpu", 1, False)[0].detach()
+    kv = record_kv(cd_pair.custom.unet, c)
+    for path, (k, v) in kv.items():
+        g = st.group(tree, "custom", f"kv/{path}")
+        assert np.array_equal(g.key.values, k.numpy()) and np.array_equal(g.value.values, v.numpy())
+        proc = cd_pair.custom.unet.attn_processors[path + ".processor"]
+        with torch.no_grad():
+            assert torch.equal(k, proc.to_k_custom_diffusion(c))  # the CD projection, not attn.to_k
+            assert not torch.equal(k, cd_pair.custom.unet.get_submodule(path).to_k(c))
+
+
+def test_zarr_and_netcdf_hold_the_same(stores):
+    a, b = st.open_store(stores["zarr"]), st.open_store(stores["nc"])
+    for model in ("baseline", "custom"):
+        assert st.kv_paths(a, model) == st.kv_paths(b, model)
+        for name in ["text"] + [f"kv/{p}" for p in st.kv_paths(a, model)]:
+            ga, gb = st.group(a, model, name), st.group(b, model, name)
+            for var in ga.data_vars:
+                assert np.array_equal(ga[var].values, gb[var].values)
+        la, lb = st.token_labels(a, model), st.token_labels(b, model)
+        assert (la.role.values.astype(object) == lb.role.values.astype(object)).all()
+        assert np.array_equal(la.ref_index.values, lb.ref_index.values)
+
+
+def test_labels_and_attrs(stores, cd_dir):
+    tree = st.open_store(stores["zarr"])
+    lab = st.token_labels(tree, "custom")
+    assert list(lab.token_str.values[0][:7].astype(object)) == ["<|startoftext|>", "photo</w>", "of</w>", "a</w>",
+                                                             "<new1>", "cat</w>", "on</w>"]
+    assert list(lab.role.values[0][4:6].astype(object)) == ["concept", "concept"]
+    attrs = st.model_attrs(tree, "custom")
+    assert attrs["method"] == "custom_diffusion" and attrs["artifacts"][0]["path"].startswith(cd_dir[:10])
+    assert len(attrs["artifacts"][0]["sha256"]) == 64
+    assert st.store_attrs(tree)["versions"]["torch"] == torch.__version__
+
+
+def test_compare_rows_schema_and_exact_zeros(stores):
+    tree = st.open_store(stores["zarr"])
+    rows = compare_rows(tree)
+    assert all(set(r) == {"model", "reference", "stage", "layer", "role", "metric", "value", "ci_low", "ci_high",
+                          "n"} for r in rows)
+    assert {r["stage"] for r in rows} == {"token_embedding", "encoder_layer", "encoder_output", "key", "value"}
+    assert {r["role"] for r in rows} == {"concept", "context", "special", "padding"}
+    emb = {(r["role"], r["metric"]): r for r in rows if r["stage"] == "token_embedding"}
+    # Custom Diffusion leaves every embedding but the modifier's untouched
+    assert emb[("context", "relative_l2")]["value"] == 0.0 and emb[("special", "cosine_distance")]["value"] == 0.0
+    assert emb[("concept", "relative_l2")]["value"] > 0
+    key_ctx = [r for r in rows if r["stage"] == "key" and r["role"] == "context" and r["metric"] == "relative_l2"]
+    assert len(key_ctx) == 7 and all(r["value"] > 0 for r in key_ctx)  # the other tokens drift too
+    assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in rows if r["n"])
+
+
+def test_compare_json_cli(stores, capsys):
+    assert main(["compare", str(stores["nc"]), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    layers = {r["layer"] for r in rows if r["stage"] == "encoder_layer"}
+    assert layers == {0, 1, 2}
+    assert {r["layer"] for r in rows if r["stage"] == "encoder_output"} == {None}

@@ -1,0 +1,66 @@
+"""AlignIT's pure functions: plan layout, infusion, blending."""
+
+import pytest
+import torch
+
+from alignit_probe.alignit import BASELINE, alignit_plan, blend, dummy_prompt, infuse
+from alignit_probe.concepts import Concept, tokenize_pair
+from alignit_probe.errors import ProbeError
+from tests.unit.test_concepts import FakePipe, base_tok  # noqa: F401
+
+
+def plan_for(prompt, concepts, pipe, tok, template="photo of a {concept}"):
+    ct, bt = tokenize_pair(prompt, pipe, tok, concepts, allow_absent=True)
+    dummies = {c: tokenize_pair(dummy_prompt(template, k), pipe, tok, [k])[0] for c, k in enumerate(concepts)}
+    return alignit_plan(ct, bt, dummies), ct, bt, dummies
+
+
+def test_plan_keeps_context_and_takes_dummy_span(base_tok):
+    pipe = FakePipe({"<new1>": 1})
+    plan, ct, bt, dummies = plan_for("photo of a <new1> cat on the beach", [Concept("<new1>", "cat")], pipe, base_tok)
+    assert len(plan.tokens.ids) == 77
+    assert plan.tokens.ids == ct.ids  # same layout as the customized prompt here
+    for s, p, role in zip(plan.source, plan.position, plan.tokens.role):
+        if role == "concept":
+            assert s == 0 and dummies[0].role[p] == "concept"
+        else:
+            assert s == BASELINE and bt.role[p] == role
+
+
+def test_spans_of_different_length_keep_order_and_length(base_tok):
+    pipe = FakePipe({"<new1>": 3})
+    plan, ct, bt, _ = plan_for("a <new1> on the beach", [Concept("<new1>", "cat")], pipe, base_tok)
+    # dummy span '<new1> <new1>_1 <new1>_2 cat' (4 tokens) replaces baseline span 'cat' (1 token)
+    shown = [t for t, r in zip(plan.tokens.tokens, plan.tokens.role) if r != "padding"]
+    assert shown == ["<|startoftext|>", "a</w>", "<new1>", "<new1>_1", "<new1>_2", "cat</w>", "on</w>", "the</w>",
+                     "beach</w>", "<|endoftext|>"]
+    assert len(plan.tokens.ids) == 77
+    pads_used = [p for s, p, r in zip(plan.source, plan.position, plan.tokens.role) if r == "padding"]
+    assert pads_used == [p for p, r in enumerate(bt.role) if r == "padding"][: len(pads_used)]
+
+
+def test_infuse_is_exact_and_empty_span_is_baseline(base_tok):
+    pipe = FakePipe({"<new1>": 1})
+    plan, ct, bt, dummies = plan_for("photo of a <new1> cat on the beach", [Concept("<new1>", "cat")], pipe, base_tok)
+    base, dummy = torch.randn(77, 8), torch.randn(77, 8)
+    out = infuse(plan, base, {0: dummy})
+    for i, (s, p) in enumerate(zip(plan.source, plan.position)):
+        assert torch.equal(out[i], (base if s == BASELINE else dummy)[p])
+    empty, _, _, _ = plan_for("photo of a cat on the beach", [], pipe, base_tok)
+    assert torch.equal(infuse(empty, base, {}), base)
+
+
+def test_blend_endpoints():
+    a, c = torch.randn(5, 3), torch.randn(5, 3)
+    has = torch.tensor([True, True, False, True, True])
+    assert torch.equal(blend(a, c, has, 1.0), a)
+    out0 = blend(a, c, has, 0.0)
+    assert torch.equal(out0[has], c[has]) and torch.equal(out0[~has], a[~has])
+    with pytest.raises(ProbeError, match="outside"):
+        blend(a, c, has, 1.5)
+
+
+def test_dummy_prompt_needs_concept():
+    with pytest.raises(ProbeError, match="placeholder"):
+        dummy_prompt("photo of a cat", Concept("<new1>", "cat"))
+    assert dummy_prompt("photo of a {concept}", Concept("<new1>", "cat")) == "photo of a <new1> cat"

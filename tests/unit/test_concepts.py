@@ -1,0 +1,97 @@
+"""Token roles and alignment between the customized and the baseline prompt (real CLIP tokenizer, no weights)."""
+
+import types
+
+import pytest
+import torch
+
+from alignit_probe.concepts import Concept, baseline_text, tokenize_pair
+from alignit_probe.errors import ProbeError
+from alignit_probe.toy import clip_tokenizer
+
+
+class FakePipe:
+    """Just a tokenizer with diffusers' multi-vector expansion (``<tok>`` → ``<tok> <tok>_1 …``)."""
+
+    def __init__(self, tokens: dict[str, int]):
+        self.tokenizer = clip_tokenizer()
+        self.n = tokens
+        for tok, n in tokens.items():
+            self.tokenizer.add_tokens([tok] + [f"{tok}_{i}" for i in range(1, n)])
+
+    def maybe_convert_prompt(self, prompt, tokenizer):
+        for tok, n in self.n.items():
+            prompt = prompt.replace(tok, " ".join([tok] + [f"{tok}_{i}" for i in range(1, n)]))
+        return prompt
+
+
+@pytest.fixture(scope="module")
+def base_tok():
+    return clip_tokenizer()
+
+
+def visible(tp):
+    end = tp.label.index(("eos",))
+    return [(t, r) for t, r in zip(tp.tokens[: end + 1], tp.role[: end + 1])]
+
+
+def test_roles_and_alignment_single_concept(base_tok):
+    pipe = FakePipe({"<new1>": 1})
+    ct, bt = tokenize_pair("photo of a <new1> cat on the beach", pipe, base_tok, [Concept("<new1>", "cat")])
+    assert bt.text == "photo of a cat on the beach"
+    assert [r for _, r in visible(ct)] == ["special", "context", "context", "context", "concept", "concept",
+                                           "context", "context", "context", "special"]
+    assert ct.ids == pipe.tokenizer("photo of a <new1> cat on the beach", padding="max_length", max_length=77).input_ids
+    assert bt.ids == base_tok("photo of a cat on the beach", padding="max_length", max_length=77).input_ids
+    # context pairs with the same word; <new1> and cat both pair with the baseline's cat; padding pairs in order
+    for i, (tok, role) in enumerate(zip(ct.tokens, ct.role)):
+        j = ct.ref_index[i]
+        if role == "concept":
+            assert bt.tokens[j] == "cat</w>"
+        elif role == "padding":
+            assert bt.role[j] == "padding" and j == i - 1  # baseline is one token shorter
+        else:
+            assert bt.tokens[j] == tok
+
+
+def test_multi_vector_several_concepts_and_repeats(base_tok):
+    pipe = FakePipe({"<new1>": 3, "<new2>": 1})
+    cs = [Concept("<new1>", "cat"), Concept("<new2>", "dog")]
+    ct, bt = tokenize_pair("a <new1> cat and a <new2> dog, <new1> on grass", pipe, base_tok, cs)
+    assert bt.text == "a cat and a dog, cat on grass"
+    concept_tokens = [t for t, r in zip(ct.tokens, ct.role) if r == "concept"]
+    assert concept_tokens == ["<new1>", "<new1>_1", "<new1>_2", "cat</w>", "<new2>", "dog</w>",
+                              "<new1>", "<new1>_1", "<new1>_2"]
+    assert sorted(set(c for c in ct.concept if c >= 0)) == [0, 1]
+    assert len(ct.spans) == 3 and len(bt.spans) == 3
+    ctx_c = [t for t, r in zip(ct.tokens, ct.role) if r == "context"]
+    ctx_b = [t for t, r in zip(bt.tokens, bt.role) if r == "context"]
+    assert ctx_c == ctx_b
+
+
+def test_no_class_word_removes_modifier(base_tok):
+    pipe = FakePipe({"<new1>": 1})
+    ct, bt = tokenize_pair("a <new1> on the beach", pipe, base_tok, [Concept("<new1>")])
+    assert bt.text == "a on the beach"
+    assert ct.ref_index[ct.tokens.index("<new1>")] == -1  # nothing to pair with
+
+
+def test_class_word_stands_in_where_none_follows():
+    assert baseline_text("a <new1> on the beach", [Concept("<new1>", "cat")]) == "a cat on the beach"
+    assert baseline_text("a <new1> cat", [Concept("<new1>", "cat")]) == "a cat"
+
+
+def test_truncation_is_explicit(base_tok):
+    pipe = FakePipe({"<new1>": 1})
+    long = "photo of a <new1> cat " + " ".join(["beach"] * 100)
+    ct, bt = tokenize_pair(long, pipe, base_tok, [Concept("<new1>", "cat")])
+    assert ct.dropped > 0 and bt.dropped > 0
+    assert len(ct.ids) == 77 and ct.ids[-1] == base_tok.eos_token_id
+
+
+def test_bad_concepts(base_tok):
+    pipe = FakePipe({"<new1>": 1})
+    with pytest.raises(ProbeError, match="absent from prompt"):
+        tokenize_pair("photo of a cat", pipe, base_tok, [Concept("<new1>", "cat")])
+    with pytest.raises(ProbeError, match="unknown to the customized"):
+        tokenize_pair("photo of a <zzz> cat", pipe, base_tok, [Concept("<zzz>", "cat")])
