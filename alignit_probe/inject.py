@@ -29,9 +29,21 @@ class InjectKV(nn.Module):
         self.cond = cond
         self.key, self.value = key, value
         self.hits = 0
+        self._heads: dict[tuple, tuple] = {}  # (rows, which, dtype, device) -> K/V in the (batch, head, token, d) layout
 
     def _for(self, t, rows_like, which):
         return t[which].to(device=rows_like.device, dtype=rows_like.dtype)
+
+    def _in_head_layout(self, key, rows, which):
+        """The injected K/V of ``which`` prompts as (len(rows), heads, token, head_dim), built once per call layout."""
+        cache_key = (tuple(rows), tuple(which), key.dtype, key.device, key.shape[1])
+        hit = self._heads.get(cache_key)
+        if hit is None:
+            _, h, t, d = key.shape
+            idx = torch.tensor(rows, device=key.device)
+            shape = lambda x: None if x is None else self._for(x, key, which).view(len(rows), t, h, d).transpose(1, 2)
+            hit = self._heads[cache_key] = (idx, shape(self.key), shape(self.value))
+        return hit
 
     def project_kv(self, attn, c):
         """K/V this layer uses for encoder states ``c`` (so recording through the wrapper sees the injection)."""
@@ -55,12 +67,11 @@ class InjectKV(nn.Module):
         original = F.scaled_dot_product_attention
 
         def swapped(query, key, value, *args, **kw):
-            b, h, t, d = key.shape
-            key, value = key.clone(), value.clone()
-            if self.key is not None:
-                key[rows] = self._for(self.key, key, which).view(len(rows), t, h, d).transpose(1, 2)
-            if self.value is not None:
-                value[rows] = self._for(self.value, value, which).view(len(rows), t, h, d).transpose(1, 2)
+            idx, k, v = self._in_head_layout(key, rows, which)
+            if k is not None:
+                key = key.index_copy(0, idx, k)
+            if v is not None:
+                value = value.index_copy(0, idx, v)
             return original(query, key, value, *args, **kw)
 
         F.scaled_dot_product_attention = swapped

@@ -145,3 +145,28 @@ def write_toy_custom_diffusion(baseline_dir: str | Path, out: str | Path, token:
     unet.set_attn_processor(procs)
     unet.save_attn_procs(str(out), safe_serialization=True)
     return out
+
+
+SD15_TEXT_CONFIG = dict(TEXT_CONFIG, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                        num_attention_heads=12, projection_dim=768)
+SD15_UNET_CONFIG = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the rest: diffusers' defaults
+
+
+def build_sd15_pipeline(seed: int = 0):
+    """A pipeline of Stable Diffusion 1.5's shapes (CLIP ViT-L/14 text encoder, the 16-site SD1.5 UNet) with random
+    seeded weights, for benchmarks. Its VAE is a one-block stand-in (scale factor 1, so the default 64×64 'image' is
+    the 64×64 latent): generate with ``output_type="latent"``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG)).eval()
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
+    vae = AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), norm_num_groups=8, layers_per_block=1).eval()
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )

@@ -1,0 +1,79 @@
+"""The CLI as a new user meets it: every bad input is one line, exit 2, no traceback, nothing written."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from alignit_probe.cli import main
+
+BAD = "error: "
+
+
+def run(argv, capsys):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, [ln for ln in err if ln.startswith(BAD) or "Traceback" in ln]
+
+
+def record_args(toy_dir, cd_dir, out, *extra):
+    return ["record", "--baseline", toy_dir, "--custom", cd_dir, "--concept", "<new1>", "--class-word", "cat",
+            "--out", str(out), "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--prompt", "photo of a cat"], "absent from prompt"),
+    (["--prompt", "photo of a <new9> cat", "--concept", "<new9>"], "unknown to the customized"),
+    (["--prompt", "photo of a <new1> cat", "--alignit", "--alpha", "2"], "outside [0, 1]"),
+    (["--prompt", "photo of a <new1> cat", "--alignit", "--layers", "down_blocks.9.attn2"], "valid layers"),
+    (["--prompt", "photo of a <new1> cat", "--alignit", "--template", "a photo"], "placeholder"),
+])
+def test_bad_record_inputs(toy_dir, cd_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "s.zarr"
+    rc, lines = run(record_args(toy_dir, cd_dir, out, *extra), capsys)
+    assert rc == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not out.exists() and not (tmp_path / "s.zarr.partial").exists()
+
+
+def test_empty_prompts_file_and_existing_output(toy_dir, cd_dir, tmp_path, capsys):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n# nothing\n")
+    rc, lines = run(record_args(toy_dir, cd_dir, tmp_path / "a.zarr", "--prompts", str(empty)), capsys)
+    assert rc == 2 and "is empty" in lines[0]
+    existing = tmp_path / "b.zarr"
+    existing.mkdir()
+    (existing / "keep").write_text("mine")
+    rc, lines = run(record_args(toy_dir, cd_dir, existing, "--prompt", "a <new1> cat"), capsys)
+    assert rc == 2 and "already exists" in lines[0] and (existing / "keep").read_text() == "mine"
+
+
+def test_record_then_compare_with_prompts_file_template(toy_dir, cd_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("photo of a {} on the beach\n{} wearing a hat\n")
+    out = tmp_path / "s.nc"
+    assert main(record_args(toy_dir, cd_dir, out, "--prompts", str(prompts), "--alignit")) == 0
+    capsys.readouterr()
+    assert main(["compare", str(out), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "alignit" in table and "learned embeddings" in table and "<new1>" in table
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    r = subprocess.run([sys.executable, "-m", "alignit_probe.cli", "compare", str(tmp_path / "missing.zarr")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: store") and "Traceback" not in r.stderr
+
+
+def test_alignit_command_writes_grid_and_store(toy_dir, cd_dir, tmp_path, capsys):
+    out = tmp_path / "al"
+    argv = ["alignit", "--baseline", toy_dir, "--custom", cd_dir, "--concept", "<new1>", "--class-word", "cat",
+            "--prompt", "photo of a <new1> cat on the beach", "--steps", "1", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert (out / "grid.png").exists() and len(list((out / "images").glob("*.png"))) == 3
+    assert main(["compare", str(out / "store.zarr"), "--json"]) == 0
+    assert '"model": "alignit"' in capsys.readouterr().out
+    rc, lines = run(argv, capsys)  # exists now
+    assert rc == 2 and "not empty" in lines[0]
