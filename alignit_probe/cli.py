@@ -292,6 +292,37 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """A diagnostic report folder: drift figure, tidy rows (JSON), and a short markdown summary."""
+    from . import store as st
+    from .metrics import compare_rows
+    from .plots import drift_figure
+
+    tree = st.open_store(args.store)
+    out = _out_dir(args.out, args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = compare_rows(tree)
+    (out / "rows.json").write_text(json.dumps([{k: _json_safe(v) for k, v in r.items()} for r in rows], indent=1))
+    drift_figure(rows, out / "drift_relative_l2.png", "relative_l2")
+    drift_figure(rows, out / "drift_cosine_distance.png", "cosine_distance")
+    lines = [f"# alignit-probe report: {args.store}", ""]
+    for model in st.models(tree):
+        a = st.model_attrs(tree, model)
+        lines.append(f"- **{model}**: {a.get('method')} — {a.get('custom_ids') or a.get('model_id')}")
+        lines += [f"  - warning: {w}" for w in a.get("warnings", [])]
+    lines += ["", "| model | stage | role | mean relative L2 over layers |", "|---|---|---|---|"]
+    for model in sorted({r["model"] for r in rows}):
+        for stage in ("token_embedding", "encoder_layer", "encoder_output", "key", "value"):
+            for role in ("concept", "context"):
+                vals = [r["value"] for r in rows if (r["model"], r["stage"], r["role"], r["metric"]) ==
+                        (model, stage, role, "relative_l2") and r["n"]]
+                if vals:
+                    lines.append(f"| {model} | {stage} | {role} | {sum(vals) / len(vals):.4f} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print(f"report written to {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """The main job on the embedded default: toy baseline + toy Custom Diffusion artifact → record → compare."""
     from .toy import build_toy, write_toy_custom_diffusion
@@ -310,8 +341,8 @@ def cmd_demo(args) -> int:
             "--prompt", "a painting of a <new1> cat in the style of van gogh", "--out", str(store), "--overwrite"]
     if args.no_progress:
         argv.append("--no-progress")
-    rc = main(argv)
-    return rc or main(["compare", str(store)] + (["--no-progress"] if args.no_progress else []))
+    rc = main(argv) or main(["compare", str(store)] + (["--no-progress"] if args.no_progress else []))
+    return rc or main(["report", str(store), "--out", str(out / "report"), "--overwrite"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--lazy", action="store_true", help="compute on dask-backed arrays (large stores)")
     cmp_.add_argument("--no-progress", action="store_true")
     cmp_.set_defaults(func=cmd_compare)
+
+    rep = sub.add_parser("report", help="drift figures, rows.json and summary.md for a store")
+    rep.add_argument("store")
+    rep.add_argument("--out", required=True)
+    rep.add_argument("--overwrite", action="store_true")
+    rep.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="the main job on the embedded toy model (offline)")
     demo.add_argument("--out", default="out/demo")
