@@ -1,0 +1,175 @@
+"""record_kv is exact: for every customization kind, the K/V it computes from ``encode_prompt`` equal, bit for bit,
+the K/V the attn2 layers use inside a real denoising step (classifier-free guidance on, float32)."""
+
+import peft
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
+from safetensors.torch import save_file
+
+from alignit_probe import sites
+from alignit_probe.load import load_pair, load_pipeline
+
+DIM = 32
+PROMPTS = {"baseline": "a photo of a cat", "textual_inversion": "a photo of <ti-cat> on a beach",
+           "custom_diffusion": "a <new1> cat in the snow", "lora": "a photo of a cat",
+           "dreambooth": "a photo of sks cat"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _write_ti(root):
+    root.mkdir()
+    t = torch.randn(2, DIM, generator=torch.Generator().manual_seed(1))
+    save_file({"<ti-cat>": t}, str(root / "learned_embeds.safetensors"))
+    return root
+
+
+def _write_cd(toy_dir, root):
+    """As train_custom_diffusion.py: trained processors on attn2, untrained ones on attn1, save_attn_procs."""
+    pipe, gen, procs = load_pipeline(toy_dir), torch.Generator().manual_seed(2), {}
+    for name in pipe.unet.attn_processors:
+        attn = pipe.unet.get_submodule(name[: -len(".processor")])
+        cross = name.endswith("attn2.processor")
+        proc = CustomDiffusionAttnProcessor2_0(train_kv=cross, train_q_out=False, hidden_size=attn.to_q.out_features,
+                                               cross_attention_dim=attn.to_k.in_features if cross else None)
+        with torch.no_grad():
+            for p in proc.parameters():
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+        procs[name] = proc
+    pipe.unet.set_attn_processor(procs)
+    pipe.unet.save_attn_procs(str(root), safe_serialization=True)
+    save_file({"<new1>": torch.randn(DIM, generator=gen)}, str(root / "<new1>.safetensors"))
+    return root
+
+
+def _write_lora(toy_dir, root):
+    pipe = load_pipeline(toy_dir)
+    torch.manual_seed(3)
+    pipe.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+                                          init_lora_weights=False))
+    layers = peft.utils.get_peft_model_state_dict(pipe.unet)
+    StableDiffusionPipeline.save_lora_weights(str(root), unet_lora_layers=layers)
+    return root
+
+
+def _write_dreambooth(toy_dir, root):
+    pipe, gen = load_pipeline(toy_dir), torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters()):
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    pipe.save_pretrained(str(root), safe_serialization=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def custom(toy_dir, tmp_path_factory):
+    """kind -> customized pipeline, built lazily."""
+    root, cache = tmp_path_factory.mktemp("exactness"), {}
+    writers = {"textual_inversion": lambda: _write_ti(root / "ti"),
+               "custom_diffusion": lambda: _write_cd(toy_dir, root / "cd"),
+               "lora": lambda: _write_lora(toy_dir, root / "lora"),
+               "dreambooth": lambda: _write_dreambooth(toy_dir, root / "db")}
+
+    def get(kind):
+        if kind not in cache:
+            if kind == "baseline":
+                pipe = load_pipeline(toy_dir)
+            else:
+                pair = load_pair(toy_dir, [str(writers[kind]())], progress=False)
+                assert pair.method == kind and pair.warnings == []
+                pipe = pair.custom
+            pipe.set_progress_bar_config(disable=True)
+            cache[kind] = pipe
+        return cache[kind]
+
+    return get
+
+
+def caught_in_step(pipe, prompt):
+    """Run one real denoising step (CFG on) and catch, per attn2 site, the K/V its processor hands to SDPA.
+
+    A forward pre-hook marks where each attn2 call starts in the SDPA log, a forward hook where it ends: the calls
+    in between are that site's. Returns {site: (key, value)}, each (batch, token, heads*head_dim)."""
+    unet, log, spans, handles = pipe.unet, [], {}, []
+    for path in sites.attn2_paths(unet):
+        module = unet.get_submodule(path)
+        handles.append(module.register_forward_pre_hook(lambda m, a, p=path: spans.setdefault(p, []).append(len(log))))
+        handles.append(module.register_forward_hook(lambda m, a, o, p=path: spans[p].append(len(log))))
+    try:
+        with sites.intercept_sdpa(log):
+            pipe(prompt, num_inference_steps=1, guidance_scale=7.5, output_type="latent",
+                 generator=torch.Generator().manual_seed(0))
+    finally:
+        for h in handles:
+            h.remove()
+    merge = lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1)  # (b, h, s, d) -> (b, s, h*d)
+    out = {}
+    for path, (start, end) in spans.items():
+        assert end - start == 1, f"{path}: {end - start} SDPA calls in one attn2 call"
+        _, k, v = log[start]
+        out[path] = (merge(k), merge(v))
+    return out
+
+
+@pytest.mark.parametrize("kind", list(PROMPTS))
+def test_record_kv_equals_kv_inside_a_denoising_step(custom, kind):
+    pipe = custom(kind)
+    prompt = PROMPTS[kind]
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(prompt, "cpu", 1, True)
+    recorded, recorded_uncond = sites.record_kv(pipe.unet, cond), sites.record_kv(pipe.unet, uncond)
+    caught = caught_in_step(pipe, prompt)
+    assert caught.keys() == recorded.keys() and len(caught) == len(sites.attn2_paths(pipe.unet))
+    for path, (k, v) in caught.items():
+        assert k.shape[0] == 2  # [uncond, cond], as the pipeline concatenates them
+        assert (k[1:] - recorded[path][0]).abs().max().item() == 0, path
+        assert (v[1:] - recorded[path][1]).abs().max().item() == 0, path
+        assert torch.equal(k[:1], recorded_uncond[path][0]) and torch.equal(v[:1], recorded_uncond[path][1])
+
+
+def test_each_kind_really_differs_from_the_baseline(custom):
+    """Otherwise the exactness test above could pass by recording the baseline for every kind."""
+    base = custom("baseline")
+    with torch.no_grad():
+        c = base.encode_prompt("a photo of a cat", "cpu", 1, False)[0]
+    kv_base = sites.record_kv(base.unet, c)
+    for kind in ("custom_diffusion", "lora", "dreambooth"):
+        kv = sites.record_kv(custom(kind).unet, c)
+        assert all(not torch.equal(kv[p][0], kv_base[p][0]) for p in kv), kind
+    ti = custom("textual_inversion")
+    with torch.no_grad():
+        c_ti = ti.encode_prompt(PROMPTS["textual_inversion"], "cpu", 1, False)[0]
+        c_words = ti.encode_prompt("a photo of cat cat on a beach", "cpu", 1, False)[0]
+    assert not torch.equal(c_ti, c_words)
+
+
+def test_custom_diffusion_trap_hooks_on_to_k_miss_its_kv(custom):
+    """Custom Diffusion computes K/V with its own to_k_custom_diffusion: a hook on attn.to_k never sees them
+    (it is not even called), and attn.to_k(c) is the baseline's K; record_kv asks the processor and is exact."""
+    pipe = custom("custom_diffusion")
+    prompt = PROMPTS["custom_diffusion"]
+    seen, handles = {}, []
+    for path in sites.attn2_paths(pipe.unet):
+        to_k = pipe.unet.get_submodule(path).to_k
+        handles.append(to_k.register_forward_hook(lambda m, a, o, p=path: seen.setdefault(p, []).append(o)))
+    try:
+        caught = caught_in_step(pipe, prompt)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == {}  # the naive hook records nothing at all
+    with torch.no_grad():
+        cond = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
+        recorded = sites.record_kv(pipe.unet, cond)
+        for path, (k, _) in caught.items():
+            naive = pipe.unet.get_submodule(path).to_k(cond)
+            assert not torch.allclose(naive, k[1:], atol=1e-3), path
+            assert torch.equal(recorded[path][0], k[1:]), path

@@ -1,0 +1,200 @@
+"""Reading and recognizing customization files, without any pipeline (a bare toy UNet at most)."""
+
+import hashlib
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from alignit_probe.artifacts import (
+    Parsed, build_custom_diffusion, classify, install_custom_diffusion, parse_artifact, read_weights, sha256_files,
+)
+from alignit_probe.errors import ProbeError
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _raises(fn, *words):
+    with pytest.raises(ProbeError) as e:
+        fn()
+    msg = str(e.value)
+    assert e.value.fix and "\n" not in msg, msg
+    for w in words:
+        assert w.lower() in msg.lower(), msg
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def test_reads_safetensors_zip_and_legacy_torch_files(tmp_path):
+    t = torch.randn(2, 8)
+    save_file({"<a>": t}, str(tmp_path / "a.safetensors"))
+    torch.save({"<a>": t}, tmp_path / "a.bin")
+    torch.save({"<a>": t}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    save_file({"<a>": t}, str(tmp_path / "<a>.bin"))  # safetensors bytes under .bin, as save_new_embed wrote
+    for name in ("a.safetensors", "a.bin", "legacy.pt", "<a>.bin"):
+        state = read_weights(tmp_path / name)
+        assert list(state) == ["<a>"] and torch.equal(state["<a>"], t), name
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle.dumps"])
+def test_crafted_pickle_is_refused_and_not_executed(tmp_path, how):
+    marker = tmp_path / "pwned"
+    evil = {"<x>": _Evil(marker)}
+    path = tmp_path / "learned_embeds.bin"
+    if how == "torch.save":
+        torch.save(evil, path)
+    else:
+        path.write_bytes(pickle.dumps(evil))
+    _raises(lambda: read_weights(path), "refused to unpickle", str(path))
+    _raises(lambda: parse_artifact(tmp_path), "refused to unpickle")
+    assert not marker.exists()
+
+
+def test_truncated_and_garbage_files(tmp_path):
+    save_file({"<a>": torch.randn(3, 8)}, str(tmp_path / "a.safetensors"))
+    torch.save({"<a>": torch.randn(3, 8)}, tmp_path / "a.bin")
+    for name in ("a.safetensors", "a.bin"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut_{name}").write_bytes(data[: len(data) - 40])
+        _raises(lambda: read_weights(tmp_path / f"cut_{name}"), "corrupt or truncated", f"cut_{name}")
+    (tmp_path / "x.safetensors").write_bytes(b"\x00" * 64)
+    _raises(lambda: read_weights(tmp_path / "x.safetensors"), "not a weights file")
+    (tmp_path / "y.bin").write_bytes(b"hello")
+    _raises(lambda: read_weights(tmp_path / "y.bin"), "not a weights file")
+    torch.save(torch.randn(3), tmp_path / "tensor.pt")
+    _raises(lambda: read_weights(tmp_path / "tensor.pt"), "not a dict")
+    _raises(lambda: read_weights(tmp_path / "missing.bin"), "does not exist")
+
+
+def test_sha256_concatenates_sorted_files(tmp_path):
+    (tmp_path / "b.bin").write_bytes(b"BBB")
+    (tmp_path / "a.bin").write_bytes(b"AA")
+    want = hashlib.sha256(b"AABBB").hexdigest()
+    assert sha256_files([tmp_path / "b.bin", tmp_path / "a.bin"]) == want
+
+
+# ------------------------------------------------------------------------------------------------ recognition
+def test_classify_each_kind(tmp_path):
+    p = tmp_path / "emb.pt"
+    t = torch.randn(2, 8)
+    kind, emb, weights = classify({"<cat>": t}, p)
+    assert (kind, list(emb), weights) == ("textual_inversion", ["<cat>"], {}) and torch.equal(emb["<cat>"], t)
+    kind, emb, _ = classify({"string_to_param": {"*": t}, "name": "turner", "step": 3}, p)
+    assert (kind, list(emb)) == ("a1111_embedding", ["turner"])
+    kind, emb, _ = classify({"string_to_param": {"*": t}}, p)
+    assert list(emb) == ["emb"]  # no name field: the file stem, verbatim
+    kind, emb, _ = classify({"emb_params": t}, p)
+    assert (kind, list(emb)) == ("a1111_embedding", ["emb"]) and torch.equal(emb["emb"], t)
+    cd = {"down.attn2.processor.to_k_custom_diffusion.weight": t, "down.attn1.processor": {}}
+    kind, emb, weights = classify(cd, p)  # the untrained layer's {} entry is dropped
+    assert (kind, emb, list(weights)) == ("custom_diffusion", {}, ["down.attn2.processor.to_k_custom_diffusion.weight"])
+    for key in ("unet.a.to_k.lora_A.weight", "lora_unet_a_attn2_to_k.lora_down.weight", "a.to_k_lora.down.weight"):
+        assert classify({key: t}, p)[0] == "lora", key
+    _raises(lambda: classify({"conv_in.weight": t}, p), "no customization this tool knows", "conv_in.weight")
+    _raises(lambda: classify({"<a>": torch.randn(2, 3, 4)}, p), "no customization")
+    _raises(lambda: classify({"down.attn2.processor.to_k_custom_diffusion.weight": t, "step": 3}, p), "unexpected")
+
+
+def test_parse_folders_prefer_known_names_and_safetensors(tmp_path):
+    ti = tmp_path / "ti"
+    ti.mkdir()
+    save_file({"<s>": torch.ones(1, 8)}, str(ti / "learned_embeds.safetensors"))
+    torch.save({"<b>": torch.ones(1, 8)}, ti / "learned_embeds.bin")
+    (ti / "README.md").write_text("hi")
+    parsed = parse_artifact(ti)
+    assert (parsed.kind, parsed.tokens, [f.name for f in parsed.files]) == (
+        "textual_inversion", ["<s>"], ["learned_embeds.safetensors"])
+    cd = tmp_path / "cd"
+    cd.mkdir()
+    save_file({"a.attn2.processor.to_k_custom_diffusion.weight": torch.ones(4, 8),
+               "a.attn2.processor.to_v_custom_diffusion.weight": torch.ones(4, 8)},
+              str(cd / "pytorch_custom_diffusion_weights.safetensors"))
+    save_file({"<new1>": torch.ones(8)}, str(cd / "<new1>.safetensors"))
+    torch.save({"<new1>": torch.zeros(8)}, cd / "<new1>.bin")  # same token twice: safetensors wins
+    torch.save({"<new2>": torch.full((8,), 2.0)}, cd / "<new2>.bin")
+    torch.save({"optimizer": {"lr": 1.0}}, cd / "optimizer.bin")
+    parsed = parse_artifact(cd)
+    assert parsed.kind == "custom_diffusion" and parsed.tokens == ["<new1>", "<new2>"]
+    assert torch.equal(parsed.embeddings["<new1>"], torch.ones(8))
+    assert sorted(f.name for f in parsed.files) == [
+        "<new1>.safetensors", "<new2>.bin", "pytorch_custom_diffusion_weights.safetensors"]
+    assert parsed.sha256 == sha256_files(parsed.files)
+    assert parsed.warnings == [f"ignored {cd / 'optimizer.bin'}: not a modifier-token embedding"]
+    save_file({"unet.x.lora_A.weight": torch.ones(2, 8)}, str(cd / "pytorch_lora_weights.safetensors"))
+    _raises(lambda: parse_artifact(cd), "several customizations")
+
+
+def test_parse_refuses_pipelines_missing_paths_and_non_finite(tmp_path):
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    _raises(lambda: parse_artifact(tmp_path / "pipe"), "full pipeline")
+    _raises(lambda: parse_artifact(tmp_path / "nope"), "does not exist")
+    save_file({"<a>": torch.tensor([[1.0, float("inf")]])}, str(tmp_path / "inf.safetensors"))
+    _raises(lambda: parse_artifact(tmp_path / "inf.safetensors"), "NaN or inf", "<a>")
+    torch.save({"string_to_param": {"*": torch.tensor([[float("nan"), 0.0]])}, "name": "n"}, tmp_path / "nan.pt")
+    _raises(lambda: parse_artifact(tmp_path / "nan.pt"), "NaN or inf", "string_to_param.*")
+
+
+# --------------------------------------------------------------------------------------- custom diffusion install
+@pytest.fixture(scope="module")
+def unet():
+    from diffusers import UNet2DConditionModel
+
+    from alignit_probe.toy import UNET_CONFIG
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**UNET_CONFIG).eval()
+
+
+def _cd_weights(unet, layers, width=None):
+    out = {}
+    for layer in layers:
+        attn = unet.get_submodule(layer)
+        for kv in ("k", "v"):
+            out[f"{layer}.processor.to_{kv}_custom_diffusion.weight"] = torch.randn(
+                attn.to_q.out_features, width or attn.to_k.in_features)
+    return out
+
+
+def test_install_custom_diffusion_covers_only_its_layers(unet):
+    from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusionAttnProcessor2_0
+
+    from alignit_probe.sites import attn2_paths, record_kv
+
+    paths = attn2_paths(unet)
+    before = dict(unet.attn_processors)
+    weights = _cd_weights(unet, paths[:2])
+    covered = install_custom_diffusion(unet, Parsed("x", "custom_diffusion", [], "", {}, weights))
+    try:
+        assert covered == sorted(p + ".processor" for p in paths[:2])
+        procs = unet.attn_processors
+        assert len(procs) == len(before)
+        for name, proc in procs.items():
+            assert isinstance(proc, CustomDiffusionAttnProcessor2_0 if name in covered else AttnProcessor2_0), name
+        c = torch.randn(1, 77, unet.config.cross_attention_dim)
+        kv = record_kv(unet, c)
+        key = weights[f"{paths[0]}.processor.to_k_custom_diffusion.weight"]
+        assert torch.equal(kv[paths[0]][0], torch.nn.functional.linear(c, key))
+    finally:
+        unet.set_attn_processor(dict(before))
+
+
+def test_build_custom_diffusion_refuses_mismatches(unet):
+    from alignit_probe.sites import attn2_paths
+
+    path = attn2_paths(unet)[0]
+    parsed = lambda w: Parsed("cd.safetensors", "custom_diffusion", [], "", {}, w)
+    _raises(lambda: build_custom_diffusion(unet, parsed(_cd_weights(unet, [path], width=768))), "768", "cd.safetensors")
+    w = _cd_weights(unet, [path])
+    w.pop(f"{path}.processor.to_v_custom_diffusion.weight")
+    _raises(lambda: build_custom_diffusion(unet, parsed(w)), "incomplete", "to_v_custom_diffusion")
+    moved = {k.replace("down_blocks.0", "down_blocks.7"): v for k, v in _cd_weights(unet, [path]).items()}
+    _raises(lambda: build_custom_diffusion(unet, parsed(moved)), "lacks", "down_blocks.7")
