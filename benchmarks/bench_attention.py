@@ -1,0 +1,187 @@
+"""Cost of cross-attention map capture: generation time with maps over plain generation, and memory vs steps.
+
+    python benchmarks/bench_attention.py                       # toy pipeline, CPU
+    python benchmarks/bench_attention.py --size sd15 --steps 4 --height 256 --width 256   # SD1.5 shapes, random
+    python benchmarks/bench_attention.py --size sd15 --device cuda --dtype float16
+
+Time: the same pipeline call (steps, seed, size, guidance) without and with ``capture_attention``, alternated,
+median of ``--repeats``, after one warm-up of each. Targets: ratio ≤ 1.3×.
+Memory at ``--mem-steps`` (default 5 and 50): the collector's accumulator bytes (exact), tracemalloc's peak of
+Python allocations (torch's CPU tensors are not traced), the process's peak RSS during the call (Linux VmHWM,
+reset through /proc/self/clear_refs where the kernel allows it) and, on CUDA, torch.cuda.max_memory_allocated.
+Target: flat in steps. ``sd15``: SD1.5's UNet and CLIP-L text-encoder configs with random weights; the VAE is a
+tiny stand-in and is not run (``output_type="latent"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from alignit_probe.attention import AttentionSlices, capture_attention  # noqa: E402
+from alignit_probe.sites import attn2_paths  # noqa: E402
+from alignit_probe.toy import build_toy_pipeline, clip_tokenizer  # noqa: E402
+
+PROMPT = "a photo of a xylophonist dog on the beach"
+
+
+def build_sd15(seed: int):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from alignit_probe.toy import SCHEDULER_CONFIG
+
+    torch.manual_seed(seed)
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)).eval()
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, layers_per_block=1).eval()
+    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
+                                   scheduler=DDIMScheduler(**SCHEDULER_CONFIG), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+
+
+def reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def mib(n) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.2f} MiB"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=["toy", "sd15"], default="toy")
+    ap.add_argument("--steps", type=int, default=None, help="steps of the timed runs (toy 20, sd15 4)")
+    ap.add_argument("--mem-steps", default="5,50", help="step counts compared for memory")
+    ap.add_argument("--height", type=int, default=None)
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU: steadier timings)")
+    ap.add_argument("--slices", choices=["global", "all"], default="global",
+                    help="global: DAAM's map only; all: per layer, per head, 2 step windows, native")
+    args = ap.parse_args(argv)
+
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    sd15 = args.size == "sd15"
+    steps = args.steps or (4 if sd15 else 20)
+    dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
+    pipe = (build_sd15 if sd15 else build_toy_pipeline)(args.seed)
+    if args.device != "cpu" or dtype != torch.float32:
+        pipe = pipe.to(args.device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    height = args.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width = args.width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    output_type = "latent" if sd15 else "np"
+    ids = pipe.tokenizer([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        pe = pipe.text_encoder(ids.to(args.device))[0]
+    slices = AttentionSlices() if args.slices == "global" else AttentionSlices(
+        per_layer=True, per_head=True, step_windows=[(0, 1), (1, 10**6)], native=True)
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def generate(n_steps: int, maps: bool):
+        kw = dict(prompt_embeds=pe, num_inference_steps=n_steps, guidance_scale=args.guidance, height=height,
+                  width=width, output_type=output_type, generator=torch.Generator(args.device).manual_seed(args.seed))
+        if not maps:
+            return pipe(**kw), None
+        with capture_attention(pipe, pe, slices=slices) as col:
+            out = pipe(**kw)
+        return out, col
+
+    def timed(maps: bool) -> float:
+        sync()
+        t0 = time.perf_counter()
+        generate(steps, maps)
+        sync()
+        return time.perf_counter() - t0
+
+    timed(False), timed(True)  # warm-up
+    plain, with_maps = [], []
+    for _ in range(args.repeats):
+        plain.append(timed(False))
+        with_maps.append(timed(True))
+    tp, tm = statistics.median(plain), statistics.median(with_maps)
+
+    mem = {}
+    for n in [int(s) for s in args.mem_steps.split(",")]:
+        row = {}
+        for maps in (False, True):
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            resettable = reset_peak_rss()
+            rss0 = peak_rss()
+            tracemalloc.start()
+            _, col = generate(n, maps)
+            _, py_peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            rss = peak_rss()
+            row[maps] = dict(
+                acc=col.accumulator_bytes() if col else 0, acc_n=len(col.accumulators()) if col else 0,
+                steps=col.steps if col else n, py=py_peak,
+                rss=(rss - rss0) if resettable and rss is not None else None,
+                cuda=torch.cuda.max_memory_allocated() if cuda else None,
+            )
+        mem[n] = row
+
+    layers = len(attn2_paths(pipe.unet))
+    print(f"bench_attention: size={args.size} device={args.device} ({torch.cuda.get_device_name() if cuda else 'cpu'}) "
+          f"dtype={str(dtype).removeprefix('torch.')} image={height}x{width} latent={height // pipe.vae_scale_factor}x"
+          f"{width // pipe.vae_scale_factor} guidance={args.guidance} attn2_layers={layers} slices={args.slices} "
+          f"torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(f"time, {steps} steps, median of {args.repeats} (output_type={output_type}):")
+    print(f"  plain      {tp * 1000:9.1f} ms   runs: {' '.join(f'{t * 1000:.0f}' for t in plain)}")
+    print(f"  with maps  {tm * 1000:9.1f} ms   runs: {' '.join(f'{t * 1000:.0f}' for t in with_maps)}")
+    print(f"  ratio      {tm / tp:9.3f} x   (target <= 1.3x); ratio of the fastest runs {min(with_maps) / min(plain):.3f} x")
+    ns = list(mem)
+    print("memory:" + "".join(f"{f'{n} steps':>36}" for n in ns))
+    print("  " + f"{'':30}" + "".join(f"{'plain':>16}{'with maps':>20}" for _ in ns))
+    rows = [("accumulators (exact)", "acc"), ("tracemalloc peak (python)", "py"), ("peak RSS increase", "rss")]
+    if cuda:
+        rows.append(("cuda max_memory_allocated", "cuda"))
+    for label, key in rows:
+        cells = "".join(f"{mib(mem[n][False][key] if key != 'acc' else None):>16}{mib(mem[n][True][key]):>20}"
+                        for n in ns)
+        print(f"  {label:30}{cells}")
+    a = [mem[n][True]["acc"] for n in ns]
+    print(f"  accumulator tensors: {[mem[n][True]['acc_n'] for n in ns]}, steps captured: "
+          f"{[mem[n][True]['steps'] for n in ns]}; flat in steps: {'yes' if len(set(a)) == 1 else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
