@@ -63,6 +63,14 @@ def denoiser_of(pair, options: AlignITOptions):
     return pair.custom if options.denoiser == "custom" else pair.baseline
 
 
+def validate(pair, concepts: list[Concept], options: AlignITOptions) -> None:
+    """Every AlignIT option checked against the models, before any work is done."""
+    check_alpha(options.alpha)
+    check_layouts(pair.baseline.unet, pair.custom.unet)
+    select_sites(denoiser_of(pair, options).unet, options.layers, options.blocks, options.resolutions)
+    tokenize_dummies(pair.custom, pair.baseline.tokenizer, concepts, options.template)
+
+
 def alignit_kv(pair, concepts: list[Concept], prompts: list[str], options: AlignITOptions | None = None,
                allow_absent: bool = False) -> AlignITKV:
     """Infused K/V for every prompt and chosen attn2 layer (computed once; no denoising)."""
