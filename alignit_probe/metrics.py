@@ -113,4 +113,8 @@ def compare_rows(tree: xr.DataTree, reference: str = "baseline", stages=STAGES, 
                                          metric=metric, value=value, ci_low=lo, ci_high=hi, n=n))
                 if progress is not None:
                     progress.update(1)
+    if any("attention" in tree[m].children for m in st.models(tree)):
+        from .attention_store import attention_rows
+
+        rows += attention_rows(tree, reference, n_boot, seed)
     return rows

@@ -1,0 +1,65 @@
+"""Attention maps of baseline, customized and AlignIT generations in one store, and their compare rows."""
+
+import numpy as np
+
+from alignit_probe import store as st
+from alignit_probe.attention_store import ATTENTION_METRICS, attention_rows, generation_maps
+from alignit_probe.cli import main
+from alignit_probe.concepts import Concept
+from alignit_probe.generate import AlignITOptions, alignit_kv
+from alignit_probe.probe import record_store
+
+GEN = dict(seed=0, steps=2, guidance_scale=7.5, output_type="np")
+
+
+def test_maps_in_store_and_zero_divergence_for_identical_generation(cd_pair, tmp_path):
+    concepts = [Concept("<new1>", "cat")]
+    prompts = ["a red car on the beach"]  # no concept: AlignIT on the baseline UNet is the baseline, bit for bit
+    akv = alignit_kv(cd_pair, concepts, prompts, AlignITOptions(denoiser="baseline"), allow_absent=True)
+    maps = generation_maps(cd_pair, akv, include_alignit=True, **GEN)
+    assert np.array_equal(maps["alignit"][0]["map"].values, maps["baseline"][0]["map"].values)
+    assert maps["custom"][0]["map"].dims == ("prompt", "token", "y", "x")
+
+
+def test_rows_compare_each_token_with_its_baseline_partner(cd_pair, tmp_path):
+    from alignit_probe.attention_store import _gather_maps
+    from alignit_probe.alignit_store import write_alignit_branch
+
+    concepts, prompts = [Concept("<new1>", "cat")], ["photo of a <new1> cat on the beach", "a <new1> in the snow"]
+    akv = alignit_kv(cd_pair, concepts, prompts)
+    maps = generation_maps(cd_pair, akv, include_alignit=False, **GEN)
+    base = maps["baseline"][0]
+    ref = np.array([p.tokens.ref_index for p in akv.plans])
+    partner = base.copy()
+    partner["map"] = base["map"].copy(data=np.nan_to_num(_gather_maps(base["map"].values, ref)))  # partner maps
+
+    def extra(writer, c, b):
+        write_alignit_branch(writer, cd_pair, concepts, prompts, AlignITOptions())
+        writer.put("baseline/attention", base)
+        writer.put("custom/attention", maps["custom"][0])
+        writer.put("alignit/attention", partner)
+
+    tree = st.open_store(record_store(cd_pair, concepts, prompts, tmp_path / "s.zarr", progress=False, extra=extra))
+    rows = attention_rows(tree)
+    assert {r["metric"] for r in rows} == set(ATTENTION_METRICS)
+    assert {r["model"] for r in rows} == {"custom", "alignit"}
+    for r in rows:
+        if r["model"] == "alignit" and r["n"]:
+            assert r["value"] == 0.0, r
+    assert any(r["model"] == "custom" and r["n"] and r["value"] > 0 for r in rows)
+
+
+def test_attention_command(toy_dir, cd_dir, tmp_path, capsys):
+    out = tmp_path / "att"
+    argv = ["attention", "--baseline", toy_dir, "--custom", cd_dir, "--concept", "<new1>", "--class-word", "cat",
+            "--prompt", "photo of a <new1> cat on the beach", "--alignit", "--steps", "1", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    assert len(list((out / "overlays").glob("*.png"))) == 3
+    tree = st.open_store(out / "store.zarr")
+    for model in ("baseline", "custom", "alignit"):
+        m = tree[f"{model}/attention"].to_dataset()["map"]
+        assert m.sizes["token"] == st.token_labels(tree, model).sizes["token"]
+    capsys.readouterr()
+    assert main(["compare", str(out / "store.zarr"), "--json"]) == 0
+    assert '"stage": "attention_map"' in capsys.readouterr().out
