@@ -154,8 +154,8 @@ SD15_UNET_CONFIG = dict(sample_size=64, cross_attention_dim=768, attention_head_
 
 def build_sd15_pipeline(seed: int = 0):
     """A pipeline of Stable Diffusion 1.5's shapes (CLIP ViT-L/14 text encoder, the 16-site SD1.5 UNet) with random
-    seeded weights, for benchmarks. Its VAE is a one-block stand-in (scale factor 1, so the default 64×64 'image' is
-    the 64×64 latent): generate with ``output_type="latent"``."""
+    seeded weights, for benchmarks. Its VAE is a narrow stand-in with SD's scale factor 8 (512×512 images ↔ 64×64
+    latents): generate with ``output_type="latent"`` to time the denoising alone."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -163,8 +163,8 @@ def build_sd15_pipeline(seed: int = 0):
     text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG)).eval()
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
-    vae = AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), norm_num_groups=8, layers_per_block=1).eval()
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, layers_per_block=1).eval()
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
         scheduler=DDIMScheduler(**SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,

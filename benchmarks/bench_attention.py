@@ -31,28 +31,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from alignit_probe.attention import AttentionSlices, capture_attention  # noqa: E402
 from alignit_probe.sites import attn2_paths  # noqa: E402
-from alignit_probe.toy import build_toy_pipeline, clip_tokenizer  # noqa: E402
+from alignit_probe.toy import build_sd15_pipeline, build_toy_pipeline  # noqa: E402
 
 PROMPT = "a photo of a xylophonist dog on the beach"
-
-
-def build_sd15(seed: int):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from alignit_probe.toy import SCHEDULER_CONFIG
-
-    torch.manual_seed(seed)
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)).eval()
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, layers_per_block=1).eval()
-    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
-                                   scheduler=DDIMScheduler(**SCHEDULER_CONFIG), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
 
 
 def reset_peak_rss() -> bool:
@@ -99,7 +80,7 @@ def main(argv=None) -> None:
     sd15 = args.size == "sd15"
     steps = args.steps or (4 if sd15 else 20)
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
-    pipe = (build_sd15 if sd15 else build_toy_pipeline)(args.seed)
+    pipe = (build_sd15_pipeline if sd15 else build_toy_pipeline)(args.seed)
     if args.device != "cpu" or dtype != torch.float32:
         pipe = pipe.to(args.device, dtype)
     pipe.set_progress_bar_config(disable=True)
