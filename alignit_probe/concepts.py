@@ -72,7 +72,8 @@ def _encode(tokenizer, text: str) -> list[int]:
 def modifier_ids(pipe, concept: Concept) -> list[int]:
     """Ids of the concept's modifier token(s) in ``pipe``'s tokenizer (several for multi-vector embeddings)."""
     tok = pipe.tokenizer
-    if concept.token not in tok.get_vocab():
+    tid = tok.convert_tokens_to_ids(concept.token)  # (not get_vocab(): it builds a 49k-entry dict per call)
+    if tid is None or (tid == tok.unk_token_id and concept.token != tok.unk_token):
         raise ProbeError(
             f"concept token {concept.token!r} is unknown to the customized model's tokenizer",
             "pass the placeholder/modifier token the artifact defines (see `alignit-probe record --help`)",
