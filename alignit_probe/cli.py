@@ -98,18 +98,24 @@ def cmd_toy_build(args) -> int:
 def cmd_record(args) -> int:
     import numpy as np
 
+    from .jobs import parse_shard, shard_range
     from .probe import record_store
     from .store import check_output
 
     concepts, prompts = concepts_from(args), read_prompts(args)
+    shard = parse_shard(args.shard)
+    shard_range(len(prompts), args.batch_size, shard)  # fail before loading models
+    if shard is not None and args.alignit:
+        raise ProbeError("--alignit cannot be combined with --shard yet", "record the alignit branch without --shard")
     check_output(args.out, args.overwrite)
     pair = load_models(args)
-    extra = None
+    extra, job = None, None
     if args.alignit:
         from .alignit_store import write_alignit_branch
         from .probe import progress_bar
 
         options = alignit_options(args)
+        job = {"alignit": vars(options).copy()}
 
         def extra(writer, custom_tp, base_tp):
             bar = progress_bar(len(prompts), "record alignit", not args.no_progress)
@@ -118,7 +124,8 @@ def cmd_record(args) -> int:
     out = record_store(
         pair, concepts, prompts, args.out, overwrite=args.overwrite, batch_size=args.batch_size,
         clip_skip=args.clip_skip, seed=args.seed, store_dtype=np.float16 if args.store_dtype == "float16" else np.float32,
-        progress=not args.no_progress, command=sys.argv, extra=extra,
+        progress=not args.no_progress, command=sys.argv, extra=extra, shard=shard, drop_padding=args.drop_padding,
+        job=job,
     )
     print(f"store written to {out}")
     return 0
@@ -270,15 +277,19 @@ def print_table(rows: list[dict], tree) -> None:
 
 
 def cmd_compare(args) -> int:
+    import contextlib
+
     from .metrics import compare_rows
     from .probe import progress_bar
-    from .store import open_store
+    from .shards import connect, open_shards
 
-    tree = open_store(args.store, chunks={} if args.lazy else None)
-    n = sum(len(list(tree[m].subtree)) for m in tree.children)
-    bar = progress_bar(n, "compare", not args.no_progress and not args.json)
-    rows = compare_rows(tree, progress=bar)
-    bar.close()
+    client = connect(args.scheduler) if args.scheduler else contextlib.nullcontext()
+    with client:
+        tree = open_shards(args.store, chunks={} if args.lazy or args.scheduler else None)
+        n = sum(len(list(tree[m].subtree)) for m in tree.children)
+        bar = progress_bar(n, "compare", not args.no_progress and not args.json)
+        rows = compare_rows(tree, progress=bar)
+        bar.close()
     if args.json:
         from . import store as st
 
@@ -323,6 +334,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .shards import merge_shards
+
+    print(f"store written to {merge_shards(args.shards, args.out, overwrite=args.overwrite)}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """The main job on the embedded default: toy baseline + toy Custom Diffusion artifact → record → compare."""
     from .toy import build_toy, write_toy_custom_diffusion
@@ -363,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--batch-size", type=int, default=8)
     rec.add_argument("--clip-skip", type=int, default=None)
     rec.add_argument("--store-dtype", choices=("float32", "float16"), default="float32")
+    rec.add_argument("--drop-padding", action="store_true",
+                     help="keep only the first T token positions, T = the longest prompt (end token included)")
+    rec.add_argument("--shard", metavar="I/N", help="record only shard I of N (0-based; contiguous runs of batches)")
     rec.add_argument("--alignit", action="store_true", help="also write the alignit branch (no images)")
     add_alignit_args(rec)
     rec.set_defaults(func=cmd_record)
@@ -398,11 +419,19 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_swap)
 
     cmp_ = sub.add_parser("compare", help="distances of each model to the baseline, per stage, layer and role")
-    cmp_.add_argument("store")
+    cmp_.add_argument("store", nargs="+", help="a store, or every shard of one (read together as one store)")
     cmp_.add_argument("--json", action="store_true", help="print tidy JSON rows")
     cmp_.add_argument("--lazy", action="store_true", help="compute on dask-backed arrays (large stores)")
+    cmp_.add_argument("--scheduler", metavar="ADDRESS",
+                      help="compute on this dask.distributed scheduler (e.g. tcp://host:8786); implies --lazy")
     cmp_.add_argument("--no-progress", action="store_true")
     cmp_.set_defaults(func=cmd_compare)
+
+    mrg = sub.add_parser("merge", help="merge the shards of one job into one store (no recomputation)")
+    mrg.add_argument("shards", nargs="+", help="every shard's store")
+    mrg.add_argument("--out", required=True)
+    mrg.add_argument("--overwrite", action="store_true")
+    mrg.set_defaults(func=cmd_merge)
 
     rep = sub.add_parser("report", help="drift figures, rows.json and summary.md for a store")
     rep.add_argument("store")

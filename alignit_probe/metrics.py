@@ -38,6 +38,8 @@ def _distances(a: np.ndarray, b: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def token_distances(a: xr.DataArray, b: xr.DataArray, ref_index: xr.DataArray) -> xr.Dataset:
     """Per-token distances of ``a`` to its partner in ``b`` (same extra dims, e.g. ``layer``), lazily if dask."""
+    # token labels would be compared between the inputs (a dask compute each when lazy): keep index coords only
+    a, b, ref_index = (x.reset_coords(drop=True) for x in (a, b, ref_index))
     b = b.rename(token="ref_token")
     out = xr.apply_ufunc(
         _distances, a, b, ref_index,

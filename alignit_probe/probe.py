@@ -8,10 +8,11 @@ from dataclasses import asdict
 
 import numpy as np
 
+from . import jobs
 from . import store as st
-from .concepts import Concept, modifier_ids, tokenize_prompts
+from .concepts import Concept, modifier_ids
 from .embeddings import embedding_diagnostics
-from .record import iter_record
+from .record import record_batch, tokenize_table
 from .sites import attn2_paths
 
 
@@ -42,24 +43,52 @@ def model_attrs(pair, which: str, device, dtype, seed, clip_skip) -> dict:
 
 
 def record_store(pair, concepts: list[Concept], prompts: list[str], out, *, overwrite=False, batch_size=8,
-                 clip_skip=None, seed=0, store_dtype=np.float32, progress=True, command=None, extra=None):
+                 clip_skip=None, seed=0, store_dtype=np.float32, progress=True, command=None, extra=None,
+                 shard: tuple[int, int] | None = None, drop_padding=False, job: dict | None = None):
     """Record baseline and customized model on ``prompts`` into the store at ``out``. Returns the store path.
 
-    ``extra(writer, customs, bases)`` may add branches (AlignIT) before the store is committed."""
-    custom_tp, base_tp, warnings = tokenize_prompts(prompts, pair.custom, pair.baseline.tokenizer, concepts)
+    Batches stream into ``<out>.partial``; rerunning the same job after a crash resumes it (``jobs`` says what
+    "the same job" is; ``job`` adds options of ``extra`` that must match too). ``shard=(i, n)`` records shard i of n
+    (``jobs.shard_range``). ``drop_padding`` keeps the first T token positions, T the longest tokenized prompt of the
+    whole prompt set. ``extra(writer, customs, bases)`` may add branches (AlignIT) before the store is committed;
+    ``customs``/``bases`` are ``record.TokenTable`` s of this shard's prompts."""
+    span = jobs.shard_range(len(prompts), batch_size, shard)
+    custom_tp, base_tp, warnings = tokenize_table(prompts, span, pair.custom, pair.baseline.tokenizer, concepts)
+    n_full = pair.custom.tokenizer.model_max_length
+    n_tokens = jobs.kept_tokens(prompts, pair.custom, pair.baseline.tokenizer, concepts) if drop_padding else n_full
     device, dtype = pair.custom.unet.device, pair.custom.unet.dtype
-    attrs = dict(concepts=[asdict(c) for c in concepts], versions=versions(), command=command,
-                 warnings=warnings + list(pair.warnings), n_prompts=len(prompts))
-    with st.StoreWriter(out, overwrite=overwrite, attrs=attrs) as writer:
-        for name, pipe, tps in (("baseline", pair.baseline, base_tp), ("custom", pair.custom, custom_tp)):
-            m_attrs = model_attrs(pair, name, device, dtype, seed, clip_skip)
-            m_attrs["warnings"] = m_attrs["warnings"] + warnings
-            m_attrs["sites"] = attn2_paths(pipe.unet)
-            bar = progress_bar(len(tps), f"record {name}", progress)
-            for batch in iter_record(pipe, tps, batch_size=batch_size, progress=bar, clip_skip=clip_skip,
-                                     store_dtype=store_dtype):
-                writer.append(name, batch, m_attrs)
-            bar.close()
+    options = dict(batch_size=batch_size, clip_skip=clip_skip, seed=seed, store_dtype=np.dtype(store_dtype).name,
+                   drop_padding=bool(drop_padding), n_tokens=n_tokens, dtype=str(dtype).replace("torch.", ""),
+                   device_type=device.type, **(job or {}))
+    vers = versions()
+    attrs = dict(concepts=[asdict(c) for c in concepts], versions=vers, command=command,
+                 warnings=warnings + list(pair.warnings), n_prompts=len(prompts), options=options,
+                 n_tokens=n_tokens, n_tokens_full=n_full, shard=jobs.shard_name(shard),
+                 prompt_range=[span.start, span.stop],
+                 fingerprint=jobs.job_fingerprint(pair, concepts, prompts, options, vers))
+    # writes overlap the next batch's compute in a thread where a GPU computes; on CPU that thread would only take
+    # cores from torch's own threads, so they write in between batches
+    with st.StoreWriter(out, overwrite=overwrite, attrs=attrs, chunk_prompts=batch_size, n_prompts=len(span),
+                        n_tokens=n_tokens if drop_padding else None, first_prompt=span.start,
+                        background=device.type != "cpu") as writer:
+        models = [("baseline", pair.baseline, base_tp), ("custom", pair.custom, custom_tp)]
+        m_attrs = {}
+        for name, pipe, _ in models:
+            m_attrs[name] = model_attrs(pair, name, device, dtype, seed, clip_skip)
+            m_attrs[name]["warnings"] = m_attrs[name]["warnings"] + warnings
+            m_attrs[name]["sites"] = attn2_paths(pipe.unet)
+        done = min(writer.written(name) for name, _, _ in models)
+        bar = progress_bar(len(span), "record", progress)
+        bar.update(done)
+        for start in range(span.start + done, span.stop, batch_size):
+            stop = min(start + batch_size, span.stop)
+            for name, pipe, tps in models:
+                if span.start + writer.written(name) < stop:
+                    batch = record_batch(pipe, tps[start:stop], start, clip_skip=clip_skip, store_dtype=store_dtype,
+                                         n_tokens=n_tokens if drop_padding else None)
+                    writer.append(name, batch, m_attrs[name])
+            bar.update(stop - start)
+        bar.close()
         ids = sorted({i for c in concepts for i in modifier_ids(pair.custom, c)})
         writer.put("custom/embedding", embedding_diagnostics(pair.custom, pair.baseline, ids))
         if extra is not None:

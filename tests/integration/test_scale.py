@@ -1,0 +1,219 @@
+"""Streaming, resumable and sharded recording; lazy and distributed analysis (toy pipeline, Textual Inversion)."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from safetensors.torch import save_file
+
+from alignit_probe import cli
+from alignit_probe.metrics import compare_rows
+from alignit_probe.shards import merge_shards, open_shards
+from alignit_probe.store import StoreWriter, open_store, store_attrs
+
+PROMPTS = [f"a photo of a <new1> cat {w}" for w in (
+    "on the beach", "in the snow", "wearing a red hat", "in the style of van gogh, oil painting, highly detailed",
+    "sleeping", "jumping over a fence", "at night", "under a tree", "with a dog", "in a box", "on a table",
+    "in space")]
+
+
+@pytest.fixture(scope="module")
+def job(toy_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("scale")
+    save_file({"<new1>": torch.randn(32, generator=torch.Generator().manual_seed(3))},
+              str(d / "learned_embeds.safetensors"))
+    (d / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+
+    def argv(out, *extra):
+        return ["record", "--baseline", toy_dir, "--custom", str(d / "learned_embeds.safetensors"),
+                "--concept", "<new1>", "--class-word", "cat", "--prompts", str(d / "prompts.txt"), "--out", str(out),
+                "--batch-size", "2", "--no-progress", *extra]
+
+    return d, argv
+
+
+@pytest.fixture(scope="module")
+def reference(job):
+    """The store of one uninterrupted, unsharded run."""
+    d, argv = job
+    assert cli.main(argv(d / "ref.zarr")) == 0
+    return d / "ref.zarr"
+
+
+def assert_same_data(a: xr.DataTree, b: xr.DataTree) -> None:
+    """Same nodes, and in each the same variables and coordinates with exactly equal values (attrs aside)."""
+    assert sorted(n.path for n in a.subtree) == sorted(n.path for n in b.subtree)
+    for node in a.subtree:
+        da, db = node.to_dataset(inherit=False).load(), b[node.path].to_dataset(inherit=False).load()
+        assert set(da.variables) == set(db.variables), node.path
+        xr.testing.assert_equal(da, db)
+
+
+def same_rows(r1: list[dict], r2: list[dict]) -> bool:
+    eq = lambda x, y: x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+    return len(r1) == len(r2) and all(r1[i].keys() == r2[i].keys() and all(eq(r1[i][k], r2[i][k]) for k in r1[i])
+                                      for i in range(len(r1)))
+
+
+def written(partial: Path) -> dict:
+    try:
+        return json.loads(json.loads((partial / "zarr.json").read_text())["attributes"]["written"])
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+@pytest.mark.filterwarnings("ignore:Failed to open Zarr store with consolidated metadata")
+def test_resume_after_sigkill(job, reference, capsys):
+    d, argv = job
+    out = d / "resumed.zarr"
+    partial = out.with_name(out.name + ".partial")
+    threads = str(torch.get_num_threads())  # same arithmetic as this process, for bit-equal data
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "alignit_probe.cli", *argv(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while proc.poll() is None and written(partial).get("baseline", 0) < 2:
+            assert time.monotonic() < deadline, "the recording never wrote its first batch"
+            time.sleep(0.005)
+        killed_at = written(partial)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert 2 <= killed_at["baseline"] < len(PROMPTS)
+    # a partly written store is never taken for a complete one
+    assert not out.exists() and partial.is_dir()
+    with pytest.raises(Exception, match="rerun the same record command"):
+        open_store(out)
+    with pytest.raises(Exception, match="not a complete"):
+        open_store(partial)
+
+    capsys.readouterr()
+    assert cli.main(argv(out)) == 0  # the same command again
+    assert "resuming" in capsys.readouterr().err
+    assert not partial.exists()
+    tree, ref = open_store(out), open_store(reference)
+    for model in ("baseline", "custom"):
+        np.testing.assert_array_equal(tree[model].prompt.values, np.arange(len(PROMPTS)))
+    assert_same_data(tree, ref)
+    assert store_attrs(tree)["written"] == {"baseline": 12, "custom": 12}
+
+
+def test_other_job_on_partial_starts_afresh(tmp_path):
+    import io
+
+    out = tmp_path / "s.zarr"
+    with StoreWriter(out, attrs={"fingerprint": "a"}) as w:
+        assert not w.resumed
+    log = io.StringIO()
+    with StoreWriter(out, attrs={"fingerprint": "a"}, log=log) as w:
+        assert w.resumed and "resuming" in log.getvalue()
+    log = io.StringIO()
+    with StoreWriter(out, attrs={"fingerprint": "b"}, log=log) as w:
+        assert not w.resumed and "different recording job" in log.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shards(job):
+    d, argv = job
+    paths = [d / f"shard{i}.zarr" for i in range(2)]
+    for i, p in enumerate(paths):
+        assert cli.main(argv(p, "--shard", f"{i}/2")) == 0
+    return paths
+
+
+def test_shards_open_together_equal_single_run(shards, reference, capsys):
+    parts = [open_store(p) for p in shards]
+    assert [list(t["custom"].prompt.values) for t in parts] == [list(range(6)), list(range(6, 12))]
+    tree = open_shards(shards[::-1])  # any order
+    assert_same_data(tree, open_store(reference))
+    capsys.readouterr()
+    assert cli.main(["compare", "--json", "--no-progress", str(reference)]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert cli.main(["compare", "--json", "--no-progress", *map(str, shards)]) == 0
+    assert same_rows(json.loads(capsys.readouterr().out), single)
+    with pytest.raises(Exception, match="shard 0/2 given twice; shard 1/2 missing"):
+        open_shards([shards[0], shards[0]])
+
+
+def test_merge_shards_equals_single_run(shards, reference, tmp_path):
+    merged = merge_shards(shards, tmp_path / "merged.zarr")
+    tree = open_store(merged)
+    assert_same_data(tree, open_store(reference))
+    enc = tree["custom/text"]["encoder_layer"].encoding
+    assert enc["chunks"][0] == 2 and enc["preferred_chunks"]["prompt"] == 2  # one batch per chunk, as recorded
+    assert "shard" not in store_attrs(tree)
+
+
+def test_compare_on_local_cluster_equals_eager(reference, capsys):
+    from distributed import Client, LocalCluster
+
+    eager = open_store(reference)
+    eager.load()
+    rows = compare_rows(eager)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster):
+        lazy = open_store(reference, chunks={})
+        assert lazy["custom/text"]["encoder_layer"].chunks is not None
+        assert same_rows(compare_rows(lazy), rows)
+        capsys.readouterr()
+        assert cli.main(["compare", "--json", "--no-progress", "--scheduler", cluster.scheduler_address,
+                         str(reference)]) == 0
+    assert same_rows(json.loads(capsys.readouterr().out), json.loads(json.dumps(rows).replace("NaN", "null")))
+
+
+def test_drop_padding_keeps_the_longest_prompt(job, reference):
+    d, argv = job
+    assert cli.main(argv(d / "short.zarr", "--drop-padding")) == 0
+    tree, ref = open_store(d / "short.zarr"), open_store(reference)
+    attrs = store_attrs(tree)
+    roles = np.concatenate([ref[m].role.values for m in ("baseline", "custom")])
+    n = int(((roles != "padding").sum(-1)).max())  # = last end token + 1: padding only follows it
+    assert attrs["n_tokens"] == n < attrs["n_tokens_full"] == 77
+    for node in ref.subtree:
+        full = node.to_dataset(inherit=False)
+        if "token" not in full.dims:
+            continue
+        cut = full.isel(token=slice(0, n)).load()
+        if "ref_index" in cut.coords:
+            cut = cut.assign_coords(ref_index=cut.ref_index.where(cut.ref_index < n, -1).astype(np.int16))
+        xr.testing.assert_equal(tree[node.path].to_dataset(inherit=False).load(), cut)
+    rows = {(r["model"], r["stage"], r["layer"], r["role"], r["metric"]): r for r in compare_rows(tree)}
+    full_rows = compare_rows(ref)
+    for r in full_rows:  # the concept/context/special summaries do not change (up to summation order)
+        if r["role"] != "padding":
+            short = rows[(r["model"], r["stage"], r["layer"], r["role"], r["metric"])]
+            assert short["n"] == r["n"] and short["value"] == pytest.approx(r["value"], rel=1e-9, nan_ok=True)
+
+
+def test_store_dtype_float16(job, reference):
+    d, argv = job
+    assert cli.main(argv(d / "half.zarr", "--store-dtype", "float16")) == 0
+    tree, ref = open_store(d / "half.zarr"), open_store(reference)
+    for path in ("custom/text", "baseline/kv/mid_block.attentions.0.transformer_blocks.0.attn2"):
+        for name, var in tree[path].to_dataset(inherit=False).data_vars.items():
+            assert var.dtype == np.float16
+            np.testing.assert_array_equal(var.values, ref[path][name].values.astype(np.float16))
+    assert store_attrs(tree)["options"]["store_dtype"] == "float16"
+    assert all(r["n"] > 0 for r in compare_rows(tree) if r["role"] == "concept")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("3/2", "shard index 3 is not in 0..1"), ("x", "bad shard 'x'"), ("1/0", "at least one shard"),
+    ("0/8", "shard 0/8 has no prompts")])
+def test_bad_shard(job, capsys, value, message):
+    d, argv = job
+    assert cli.main(argv(d / "never.zarr", "--shard", value)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
+    assert not (d / "never.zarr").exists()
