@@ -114,7 +114,10 @@ def cmd_record(args) -> int:
         from .alignit_store import write_alignit_branch
         from .probe import progress_bar
 
+        from .generate import validate
+
         options = alignit_options(args)
+        validate(pair, concepts, options)  # before any work: a bad option never leaves a partial store
         job = {"alignit": vars(options).copy()}
 
         def extra(writer, custom_tp, base_tp):
@@ -182,6 +185,9 @@ def cmd_alignit(args) -> int:
     options = alignit_options(args)
     out = _out_dir(args.out, args.overwrite)
     pair = load_models(args)
+    from .generate import validate
+
+    validate(pair, concepts, options)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
@@ -432,6 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
     mrg.add_argument("--out", required=True)
     mrg.add_argument("--overwrite", action="store_true")
     mrg.set_defaults(func=cmd_merge)
+
+    from . import cli_attention
+
+    att = sub.add_parser("attention", help="cross-attention maps of baseline, customized [and AlignIT] into a store")
+    add_model_args(att)
+    add_alignit_args(att)
+    add_generation_args(att)
+    cli_attention.add_arguments(att)
+    att.set_defaults(func=cli_attention.cmd_attention)
 
     rep = sub.add_parser("report", help="drift figures, rows.json and summary.md for a store")
     rep.add_argument("store")
