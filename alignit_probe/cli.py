@@ -112,9 +112,8 @@ def cmd_record(args) -> int:
     extra, job = None, None
     if args.alignit:
         from .alignit_store import write_alignit_branch
-        from .probe import progress_bar
-
         from .generate import validate
+        from .probe import progress_bar
 
         options = alignit_options(args)
         validate(pair, concepts, options)  # before any work: a bad option never leaves a partial store
@@ -172,114 +171,8 @@ def _out_dir(path: str, overwrite: bool) -> Path:
     return out
 
 
-def cmd_alignit(args) -> int:
-    """Baseline, customized and AlignIT images (same seed), a labeled grid, and a store with the alignit branch."""
-    import shutil
-
-    from .alignit_store import write_alignit_branch
-    from .generate import generate_alignit
-    from .probe import progress_bar, record_store
-    from .report import image_grid
-
-    concepts, prompts = concepts_from(args), read_prompts(args)
-    options = alignit_options(args)
-    out = _out_dir(args.out, args.overwrite)
-    pair = load_models(args)
-    from .generate import validate
-
-    validate(pair, concepts, options)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    images, _ = generate_alignit(pair, concepts, prompts, options, seed=args.seed, steps=args.steps,
-                                 guidance_scale=args.guidance_scale, height=args.height, width=args.width)
-    for name, imgs in images.items():
-        for k, img in enumerate(imgs):
-            img.save(tmp / "images" / f"{k:03d}-{name}.png")
-    image_grid(images, prompts, tmp / "grid.png")
-
-    def extra(writer, custom_tp, base_tp):
-        bar = progress_bar(len(prompts), "record alignit", not args.no_progress)
-        write_alignit_branch(writer, pair, concepts, prompts, options, progress=bar)
-        bar.close()
-
-    record_store(pair, concepts, prompts, tmp / "store.zarr", seed=args.seed, progress=not args.no_progress,
-                 command=sys.argv, extra=extra)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    print(f"images, grid.png and store.zarr written to {out}")
-    return 0
-
-
-def cmd_swap(args) -> int:
-    """Keys from prompt A and values from prompt B (semantic control)."""
-    import shutil
-
-    from .control import Source, generate_swap
-    from .report import image_grid
-
-    out = _out_dir(args.out, args.overwrite)
-    if args.custom:
-        if not args.concept:
-            raise ProbeError("--custom needs --concept", "name the customized model's token with --concept")
-        pair = load_models(args)
-        models = {"baseline": pair.baseline, "custom": pair.custom}
-    else:
-        from .load import load_pipeline
-
-        models = {"baseline": load_pipeline(args.baseline, args.device or default_device(),
-                                            _torch_dtype(args.dtype))}
-    for flag in ("key_model", "value_model", "denoiser"):
-        if getattr(args, flag) not in models:
-            raise ProbeError(f"--{flag.replace('_', '-')} custom needs a customized model", "pass --custom SPEC")
-    images = generate_swap(Source(models[args.key_model], args.key_prompt),
-                           Source(models[args.value_model], args.value_prompt), models[args.denoiser],
-                           tokens=args.tokens, layers=args.layers, blocks=args.blocks, seed=args.seed,
-                           steps=args.steps, guidance_scale=args.guidance_scale, height=args.height, width=args.width)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, imgs in images.items():
-        imgs[0].save(tmp / f"{name.replace(' ', '_').replace('+', 'plus')}.png")
-    image_grid(images, [f"K: {args.key_prompt} | V: {args.value_prompt}"], tmp / "grid.png")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    print(f"swap images and grid.png written to {out}")
-    return 0
-
-
 def _json_safe(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
-def print_table(rows: list[dict], tree) -> None:
-    from . import store as st
-
-    for w in st.store_attrs(tree).get("warnings", []):
-        print(f"warning: {w}")
-    for model in st.models(tree):
-        for w in st.model_attrs(tree, model).get("warnings", []):
-            if w not in st.store_attrs(tree).get("warnings", []):
-                print(f"warning ({model}): {w}")
-    header = f"{'model':8} {'stage':16} {'layer':54} {'role':8} {'metric':16} {'value':>8}  {'95% CI':>19}  {'n':>4}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        if r["n"] == 0:
-            continue
-        layer = "" if r["layer"] is None else str(r["layer"])
-        print(f"{r['model']:8} {r['stage']:16} {layer:54} {r['role']:8} {r['metric']:16} {r['value']:8.4f}  "
-              f"[{r['ci_low']:8.4f}, {r['ci_high']:8.4f}]  {r['n']:4d}")
-    if "embedding" in tree["custom"].children:
-        emb = tree["custom/embedding"].to_dataset().load()
-        print("\nlearned embeddings (norm vs vocabulary; nearest vocabulary tokens):")
-        for v in emb.vector.values:
-            e = emb.sel(vector=v)
-            near = ", ".join(f"{t} ({c:.2f})" for t, c in zip(e.neighbor_token.values, e.neighbor_cosine.values))
-            print(f"  {e.vector_token.item():14} norm {e.norm.item():.3f} (percentile {e.norm_percentile.item():.1f}, "
-                  f"z {e.norm_z.item():+.2f})  nearest: {near}")
 
 
 def cmd_compare(args) -> int:
@@ -305,38 +198,9 @@ def cmd_compare(args) -> int:
         json.dump([{k: _json_safe(v) for k, v in r.items()} for r in rows], sys.stdout, indent=1)
         print()
     else:
+        from .cli_report import print_table
+
         print_table(rows, tree)
-    return 0
-
-
-def cmd_report(args) -> int:
-    """A diagnostic report folder: drift figure, tidy rows (JSON), and a short markdown summary."""
-    from . import store as st
-    from .metrics import compare_rows
-    from .plots import drift_figure
-
-    tree = st.open_store(args.store)
-    out = _out_dir(args.out, args.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = compare_rows(tree)
-    (out / "rows.json").write_text(json.dumps([{k: _json_safe(v) for k, v in r.items()} for r in rows], indent=1))
-    drift_figure(rows, out / "drift_relative_l2.png", "relative_l2")
-    drift_figure(rows, out / "drift_cosine_distance.png", "cosine_distance")
-    lines = [f"# alignit-probe report: {args.store}", ""]
-    for model in st.models(tree):
-        a = st.model_attrs(tree, model)
-        lines.append(f"- **{model}**: {a.get('method')} — {a.get('custom_ids') or a.get('model_id')}")
-        lines += [f"  - warning: {w}" for w in a.get("warnings", [])]
-    lines += ["", "| model | stage | role | mean relative L2 over layers |", "|---|---|---|---|"]
-    for model in sorted({r["model"] for r in rows}):
-        for stage in ("token_embedding", "encoder_layer", "encoder_output", "key", "value"):
-            for role in ("concept", "context"):
-                vals = [r["value"] for r in rows if (r["model"], r["stage"], r["role"], r["metric"]) ==
-                        (model, stage, role, "relative_l2") and r["n"]]
-                if vals:
-                    lines.append(f"| {model} | {stage} | {role} | {sum(vals) / len(vals):.4f} |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print(f"report written to {out}")
     return 0
 
 
@@ -370,6 +234,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import cli_generate, cli_report
+
     parser = argparse.ArgumentParser(prog="alignit-probe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -394,35 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_alignit_args(rec)
     rec.set_defaults(func=cmd_record)
 
-    al = sub.add_parser("alignit", help="baseline / customized / AlignIT images, grid, and store with alignit branch")
-    add_model_args(al)
-    add_alignit_args(al)
-    add_generation_args(al)
-    al.add_argument("--out", required=True, help="output folder")
-    al.add_argument("--overwrite", action="store_true")
-    al.set_defaults(func=cmd_alignit)
-
-    sw = sub.add_parser("swap", help="keys from prompt A, values from prompt B (K/V semantic control)")
-    sw.add_argument("--baseline", required=True)
-    sw.add_argument("--custom", action="append", metavar="SPEC")
-    sw.add_argument("--concept", action="append", metavar="TOKEN")
-    sw.add_argument("--class-word", action="append", metavar="WORD")
-    sw.add_argument("--key-prompt", required=True, metavar="A")
-    sw.add_argument("--value-prompt", required=True, metavar="B")
-    sw.add_argument("--key-model", choices=("baseline", "custom"), default="baseline")
-    sw.add_argument("--value-model", choices=("baseline", "custom"), default="baseline")
-    sw.add_argument("--denoiser", choices=("baseline", "custom"), default="baseline")
-    sw.add_argument("--tokens", nargs="+", metavar="WORD", help="swap values only at these words of A")
-    sw.add_argument("--layers", nargs="+", metavar="PATH")
-    sw.add_argument("--blocks", nargs="+", choices=("down", "mid", "up"))
-    sw.add_argument("--device", default=None)
-    sw.add_argument("--dtype", choices=DTYPES, default="float32")
-    sw.add_argument("--seed", type=int, default=0)
-    sw.add_argument("--no-progress", action="store_true")
-    add_generation_args(sw)
-    sw.add_argument("--out", required=True)
-    sw.add_argument("--overwrite", action="store_true")
-    sw.set_defaults(func=cmd_swap)
+    cli_generate.add_parsers(sub)
 
     cmp_ = sub.add_parser("compare", help="distances of each model to the baseline, per stage, layer and role")
     cmp_.add_argument("store", nargs="+", help="a store, or every shard of one (read together as one store)")
@@ -452,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("store")
     rep.add_argument("--out", required=True)
     rep.add_argument("--overwrite", action="store_true")
-    rep.set_defaults(func=cmd_report)
+    rep.set_defaults(func=cli_report.cmd_report)
 
     demo = sub.add_parser("demo", help="the main job on the embedded toy model (offline)")
     demo.add_argument("--out", default="out/demo")
