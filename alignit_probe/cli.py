@@ -5,6 +5,7 @@ Every bad input ends with one line ``error: <problem> — <fix>`` on stderr and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -119,10 +120,12 @@ def cmd_record(args) -> int:
         validate(pair, concepts, options)  # before any work: a bad option never leaves a partial store
         job = {"alignit": vars(options).copy()}
 
-        def extra(writer, custom_tp, base_tp):
+        def alignit_branch(writer, custom_tp, base_tp):
             bar = progress_bar(len(prompts), "record alignit", not args.no_progress)
             write_alignit_branch(writer, pair, concepts, prompts, options, batch_size=args.batch_size, progress=bar)
             bar.close()
+
+        extra = alignit_branch
     out = record_store(
         pair, concepts, prompts, args.out, overwrite=args.overwrite, batch_size=args.batch_size,
         clip_skip=args.clip_skip, seed=args.seed, store_dtype=np.float16 if args.store_dtype == "float16" else np.float32,
@@ -162,6 +165,32 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-scale", type=float, default=7.5)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path):
+    """Write into ``<out>.partial``; move it to ``out`` only when the block succeeds (else remove it)."""
+    import shutil
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def save_images(images: dict, folder: Path) -> None:
+    """``images[name][k]`` → ``folder/<k>-<name>.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, imgs in images.items():
+        for k, img in enumerate(imgs):
+            img.save(folder / f"{k:03d}-{name.replace(' ', '_').replace('+', 'plus')}.png")
 
 
 def _out_dir(path: str, overwrite: bool) -> Path:

@@ -3,7 +3,6 @@ into one store (with the recorded stages) plus overlay figures."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 
 from .errors import ProbeError
@@ -53,14 +52,7 @@ def cmd_attention(args) -> int:
     akv = alignit_kv(pair, concepts, prompts, options)
     maps = generation_maps(pair, akv, include_alignit=args.alignit, slices=slices, seed=args.seed, steps=args.steps,
                            guidance_scale=args.guidance_scale, height=args.height, width=args.width)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    for name, (_, images) in maps.items():
-        for k, img in enumerate(images):
-            img.save(tmp / "images" / f"{k:03d}-{name}.png")
     tokenized = {"baseline": akv.baseline, "custom": akv.custom, "alignit": [p.tokens for p in akv.plans]}
-    write_overlays(maps, tokenized, prompts, tmp / "overlays")
 
     def extra(writer, custom_tp, base_tp):
         if args.alignit:
@@ -68,10 +60,10 @@ def cmd_attention(args) -> int:
         for name, (ds, _) in maps.items():
             writer.put(f"{name}/attention", ds)
 
-    record_store(pair, concepts, prompts, tmp / "store.zarr", seed=args.seed, progress=not args.no_progress,
-                 command=sys.argv, extra=extra)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with cli.staged_folder(out) as tmp:
+        cli.save_images({name: images for name, (_, images) in maps.items()}, tmp / "images")
+        write_overlays(maps, tokenized, prompts, tmp / "overlays")
+        record_store(pair, concepts, prompts, tmp / "store.zarr", seed=args.seed, progress=not args.no_progress,
+                     command=sys.argv, extra=extra)
     print(f"maps in {out}/store.zarr (/<model>/attention), overlays in {out}/overlays, images in {out}/images")
     return 0

@@ -6,16 +6,15 @@ from __future__ import annotations
 import sys
 
 from .cli import (DTYPES, _out_dir, _torch_dtype, add_alignit_args, add_generation_args, add_model_args,
-                  alignit_options, concepts_from, default_device, load_models, read_prompts)
+                  alignit_options, concepts_from, default_device, load_models, read_prompts, save_images,
+                  staged_folder)
 from .errors import ProbeError
 
 
 def cmd_alignit(args) -> int:
     """Baseline, customized and AlignIT images (same seed), a labeled grid, and a store with the alignit branch."""
-    import shutil
-
     from .alignit_store import write_alignit_branch
-    from .generate import generate_alignit
+    from .generate import generate_alignit, validate
     from .probe import progress_bar, record_store
     from .report import image_grid
 
@@ -23,37 +22,26 @@ def cmd_alignit(args) -> int:
     options = alignit_options(args)
     out = _out_dir(args.out, args.overwrite)
     pair = load_models(args)
-    from .generate import validate
-
     validate(pair, concepts, options)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
     images, _ = generate_alignit(pair, concepts, prompts, options, seed=args.seed, steps=args.steps,
                                  guidance_scale=args.guidance_scale, height=args.height, width=args.width)
-    for name, imgs in images.items():
-        for k, img in enumerate(imgs):
-            img.save(tmp / "images" / f"{k:03d}-{name}.png")
-    image_grid(images, prompts, tmp / "grid.png")
 
     def extra(writer, custom_tp, base_tp):
         bar = progress_bar(len(prompts), "record alignit", not args.no_progress)
         write_alignit_branch(writer, pair, concepts, prompts, options, progress=bar)
         bar.close()
 
-    record_store(pair, concepts, prompts, tmp / "store.zarr", seed=args.seed, progress=not args.no_progress,
-                 command=sys.argv, extra=extra)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with staged_folder(out) as tmp:
+        save_images(images, tmp / "images")
+        image_grid(images, prompts, tmp / "grid.png")
+        record_store(pair, concepts, prompts, tmp / "store.zarr", seed=args.seed, progress=not args.no_progress,
+                     command=sys.argv, extra=extra)
     print(f"images, grid.png and store.zarr written to {out}")
     return 0
 
 
 def cmd_swap(args) -> int:
     """Keys from prompt A and values from prompt B (semantic control)."""
-    import shutil
-
     from .control import Source, generate_swap
     from .report import image_grid
 
@@ -75,15 +63,9 @@ def cmd_swap(args) -> int:
                            Source(models[args.value_model], args.value_prompt), models[args.denoiser],
                            tokens=args.tokens, layers=args.layers, blocks=args.blocks, seed=args.seed,
                            steps=args.steps, guidance_scale=args.guidance_scale, height=args.height, width=args.width)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, imgs in images.items():
-        imgs[0].save(tmp / f"{name.replace(' ', '_').replace('+', 'plus')}.png")
-    image_grid(images, [f"K: {args.key_prompt} | V: {args.value_prompt}"], tmp / "grid.png")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with staged_folder(out) as tmp:
+        save_images(images, tmp)
+        image_grid(images, [f"K: {args.key_prompt} | V: {args.value_prompt}"], tmp / "grid.png")
     print(f"swap images and grid.png written to {out}")
     return 0
 

@@ -77,3 +77,16 @@ def test_alignit_command_writes_grid_and_store(toy_dir, cd_dir, tmp_path, capsys
     assert '"model": "alignit"' in capsys.readouterr().out
     rc, lines = run(argv, capsys)  # exists now
     assert rc == 2 and "not empty" in lines[0]
+
+
+def test_swap_command(toy_dir, tmp_path, capsys):
+    out = tmp_path / "swap"
+    argv = ["swap", "--baseline", toy_dir, "--key-prompt", "a dog on the grass", "--value-prompt", "a cat in the snow",
+            "--tokens", "dog", "--blocks", "up", "--steps", "1", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert (out / "grid.png").exists() and len(list(out.glob("000-*.png"))) == 3
+    rc, lines = run(argv[:-3] + ["--tokens", "zebra", "--out", str(tmp_path / "s2")], capsys)
+    assert rc == 2 and "none of the tokens" in lines[0] and not (tmp_path / "s2").exists()
+    rc, lines = run(["swap", "--baseline", toy_dir, "--key-prompt", "a", "--value-prompt", "b", "--key-model",
+                     "custom", "--out", str(tmp_path / "s3")], capsys)
+    assert rc == 2 and "customized model" in lines[0]

@@ -94,3 +94,31 @@ def test_compare_json_cli(stores, capsys):
     layers = {r["layer"] for r in rows if r["stage"] == "encoder_layer"}
     assert layers == {0, 1, 2}
     assert {r["layer"] for r in rows if r["stage"] == "encoder_output"} == {None}
+
+
+def test_bfloat16_recording_is_finite_and_close_to_float32(toy_dir, cd_dir, tmp_path):
+    from alignit_probe.load import load_pair
+
+    pair = load_pair(toy_dir, [cd_dir], dtype=torch.bfloat16, progress=False)
+    out = record_store(pair, CONCEPTS, PROMPTS[:2], tmp_path / "bf16.zarr", progress=False)
+    ref = st.open_store(record_store(load_pair(toy_dir, [cd_dir], progress=False), CONCEPTS, PROMPTS[:2],
+                                     tmp_path / "f32.zarr", progress=False))
+    tree = st.open_store(out)
+    assert st.model_attrs(tree, "custom")["dtype"] == "bfloat16"
+    for name in ["text"] + [f"kv/{p}" for p in st.kv_paths(tree, "custom")]:
+        low, high = st.group(tree, "custom", name), st.group(ref, "custom", name)
+        for var in low.data_vars:
+            a, b = low[var].values, high[var].values
+            assert np.isfinite(a).all()
+            assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.05, (name, var)
+
+
+@pytest.mark.gpu
+def test_float16_on_gpu_has_no_nans(toy_dir, cd_dir, tmp_path):
+    from alignit_probe.load import load_pair
+
+    pair = load_pair(toy_dir, [cd_dir], device="cuda", dtype=torch.float16, progress=False)
+    tree = st.open_store(record_store(pair, CONCEPTS, PROMPTS, tmp_path / "f16.zarr", progress=False))
+    for name in ["text"] + [f"kv/{p}" for p in st.kv_paths(tree, "custom")]:
+        for var in st.group(tree, "custom", name).data_vars:
+            assert np.isfinite(st.group(tree, "custom", name)[var].values).all()

@@ -64,3 +64,13 @@ def test_dummy_prompt_needs_concept():
     with pytest.raises(ProbeError, match="placeholder"):
         dummy_prompt("photo of a cat", Concept("<new1>", "cat"))
     assert dummy_prompt("photo of a {concept}", Concept("<new1>", "cat")) == "photo of a <new1> cat"
+
+
+def test_several_concepts_each_take_their_own_dummy_span(base_tok):
+    pipe = FakePipe({"<new1>": 2, "<new2>": 1})
+    cs = [Concept("<new1>", "cat"), Concept("<new2>", "dog")]
+    plan, ct, bt, dummies = plan_for("a <new2> dog chasing a <new1> cat", cs, pipe, base_tok)
+    spans = [(s, plan.tokens.tokens[i]) for i, s in enumerate(plan.source) if s != BASELINE]
+    assert spans == [(1, "<new2>"), (1, "dog</w>"), (0, "<new1>"), (0, "<new1>_1"), (0, "cat</w>")]
+    assert [t for t, r in zip(plan.tokens.tokens, plan.tokens.role) if r == "context"] == \
+        ["a</w>", "chasing</w>", "a</w>"]
