@@ -38,6 +38,7 @@ FORMAT = "alignit-probe/1"
 JSON_ATTRS = ("artifacts", "warnings", "concepts", "versions", "command", "sites", "options", "written", "custom_ids",
               "prompt_range")
 TOKEN_COORDS = ("prompt_text", "token_id", "token_str", "role", "concept", "ref_index")
+GROUP_META = {"attributes": {}, "zarr_format": 3, "node_type": "group"}  # what xarray writes for a bare group
 
 
 def is_netcdf(path: str | os.PathLike) -> bool:
@@ -103,6 +104,7 @@ class StoreWriter:
         self._written: dict[str, int] = {}  # persisted: prompts fully written per model (writer thread)
         self._queued: dict[str, int] = {}  # accepted by append (caller's thread)
         self._started: set[str] = set()  # groups that exist
+        self._scanned: set[str] = set()  # groups whose arrays are in _arrays
         self._arrays: dict[tuple[str, str], tuple[object, int]] = {}  # (group, name) -> (AsyncArray, prompt axis)
         self._thread = self._pool = None
         self._error: BaseException | None = None
@@ -226,16 +228,19 @@ class StoreWriter:
             ds = ds.chunk({d: c for d, c in chunks.items() if d in ds.dims})
         ds.to_zarr(self.tmp, group=group, mode=mode, consolidated=False, encoding=enc)
         self._started.add(group)
+        self._scanned.discard(group)  # (re)written: its arrays are opened afresh
+        for key in [k for k in self._arrays if k[0] == group]:
+            del self._arrays[key]
 
     def _model_arrays(self, model: str) -> list:
         """Every array along ``prompt`` in ``model``'s groups: (AsyncArray, prompt axis)."""
-        out = []
-        for group in sorted(g for g in self._started if g == model or g.startswith(model + "/")):
+        for group in sorted(g for g in self._started - self._scanned if g == model or g.startswith(model + "/")):
             for name, member in zarr.open_group(str(self.tmp / group), mode="r+").arrays():
                 dims = list(member.metadata.dimension_names or ())
                 if "prompt" in dims:
-                    out.append(self._arrays.setdefault((group, name), (member.async_array, dims.index("prompt"))))
-        return out
+                    self._arrays.setdefault((group, name), (member.async_array, dims.index("prompt")))
+            self._scanned.add(group)
+        return [v for (g, _), v in self._arrays.items() if g == model or g.startswith(model + "/")]
 
     def _resize(self, model: str, n: int) -> None:
         """Set the prompt length of all ``model``'s arrays to ``n`` (chunks beyond it are deleted)."""
@@ -293,20 +298,77 @@ class StoreWriter:
             out.append((folder.joinpath("c", *map(str, key)), block))
         return out
 
+    def _templates(self, group: str):
+        """Groups already in the store that ``group`` may copy its layout from: the same group of another model
+        (``custom/kv/x`` ← ``baseline/kv/x``), then its siblings (``baseline/kv/y`` ← ``baseline/kv/x``)."""
+        model, _, rest = group.partition("/")
+        parent = group.rpartition("/")[0]
+        for other in sorted({g.partition("/")[0] for g in self._started} - {model}):
+            if f"{other}/{rest}" in self._started and rest:
+                yield f"{other}/{rest}"
+            elif not rest and other in self._started:
+                yield other
+        if parent:
+            rel = parent.partition("/")[2]
+            for other in sorted(g for g in self._started if g.rpartition("/")[0].partition("/")[2] == rel):
+                if other != group and other.count("/") == group.count("/"):
+                    yield other
+
+    def _create_like(self, group: str, ds: xr.Dataset, template: str) -> bool:
+        """Create ``group``'s (empty, preallocated) arrays from the metadata of ``template``, a group of the same
+        variables, dimensions and dtypes that xarray wrote: the zarr v3 ``zarr.json`` of each node, with sizes (and
+        whole-axis chunks) set to ``ds``'s. Much cheaper than ``to_zarr``; False (nothing written) if they differ."""
+        src, dst = self.tmp / template, self.tmp / group
+        nodes = {p.name: json.loads((p / "zarr.json").read_text()) for p in src.iterdir() if (p / "zarr.json").is_file()}
+        arrays = {k: m for k, m in nodes.items() if m.get("node_type") == "array"}
+        if set(arrays) != set(ds.variables):
+            return False
+        for name, meta in arrays.items():
+            var = ds.variables[name]
+            kind = "string" if var.dtype.kind in "OUT" else var.dtype.name
+            if list(meta.get("dimension_names") or ()) != list(var.dims) or meta["data_type"] != kind:
+                return False
+            if "prompt" not in var.dims and tuple(meta["shape"]) != var.shape:
+                return False
+        for parent in reversed(list(dst.relative_to(self.tmp).parents)[:-1]):  # implicit groups (custom/kv)
+            if not (self.tmp / parent / "zarr.json").is_file():
+                (self.tmp / parent).mkdir(parents=True, exist_ok=True)
+                (self.tmp / parent / "zarr.json").write_text(json.dumps(GROUP_META))
+        dst.mkdir(parents=True, exist_ok=True)
+        meta = json.loads((src / "zarr.json").read_text())
+        keep = {k: v for k, v in meta.get("attributes", {}).items() if k == "coordinates"}
+        meta["attributes"] = {**keep, **ds.attrs}
+        (dst / "zarr.json").write_text(json.dumps(meta))
+        for name, meta in arrays.items():
+            var = ds.variables[name]
+            if "prompt" not in var.dims:
+                shutil.copytree(src / name, dst / name)  # index coordinates (token, layer): metadata and values
+                continue
+            chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            for d, (dim, size) in enumerate(zip(var.dims, var.shape)):
+                whole = chunks[d] == meta["shape"][d]
+                meta["shape"][d] = max(self.n_prompts or 0, size) if dim == "prompt" else size
+                if whole and dim != "prompt":
+                    chunks[d] = size
+            (dst / name).mkdir()
+            (dst / name / "zarr.json").write_text(json.dumps(meta))
+        self._started.add(group)
+        return True
+
     def _write_batch(self, model: str, batch, model_attrs: dict | None) -> None:
         n0 = self._written.get(model, 0)
         coords = batch.coords.copy()
         if model not in self._started:
             coords.attrs = encode_attrs(model_attrs or {})
         items = [(model, coords)] + [(f"{model}/{k}", v) for k, v in batch.groups.items()]
-        old = [(g, ds) for g, ds in items if g in self._started]
-        created = False
+        by_xarray = []
         for group, ds in items:
             if group not in self._started:
-                self._create(group, ds)
-                created = True
-        self._extend(old, n0)
-        if created and self.n_prompts:
+                if not any(self._create_like(group, ds, t) for t in self._templates(group)):
+                    self._create(group, ds)
+                    by_xarray.append(group)
+        self._extend([(g, ds) for g, ds in items if g not in by_xarray], n0)
+        if by_xarray and self.n_prompts:
             self._resize(model, max(self.n_prompts, n0 + batch.coords.sizes["prompt"]))
         self._written[model] = n0 + batch.coords.sizes["prompt"]
         self._root.attrs["written"] = json.dumps(self._written)  # last: the batch now counts

@@ -55,7 +55,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", type=int, default=100)
     ap.add_argument("--large", type=int, default=5000)
-    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=100, help="the same for both runs, at most --small: peak "
+                    "memory grows with the batch (by design), not with the number of prompts")
     ap.add_argument("--store-dtype", choices=["float32", "float16"], default="float32")
     ap.add_argument("--drop-padding", action="store_true")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary folder)")
@@ -65,6 +66,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.child:
         return child(args)
+    if args.batch_size > args.small:
+        ap.error("--batch-size must not exceed --small (both runs must record batches of the same size)")
 
     sys.path.insert(0, str(ROOT))
     import torch

@@ -217,3 +217,12 @@ def test_bad_shard(job, capsys, value, message):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
     assert not (d / "never.zarr").exists()
+
+
+def test_shard_ranges_are_contiguous_whole_batches():
+    from alignit_probe.jobs import shard_range
+
+    for n_prompts, batch, n in [(12, 2, 2), (12, 2, 5), (101, 8, 3), (7, 3, 3), (1000, 64, 7)]:
+        spans = [shard_range(n_prompts, batch, (i, n)) for i in range(n)]
+        assert [k for s in spans for k in s] == list(range(n_prompts))
+        assert all(s.start % batch == 0 for s in spans)
