@@ -43,6 +43,8 @@ def main(argv=None) -> None:
     ap.add_argument("--size", choices=("toy", "sd15"), default="toy")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--height", type=int, default=None, help="image height (default: the model's, 512 for sd15)")
+    ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     args = ap.parse_args(argv)
@@ -52,7 +54,8 @@ def main(argv=None) -> None:
     for p in (pair.baseline, pair.custom):
         p.set_progress_bar_config(disable=True)
     prompt = ["photo of a <new1> cat on the beach"]
-    kw = dict(seed=0, steps=args.steps, guidance_scale=7.5, output_type="latent")
+    kw = dict(seed=0, steps=args.steps, guidance_scale=7.5, output_type="latent", height=args.height,
+              width=args.width)
 
     def plain() -> float:
         sync(args.device)
@@ -77,7 +80,8 @@ def main(argv=None) -> None:
         times["plain"].append(plain())
         times["alignit"].append(aligned())
     best = {k: min(v) for k, v in times.items()}
-    print(f"size={args.size} device={args.device} dtype={args.dtype} steps={args.steps} repeats={args.repeats}")
+    print(f"size={args.size} device={args.device} dtype={args.dtype} steps={args.steps} repeats={args.repeats} "
+          f"image={args.height or 'default'}x{args.width or 'default'} threads={torch.get_num_threads()}")
     print(f"plain customized generation: {best['plain']:.3f} s (best of {args.repeats})")
     print(f"AlignIT generation:          {best['alignit']:.3f} s (best of {args.repeats}, incl. K/V precompute)")
     print(f"ratio AlignIT / plain: {best['alignit'] / best['plain']:.3f}x (target <= 1.05x)")
