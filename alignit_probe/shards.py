@@ -61,6 +61,9 @@ def open_shards(paths, chunks: dict | None = None) -> xr.DataTree:
                            join="exact", combine_attrs="override")
         else:
             ds = parts[0]
+        if "warnings" in ds.attrs:  # each shard warns about its own prompts
+            warned = [w for p in parts for w in st.decode_attrs(dict(p.attrs)).get("warnings", [])]
+            ds.attrs["warnings"] = st.encode_attrs({"warnings": list(dict.fromkeys(warned))})["warnings"]
         nodes[node.path] = ds
     index = nodes[f"/{st.models(trees[0])[0]}"]["prompt"].values
     if (index[1:] <= index[:-1]).any():

@@ -2,7 +2,9 @@
 
 Layout (every branch has the same shape)::
 
-    /                       attrs: format, complete, concepts, prompts count, versions, command (JSON strings)
+    /                       attrs: format, complete, concepts, n_prompts, versions, command, warnings, options,
+                            n_tokens (kept token positions) / n_tokens_full, fingerprint, shard, prompt_range,
+                            written ({model: prompts}) (lists and dicts as JSON strings)
     /<model>                coords (prompt, token): prompt_text, token_id, token_str, role, concept, ref_index
                             attrs: model_id, method, artifacts, dtype, device, seed, warnings, ...
     /<model>/text           token_embedding (prompt, token, channel), encoder_layer (prompt, layer, token, channel),
@@ -11,7 +13,8 @@ Layout (every branch has the same shape)::
 
 ``<model>`` is ``baseline``, ``custom`` (``custom2``… for several), ``alignit``. ``ref_index`` is the position of
 each token's partner in the baseline's tokens of the same prompt (-1: none), so metrics compare role-aligned tokens.
-Writes go to ``<out>.partial`` and are renamed into place when complete: a failed run leaves nothing at ``<out>``.
+Writes stream into ``<out>.partial`` (zarr) and are renamed into place when complete: a failed run leaves nothing
+at ``<out>``, and rerunning the same job resumes the partial store (``StoreWriter``). Chunks: one batch of prompts.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import queue
 import shutil
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +110,7 @@ class StoreWriter:
         self._started: set[str] = set()  # groups that exist
         self._scanned: set[str] = set()  # groups whose arrays are in _arrays
         self._arrays: dict[tuple[str, str], tuple[object, int]] = {}  # (group, name) -> (AsyncArray, prompt axis)
+        self._index: dict[str, dict] = {}  # group -> values of its arrays without ``prompt`` (token, layer)
         self._thread = self._pool = None
         self._error: BaseException | None = None
         self._abort = False
@@ -228,6 +233,7 @@ class StoreWriter:
             ds = ds.chunk({d: c for d, c in chunks.items() if d in ds.dims})
         ds.to_zarr(self.tmp, group=group, mode=mode, consolidated=False, encoding=enc)
         self._started.add(group)
+        self._index[group] = {k: v.values for k, v in ds.variables.items() if "prompt" not in v.dims}
         self._scanned.discard(group)  # (re)written: its arrays are opened afresh
         for key in [k for k in self._arrays if k[0] == group]:
             del self._arrays[key]
@@ -328,8 +334,8 @@ class StoreWriter:
             kind = "string" if var.dtype.kind in "OUT" else var.dtype.name
             if list(meta.get("dimension_names") or ()) != list(var.dims) or meta["data_type"] != kind:
                 return False
-            if "prompt" not in var.dims and tuple(meta["shape"]) != var.shape:
-                return False
+            if "prompt" not in var.dims and not np.array_equal(self._index.get(template, {}).get(name), var.values):
+                return False  # index coordinates are copied: they must be equal (known for groups of this run)
         for parent in reversed(list(dst.relative_to(self.tmp).parents)[:-1]):  # implicit groups (custom/kv)
             if not (self.tmp / parent / "zarr.json").is_file():
                 (self.tmp / parent).mkdir(parents=True, exist_ok=True)
@@ -353,6 +359,7 @@ class StoreWriter:
             (dst / name).mkdir()
             (dst / name / "zarr.json").write_text(json.dumps(meta))
         self._started.add(group)
+        self._index[group] = self._index[template]
         return True
 
     def _write_batch(self, model: str, batch, model_attrs: dict | None) -> None:
@@ -364,6 +371,8 @@ class StoreWriter:
         by_xarray = []
         for group, ds in items:
             if group not in self._started:
+                if n0:
+                    raise ValueError(f"group {group!r} appears after {n0} prompts of {model!r} were written")
                 if not any(self._create_like(group, ds, t) for t in self._templates(group)):
                     self._create(group, ds)
                     by_xarray.append(group)
@@ -404,7 +413,9 @@ class StoreWriter:
             self._resize(model, n)
         attrs = {"written": self._written, **self.attrs, "format": FORMAT, "complete": 1}
         self._root.attrs.update(encode_attrs(attrs))
-        zarr.consolidate_metadata(str(self.tmp))
+        with warnings.catch_warnings():  # "consolidated metadata is not part of the zarr v3 spec" (known; read fine)
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(str(self.tmp))
         done = self.tmp
         if self.netcdf:
             done = self.out.with_name(self.out.name + ".partial.nc")

@@ -226,3 +226,23 @@ def test_shard_ranges_are_contiguous_whole_batches():
         spans = [shard_range(n_prompts, batch, (i, n)) for i in range(n)]
         assert [k for s in spans for k in s] == list(range(n_prompts))
         assert all(s.start % batch == 0 for s in spans)
+
+
+def test_background_writer_equals_inline(cd_pair, tmp_path):
+    """The writer thread (used where a GPU computes) stores exactly what inline writes store."""
+    from alignit_probe.concepts import Concept
+    from alignit_probe.record import record_batch, tokenize_table
+
+    prompts = PROMPTS[:5]
+    custom, base, _ = tokenize_table(prompts, range(5), cd_pair.custom, cd_pair.baseline.tokenizer,
+                                     [Concept("<new1>", "cat")])
+    batches = [(m, record_batch(pipe, t[i : i + 2], i)) for i in range(0, 5, 2)
+               for m, pipe, t in (("baseline", cd_pair.baseline, base), ("custom", cd_pair.custom, custom))]
+    trees = []
+    for background in (False, True):
+        with StoreWriter(tmp_path / f"{background}.zarr", chunk_prompts=2, n_prompts=5, background=background) as w:
+            for model, batch in batches:
+                w.append(model, batch, {"model_id": model})
+            trees.append(open_store(w.commit()))
+    assert_same_data(*trees)
+    assert trees[0]["custom/text"].encoder_layer.shape[0] == 5
