@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -138,13 +139,18 @@ def main(argv=None) -> None:
     tmp = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_record-"))
     store_dtype = np.float16 if args.store_dtype == "float16" else np.float32
 
+    sizes = []
+
     def record(k: int) -> float:
         sync()
         t = time.perf_counter()
-        record_store(pair, concepts, texts, tmp / f"store{k}.zarr", overwrite=True, batch_size=args.batch_size,
-                     store_dtype=store_dtype, progress=False)
+        out = record_store(pair, concepts, texts, tmp / f"store{k}.zarr", overwrite=True, batch_size=args.batch_size,
+                           store_dtype=store_dtype, progress=False)
         sync()
-        return time.perf_counter() - t
+        seconds = time.perf_counter() - t
+        sizes.append(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
+        shutil.rmtree(out)  # every run starts from the same disk and page-cache state
+        return seconds
 
     def naive() -> float:
         """Hooked UNet forward(s) at 64x64 latents for one prompt batch: K/V of every attn2 copied to the host."""
@@ -180,7 +186,7 @@ def main(argv=None) -> None:
     r_ms = statistics.median(records) / per * 1e3
     n_ms = naive_s / args.naive_batch * 1e3
     ratio = statistics.median(r / f for r, f in zip(records, floors))  # adjacent runs: robust to machine load
-    size = sum(f.stat().st_size for f in (tmp / "store0.zarr").rglob("*") if f.is_file())
+    size = sizes[-1]
     print(f"bench_record: device={args.device} ({torch.cuda.get_device_name() if cuda else 'cpu'}) "
           f"dtype={str(dtype).removeprefix('torch.')} store_dtype={args.store_dtype} prompts={args.prompts} "
           f"batch={args.batch_size} threads={torch.get_num_threads()} torch={torch.__version__} "
