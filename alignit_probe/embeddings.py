@@ -14,7 +14,7 @@ def embedding_diagnostics(custom_pipe, baseline_pipe, token_ids: list[int], k: i
     and the ``k`` nearest baseline vocabulary tokens (dim ``neighbor``)."""
     with torch.no_grad():
         vocab = baseline_pipe.text_encoder.get_input_embeddings().weight.detach().double().cpu()
-        learned = custom_pipe.text_encoder.get_input_embeddings().weight.detach().double().cpu()[token_ids]
+        learned = custom_pipe.text_encoder.get_input_embeddings().weight.detach()[token_ids].double().cpu()
     vnorm = vocab.norm(dim=-1)
     norm = learned.norm(dim=-1)
     cos = (learned / norm[:, None]) @ (vocab / vnorm[:, None]).T
