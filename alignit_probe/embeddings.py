@@ -12,25 +12,28 @@ import xarray as xr
 def embedding_diagnostics(custom_pipe, baseline_pipe, token_ids: list[int], k: int = 5) -> xr.Dataset:
     """Per learned vector (dim ``vector``): norm, its percentile and z-score among the baseline vocabulary's norms,
     and the ``k`` nearest baseline vocabulary tokens (dim ``neighbor``)."""
-    with torch.no_grad():
-        vocab = baseline_pipe.text_encoder.get_input_embeddings().weight.detach().double().cpu()
-        learned = custom_pipe.text_encoder.get_input_embeddings().weight.detach()[token_ids].double().cpu()
-    vnorm = vocab.norm(dim=-1)
-    norm = learned.norm(dim=-1)
-    cos = (learned / norm[:, None]) @ (vocab / vnorm[:, None]).T
-    for row, tid in enumerate(token_ids):
-        if tid < vocab.shape[0]:
-            cos[row, tid] = -2.0  # a token is not its own neighbour
-    top = cos.topk(k, dim=-1)
-    names = baseline_pipe.tokenizer.convert_ids_to_tokens(top.indices.flatten().tolist())
-    vn = vnorm.numpy()
+    with torch.no_grad():  # on the model's device, in float32 (half-precision weights upcast; no float64 copy)
+        vocab = baseline_pipe.text_encoder.get_input_embeddings().weight.detach()
+        learned = custom_pipe.text_encoder.get_input_embeddings().weight.detach()[token_ids].to(vocab.device)
+        if vocab.dtype != torch.float64:
+            vocab, learned = vocab.float(), learned.float()
+        vnorm = torch.linalg.vector_norm(vocab, dim=-1)
+        norm = torch.linalg.vector_norm(learned, dim=-1)
+        cos = (learned / norm[:, None]) @ vocab.T / vnorm  # cosine to every vocabulary row
+        for row, tid in enumerate(token_ids):
+            if tid < vocab.shape[0]:
+                cos[row, tid] = -2.0  # a token is not its own neighbour
+        top = cos.topk(k, dim=-1)
+        near_cos, near_ids = top.values.double().cpu().numpy(), top.indices.cpu()
+        vn, norm = vnorm.double().cpu().numpy(), norm.double().cpu()
+    names = baseline_pipe.tokenizer.convert_ids_to_tokens(near_ids.flatten().tolist())
     return xr.Dataset(
         {
             "norm": ("vector", norm.numpy()),
             "norm_percentile": ("vector", np.array([(vn < n).mean() * 100 for n in norm.numpy()])),
             "norm_z": ("vector", (norm.numpy() - vn.mean()) / vn.std()),
             "neighbor_token": (("vector", "neighbor"), np.array(names, dtype=object).reshape(len(token_ids), k)),
-            "neighbor_cosine": (("vector", "neighbor"), top.values.numpy()),
+            "neighbor_cosine": (("vector", "neighbor"), near_cos),
         },
         coords={
             "vector": np.arange(len(token_ids)),

@@ -9,7 +9,7 @@ from dataclasses import asdict
 import numpy as np
 
 from . import jobs
-from . import store as st
+from .writer import StoreWriter
 from .concepts import Concept, modifier_ids
 from .embeddings import embedding_diagnostics
 from .record import record_batch, tokenize_table
@@ -68,7 +68,7 @@ def record_store(pair, concepts: list[Concept], prompts: list[str], out, *, over
                  fingerprint=jobs.job_fingerprint(pair, concepts, prompts, options, vers))
     # writes overlap the next batch's compute in a thread where a GPU computes; on CPU that thread would only take
     # cores from torch's own threads, so they write in between batches
-    with st.StoreWriter(out, overwrite=overwrite, attrs=attrs, chunk_prompts=min(batch_size, len(span)),
+    with StoreWriter(out, overwrite=overwrite, attrs=attrs, chunk_prompts=min(batch_size, len(span)),
                         n_prompts=len(span), n_tokens=n_tokens if drop_padding else None, first_prompt=span.start,
                         background=device.type != "cpu") as writer:
         models = [("baseline", pair.baseline, base_tp), ("custom", pair.custom, custom_tp)]

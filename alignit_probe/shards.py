@@ -19,6 +19,7 @@ import xarray as xr
 from . import store as st
 from .errors import ProbeError
 from .jobs import parse_shard
+from .writer import StoreWriter
 
 SHARD_ATTRS = ("shard", "prompt_range", "written", "command", "warnings")
 
@@ -87,7 +88,7 @@ def merge_shards(paths, out, *, overwrite: bool = False, progress=None) -> Path:
     tree = open_shards(paths)
     attrs = st.store_attrs(tree)
     batch = (attrs.get("options") or {}).get("batch_size")
-    with st.StoreWriter(out, overwrite=overwrite, attrs={**attrs, "merged_from": len(paths)},
+    with StoreWriter(out, overwrite=overwrite, attrs={**attrs, "merged_from": len(paths)},
                         chunk_prompts=batch, resume=False) as writer:
         for node in tree.subtree:
             if node.path != "/":

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import (
     AttnProcessor,
-    AttnProcessor2_0,
     CustomDiffusionAttnProcessor2_0,
     SlicedAttnProcessor,
 )

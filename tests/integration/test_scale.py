@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from alignit_probe import cli
 from alignit_probe.metrics import compare_rows
 from alignit_probe.shards import merge_shards, open_shards
-from alignit_probe.store import StoreWriter, open_store, store_attrs
+from alignit_probe.store import open_store, store_attrs
+from alignit_probe.writer import StoreWriter
 
 PROMPTS = [f"a photo of a <new1> cat {w}" for w in (
     "on the beach", "in the snow", "wearing a red hat", "in the style of van gogh, oil painting, highly detailed",

@@ -1,9 +1,7 @@
 """Token roles and alignment between the customized and the baseline prompt (real CLIP tokenizer, no weights)."""
 
-import types
 
 import pytest
-import torch
 
 from alignit_probe.concepts import Concept, baseline_text, tokenize_pair
 from alignit_probe.errors import ProbeError
