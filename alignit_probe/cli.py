@@ -106,31 +106,33 @@ def cmd_record(args) -> int:
     concepts, prompts = concepts_from(args), read_prompts(args)
     shard = parse_shard(args.shard)
     shard_range(len(prompts), args.batch_size, shard)  # fail before loading models
-    if shard is not None and args.alignit:
-        raise ProbeError("--alignit cannot be combined with --shard yet", "record the alignit branch without --shard")
     check_output(args.out, args.overwrite)
+    store_dtype = np.float16 if args.store_dtype == "float16" else np.float32
     pair = load_models(args)
-    extra, job = None, None
+    extra, job, min_tokens = None, None, 0
     if args.alignit:
-        from .alignit_store import write_alignit_branch
+        from .alignit_store import alignit_length, write_alignit_branch
         from .generate import validate
         from .probe import progress_bar
 
         options = alignit_options(args)
         validate(pair, concepts, options)  # before any work: a bad option never leaves a partial store
         job = {"alignit": vars(options).copy()}
+        if args.drop_padding:
+            min_tokens = alignit_length(pair, concepts, prompts, options)
 
         def alignit_branch(writer, custom_tp, base_tp):
-            bar = progress_bar(len(prompts), "record alignit", not args.no_progress)
-            write_alignit_branch(writer, pair, concepts, prompts, options, batch_size=args.batch_size, progress=bar)
+            bar = progress_bar(len(custom_tp.span), "record alignit", not args.no_progress)
+            write_alignit_branch(writer, pair, concepts, prompts, options, span=custom_tp.span,
+                                 batch_size=args.batch_size, store_dtype=store_dtype, progress=bar)
             bar.close()
 
         extra = alignit_branch
     out = record_store(
         pair, concepts, prompts, args.out, overwrite=args.overwrite, batch_size=args.batch_size,
-        clip_skip=args.clip_skip, seed=args.seed, store_dtype=np.float16 if args.store_dtype == "float16" else np.float32,
+        clip_skip=args.clip_skip, seed=args.seed, store_dtype=store_dtype,
         progress=not args.no_progress, command=sys.argv, extra=extra, shard=shard, drop_padding=args.drop_padding,
-        job=job,
+        job=job, min_tokens=min_tokens,
     )
     print(f"store written to {out}")
     return 0

@@ -202,10 +202,10 @@ def _check_against_tokenizer(tp: TokenizedPrompt, tokenizer, pipe, text: str) ->
         )
 
 
-def tokenize_prompts(prompts, custom_pipe, baseline_tokenizer, concepts, allow_absent=False):
-    """Tokenize every prompt; returns (customized list, baseline list, warnings)."""
+def tokenize_prompts(prompts, custom_pipe, baseline_tokenizer, concepts, allow_absent=False, first=0):
+    """Tokenize every prompt; returns (customized list, baseline list, warnings; prompts numbered from ``first``)."""
     customs, bases, warnings = [], [], []
-    for k, p in enumerate(prompts):
+    for k, p in enumerate(prompts, first):
         ct, bt = tokenize_pair(p, custom_pipe, baseline_tokenizer, concepts, allow_absent)
         for name, tp in (("customized", ct), ("baseline", bt)):
             if tp.dropped:

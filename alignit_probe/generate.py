@@ -72,8 +72,9 @@ def validate(pair, concepts: list[Concept], options: AlignITOptions) -> None:
 
 
 def alignit_kv(pair, concepts: list[Concept], prompts: list[str], options: AlignITOptions | None = None,
-               allow_absent: bool = False) -> AlignITKV:
-    """Infused K/V for every prompt and chosen attn2 layer (computed once; no denoising)."""
+               allow_absent: bool = False, first: int = 0) -> AlignITKV:
+    """Infused K/V for every prompt and chosen attn2 layer (computed once; no denoising). Warnings number the
+    prompts from ``first`` (a batch's global offset)."""
     options = options or AlignITOptions()
     check_alpha(options.alpha)
     if not (options.keys or options.values):
@@ -81,11 +82,12 @@ def alignit_kv(pair, concepts: list[Concept], prompts: list[str], options: Align
     check_layouts(pair.baseline.unet, pair.custom.unet)
     denoiser = denoiser_of(pair, options)
     sites = select_sites(denoiser.unet, options.layers, options.blocks, options.resolutions)
-    ct, bt, warnings = tokenize_prompts(prompts, pair.custom, pair.baseline.tokenizer, concepts, allow_absent)
+    ct, bt, warnings = tokenize_prompts(prompts, pair.custom, pair.baseline.tokenizer, concepts, allow_absent,
+                                       first)
     dummies = tokenize_dummies(pair.custom, pair.baseline.tokenizer, concepts, options.template)
     plans = [alignit_plan(c, b, dummies) for c, b in zip(ct, bt)]
-    warnings += [f"prompt {k}: AlignIT sequence truncated by {p.dropped} token(s)" for k, p in enumerate(plans)
-                 if p.dropped]
+    warnings += [f"prompt {k}: AlignIT sequence truncated by {p.dropped} token(s)"
+                 for k, p in enumerate(plans, first) if p.dropped]
     base_c = encoder_states(pair.baseline, bt)
     custom_c = encoder_states(pair.custom, ct)
     base_kv = record_kv(pair.baseline.unet, base_c, sites)

@@ -44,18 +44,22 @@ def model_attrs(pair, which: str, device, dtype, seed, clip_skip) -> dict:
 
 def record_store(pair, concepts: list[Concept], prompts: list[str], out, *, overwrite=False, batch_size=8,
                  clip_skip=None, seed=0, store_dtype=np.float32, progress=True, command=None, extra=None,
-                 shard: tuple[int, int] | None = None, drop_padding=False, job: dict | None = None):
+                 shard: tuple[int, int] | None = None, drop_padding=False, job: dict | None = None,
+                 min_tokens: int = 0):
     """Record baseline and customized model on ``prompts`` into the store at ``out``. Returns the store path.
 
     Batches stream into ``<out>.partial``; rerunning the same job after a crash resumes it (``jobs`` says what
     "the same job" is; ``job`` adds options of ``extra`` that must match too). ``shard=(i, n)`` records shard i of n
     (``jobs.shard_range``). ``drop_padding`` keeps the first T token positions, T the longest tokenized prompt of the
-    whole prompt set. ``extra(writer, customs, bases)`` may add branches (AlignIT) before the store is committed;
+    whole prompt set, or ``min_tokens`` if more (what branches added by ``extra`` fill). ``extra(writer, customs, bases)`` may add branches (AlignIT) before the store is committed;
     ``customs``/``bases`` are ``record.TokenTable`` s of this shard's prompts."""
     span = jobs.shard_range(len(prompts), batch_size, shard)
     custom_tp, base_tp, warnings = tokenize_table(prompts, span, pair.custom, pair.baseline.tokenizer, concepts)
     n_full = pair.custom.tokenizer.model_max_length
-    n_tokens = jobs.kept_tokens(prompts, pair.custom, pair.baseline.tokenizer, concepts) if drop_padding else n_full
+    n_tokens = n_full
+    if drop_padding:
+        kept = jobs.kept_tokens(prompts, pair.custom, pair.baseline.tokenizer, concepts)
+        n_tokens = min(n_full, max(kept, min_tokens))
     device, dtype = pair.custom.unet.device, pair.custom.unet.dtype
     options = dict(batch_size=batch_size, clip_skip=clip_skip, seed=seed, store_dtype=np.dtype(store_dtype).name,
                    drop_padding=bool(drop_padding), n_tokens=n_tokens, dtype=str(dtype).replace("torch.", ""),

@@ -59,7 +59,7 @@ class Batch:
     groups: dict[str, xr.Dataset]
 
 
-def _np(t: torch.Tensor, dtype) -> np.ndarray:
+def to_host(t: torch.Tensor, dtype) -> np.ndarray:
     """To host memory in the store's dtype, converted on the device (one copy, no float32 detour)."""
     return t.detach().to(TORCH_DTYPES[np.dtype(dtype).name]).cpu().numpy()
 
@@ -96,6 +96,9 @@ def select_prompts(batch: Batch, which) -> Batch:
 
 def keep_tokens(batch: Batch, n: int) -> Batch:
     """The batch's first ``n`` token positions (``--drop-padding``); partners beyond them become -1."""
+    beyond = batch.coords.role.isel(token=slice(n, None))
+    if (beyond != "padding").any():
+        raise ValueError(f"keeping {n} token positions would drop tokens that are not padding")
     coords = batch.coords.isel(token=slice(0, n))
     coords = coords.assign_coords(ref_index=coords.ref_index.where(coords.ref_index < n, -1).astype(np.int16))
     return Batch(coords, {k: g.isel(token=slice(0, n)) for k, g in batch.groups.items()})
@@ -118,16 +121,16 @@ def record_batch(pipe, tokenized: list[TokenizedPrompt], start: int, *, clip_ski
     index = {"prompt": coords.prompt.values, "token": coords.token.values}
     text = xr.Dataset(
         {
-            "token_embedding": (ptc, _np(st["token_embedding"][:, cut], store_dtype)),
-            "encoder_layer": (("prompt", "layer", "token", "channel"), _np(st["encoder_layer"][:, :, cut], store_dtype)),
-            "encoder_output": (ptc, _np(st["encoder_output"][:, cut], store_dtype)),
+            "token_embedding": (ptc, to_host(st["token_embedding"][:, cut], store_dtype)),
+            "encoder_layer": (("prompt", "layer", "token", "channel"), to_host(st["encoder_layer"][:, :, cut], store_dtype)),
+            "encoder_output": (ptc, to_host(st["encoder_output"][:, cut], store_dtype)),
         },
         coords={**index, "layer": np.arange(st["encoder_layer"].shape[1])},
     )
     groups = {"text": text}
     for path, (k, v) in kv.items():
         groups[f"kv/{path}"] = xr.Dataset(
-            {"key": (ptc, _np(k[:, cut], store_dtype)), "value": (ptc, _np(v[:, cut], store_dtype))}, coords=index,
+            {"key": (ptc, to_host(k[:, cut], store_dtype)), "value": (ptc, to_host(v[:, cut], store_dtype))}, coords=index,
             attrs={"site": path},
         )
     return Batch(coords, groups)

@@ -319,6 +319,17 @@ class StoreWriter:
         self._queued[model] = self._queued.get(model, 0) + index.size
         self._submit(self._write_batch, model, batch, model_attrs)
 
+    def add_warnings(self, group: str, warnings: list[str]) -> None:
+        """Add warnings to a group's ``warnings`` attribute (kept once each, after those already stored)."""
+        self._submit(self._add_warnings, group, list(warnings))
+
+    def _add_warnings(self, group: str, new: list[str]) -> None:
+        node = zc.read_node(self.tmp / group)
+        if node is None or not new:
+            return
+        old = decode_attrs(node.get("attributes", {})).get("warnings") or []
+        zc.update_attributes(self.tmp / group, encode_attrs({"warnings": list(dict.fromkeys(old + new))}))
+
     def put(self, group: str, ds: xr.Dataset) -> None:
         """Write a whole node at once (embedding diagnostics, attention maps; dask-backed nodes when merging)."""
         self._submit(self._create, group, ds, "w")

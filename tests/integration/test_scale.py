@@ -247,3 +247,50 @@ def test_background_writer_equals_inline(cd_pair, tmp_path):
             trees.append(open_store(w.commit()))
     assert_same_data(*trees)
     assert trees[0]["custom/text"].encoder_layer.shape[0] == 5
+
+
+def test_alignit_branch_shards_and_resumes(job, monkeypatch, capsys):
+    """--alignit with --shard and --drop-padding: the shards merge into the single run's store, and a run that
+    fails inside the alignit branch resumes it where it stopped. The longest prompt has no class word, so its
+    AlignIT sequence (the dummy's span "<new1> cat") is one token longer than either tokenization of it."""
+    import alignit_probe.generate as generate
+
+    d, argv = job
+    prompts = d / "a_prompts.txt"
+    prompts.write_text("\n".join(PROMPTS[:3] + ["a <new1> in the style of van gogh, oil painting, highly detailed"]
+                                 + PROMPTS[4:6]) + "\n")
+
+    def run(out, *extra):
+        args = argv(out, "--alignit", "--drop-padding", *extra)
+        args[args.index("--prompts") + 1] = str(prompts)
+        return cli.main(args)
+
+    assert run(d / "a_ref.zarr") == 0
+    ref = open_store(d / "a_ref.zarr")
+    fills = {m: int((ref[m].role.values != "padding").sum(-1).max()) for m in ("baseline", "custom", "alignit")}
+    assert store_attrs(ref)["n_tokens"] == fills["alignit"] == max(fills["baseline"], fills["custom"]) + 1
+    assert ref["alignit"].prompt.size == 6
+
+    paths = [d / f"a_shard{i}.zarr" for i in range(3)]
+    for i, p in enumerate(paths):
+        assert run(p, "--shard", f"{i}/3") == 0
+    assert_same_data(open_store(merge_shards(paths, d / "a_merged.zarr")), ref)
+
+    calls, real = [], generate.alignit_kv
+
+    def fail_second_batch(*args, **kwargs):
+        calls.append(kwargs.get("first"))
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "alignit_kv", fail_second_batch)
+    out = d / "a_resumed.zarr"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(out)
+    assert written(out.with_name(out.name + ".partial"))["alignit"] == 2
+    capsys.readouterr()
+    assert run(out) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert calls[2] == 2  # the rerun starts after the stored batch
+    assert_same_data(open_store(out), ref)
