@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +15,13 @@ def cd_pair(toy_dir, cd_dir):
     from alignit_probe.load import load_pair
 
     return load_pair(toy_dir, [cd_dir], progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: extra threads only add spin-wait (pathological on a busy 2-core machine); one thread also
+    gives the same arithmetic in every process."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

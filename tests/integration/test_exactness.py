@@ -17,12 +17,7 @@ PROMPTS = {"baseline": "a photo of a cat", "textual_inversion": "a photo of <ti-
            "dreambooth": "a photo of sks cat"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_ti(root):
