@@ -16,13 +16,11 @@ from alignit_probe import sites
 from alignit_probe.errors import ProbeError
 from alignit_probe.load import apply_artifact, load_pair, load_pipeline
 from alignit_probe.toy import UNET_CONFIG
+from tests.integration.artifact_files import (DIM, cd_processors, encoder_output, to_kohya, write_cd, write_dreambooth,
+                                             write_lora, write_ti)
 
-DIM = 32
 NOTHING = "changed nothing: every stage is bit-identical to the model without it"
-
-
-def _c(seed=0):
-    return torch.randn(1, 77, DIM, generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sha(*files):
@@ -30,87 +28,6 @@ def _sha(*files):
     for f in sorted(map(Path, files), key=lambda p: p.name):
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-# ------------------------------------------------------------------------------------------------------ writers
-def write_ti(path, token, n, safe=True, value=None, seed=1):
-    """As textual_inversion.py: {placeholder: weight[min_id:max_id+1]} -> (n, dim)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = value if value is not None else torch.randn(n, DIM, generator=torch.Generator().manual_seed(seed))
-    if safe:
-        save_file({token: t.contiguous()}, str(path), metadata={"format": "pt"})
-    else:
-        torch.save({token: t}, str(path))
-    return t
-
-
-def cd_processors(unet, covered, base_weights=False, q_out=False, seed=2):
-    """Processors as train_custom_diffusion.py sets them: trained ones on ``covered`` attn2 layers, untrained
-    (train_kv=False) everywhere else, so that ``unet.save_attn_procs`` can save them."""
-    gen, procs = torch.Generator().manual_seed(seed), {}
-    for name in unet.attn_processors:
-        attn = unet.get_submodule(name[: -len(".processor")])
-        train = name[: -len(".processor")] in covered
-        proc = CustomDiffusionAttnProcessor2_0(
-            train_kv=train, train_q_out=train and q_out, hidden_size=attn.to_q.out_features,
-            cross_attention_dim=attn.to_k.in_features if name.endswith("attn2.processor") else None)
-        with torch.no_grad():
-            for p_name, p in proc.named_parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-            if base_weights and train:
-                proc.to_k_custom_diffusion.weight.copy_(attn.to_k.weight)
-                proc.to_v_custom_diffusion.weight.copy_(attn.to_v.weight)
-        procs[name] = proc
-    unet.set_attn_processor(procs)
-
-
-def write_cd(toy_dir, out, covered=None, safe=True, tokens=("<new1>",), base_weights=False, q_out=False):
-    pipe = load_pipeline(toy_dir)
-    covered = sites.attn2_paths(pipe.unet) if covered is None else covered
-    cd_processors(pipe.unet, covered, base_weights, q_out)
-    pipe.unet.save_attn_procs(str(out), safe_serialization=safe)
-    for i, tok in enumerate(tokens):  # as save_new_embed: {token: embedding row (dim,)}
-        write_ti(Path(out) / f"{tok}.{'safetensors' if safe else 'bin'}", tok, 1, safe,
-                 value=torch.randn(DIM, generator=torch.Generator().manual_seed(10 + i)))
-    return Path(out)
-
-
-def write_lora(toy_dir, out, zero=False, seed=3):
-    """As train_dreambooth_lora.py: peft adapter on the UNet, saved with save_lora_weights. Returns the trained
-    UNet's K/V on a fixed c, which the loaded LoRA must reproduce exactly."""
-    pipe = load_pipeline(toy_dir)
-    torch.manual_seed(seed)
-    pipe.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"],
-                                          init_lora_weights=zero))
-    layers = peft.utils.get_peft_model_state_dict(pipe.unet)
-    StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers)
-    return sites.record_kv(pipe.unet, _c())
-
-
-def to_kohya(diffusers_file, out_file):
-    """diffusers/peft LoRA keys renamed by hand to kohya's (lora_unet_<module_path_with_underscores>)."""
-    kohya = {}
-    for key, value in load_file(str(diffusers_file)).items():
-        module, role = key.removeprefix("unet.").rsplit(".lora_", 1)
-        name = "lora_unet_" + module.replace(".", "_")
-        kohya[f"{name}.{'lora_down' if role.startswith('A') else 'lora_up'}.weight"] = value
-        kohya[f"{name}.alpha"] = torch.tensor(4.0)
-    save_file(kohya, str(out_file))
-    return Path(out_file)
-
-
-def write_dreambooth(toy_dir, out):
-    pipe = load_pipeline(toy_dir)
-    gen = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for name, p in pipe.unet.named_parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    pipe.save_pretrained(str(out), safe_serialization=True)
-    return Path(out)
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +129,7 @@ def test_custom_diffusion_folder(toy_dir, arts, base, key, tokens):
     procs = pair.custom.unet.attn_processors
     saved = (load_file(str(weights_file)) if weights_file.suffix == ".safetensors"
              else torch.load(str(weights_file), weights_only=True))
-    c = _c()
+    c = encoder_output()
     kv, kv_base = sites.record_kv(pair.custom.unet, c), sites.record_kv(base.unet, c)
     for path in sites.attn2_paths(pair.custom.unet):
         assert isinstance(procs[path + ".processor"], CustomDiffusionAttnProcessor2_0)
@@ -239,7 +156,7 @@ def test_custom_diffusion_subset_of_attn2(toy_dir, arts, base, tmp_path, safe):
     art = apply_artifact(pipe, str(folder))
     assert art.warnings == []
     procs = pipe.unet.attn_processors
-    kv, kv_base = sites.record_kv(pipe.unet, _c()), sites.record_kv(base.unet, _c())
+    kv, kv_base = sites.record_kv(pipe.unet, encoder_output()), sites.record_kv(base.unet, encoder_output())
     for path in all_paths:
         cd = isinstance(procs[path + ".processor"], CustomDiffusionAttnProcessor2_0)
         assert cd == (path in covered)
@@ -266,7 +183,7 @@ def test_lora_diffusers_format(toy_dir, arts, base):
     (art,) = pair.artifacts
     assert (pair.method, art.kind, art.tokens, art.warnings) == ("lora", "lora", [], [])
     assert art.sha256 == _sha(arts["lora"] / "pytorch_lora_weights.safetensors")
-    kv, kv_base = sites.record_kv(pair.custom.unet, _c()), sites.record_kv(base.unet, _c())
+    kv, kv_base = sites.record_kv(pair.custom.unet, encoder_output()), sites.record_kv(base.unet, encoder_output())
     for path, (k, v) in arts["lora_kv"].items():
         assert torch.equal(kv[path][0], k) and torch.equal(kv[path][1], v)
         assert not torch.equal(k, kv_base[path][0])
@@ -277,7 +194,7 @@ def test_lora_kohya_format(toy_dir, arts, tmp_path):
     pipe = load_pipeline(toy_dir)
     art = apply_artifact(pipe, str(kohya))
     assert (art.kind, art.warnings) == ("lora", [])
-    kv = sites.record_kv(pipe.unet, _c())
+    kv = sites.record_kv(pipe.unet, encoder_output())
     for path, (k, v) in arts["lora_kv"].items():  # alpha == rank: the same adapter as the diffusers file
         assert torch.allclose(kv[path][0], k, atol=1e-6) and torch.allclose(kv[path][1], v, atol=1e-6)
 
@@ -289,7 +206,7 @@ def test_two_loras_both_stay_active(toy_dir, arts, tmp_path, base):
     assert pair.method == "lora" and len(pair.artifacts) == 2 and pair.warnings == []
     assert sorted(pair.custom.get_active_adapters()) == ["artifact_0", "artifact_1"]
     path = sites.attn2_paths(base.unet)[0]
-    to_k, c = pair.custom.unet.get_submodule(path).to_k, _c()
+    to_k, c = pair.custom.unet.get_submodule(path).to_k, encoder_output()
     with torch.no_grad():
         k_base = base.unet.get_submodule(path).to_k(c)
         both = to_k(c) - k_base
@@ -306,7 +223,7 @@ def test_dreambooth_dir(toy_dir, arts, base):
     pair = load_pair(toy_dir, [str(arts["db"])], progress=False)
     assert (pair.method, pair.artifacts, pair.warnings) == ("dreambooth", [], [])
     saved = UNet2DConditionModel.from_pretrained(str(arts["db"]), subfolder="unet")
-    kv, kv_saved, kv_base = (sites.record_kv(u, _c()) for u in (pair.custom.unet, saved, base.unet))
+    kv, kv_saved, kv_base = (sites.record_kv(u, encoder_output()) for u in (pair.custom.unet, saved, base.unet))
     for path in kv:
         assert torch.equal(kv[path][0], kv_saved[path][0]) and not torch.equal(kv[path][0], kv_base[path][0])
 

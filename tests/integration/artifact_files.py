@@ -1,0 +1,97 @@
+"""Customization artifacts written in the training scripts' own formats, for the loading tests (toy pipeline)."""
+
+from pathlib import Path
+
+import peft
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
+from safetensors.torch import load_file, save_file
+
+from alignit_probe import sites
+from alignit_probe.load import load_pipeline
+
+DIM = 32
+
+
+def encoder_output(seed=0):
+    """A random encoder output c (1 prompt, 77 tokens) of the toy's width."""
+    return torch.randn(1, 77, DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def write_ti(path, token, n, safe=True, value=None, seed=1):
+    """As textual_inversion.py: {placeholder: weight[min_id:max_id+1]} -> (n, dim)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = value if value is not None else torch.randn(n, DIM, generator=torch.Generator().manual_seed(seed))
+    if safe:
+        save_file({token: t.contiguous()}, str(path), metadata={"format": "pt"})
+    else:
+        torch.save({token: t}, str(path))
+    return t
+
+
+def cd_processors(unet, covered, base_weights=False, q_out=False, seed=2):
+    """Processors as train_custom_diffusion.py sets them: trained ones on ``covered`` attn2 layers, untrained
+    (train_kv=False) everywhere else, so that ``unet.save_attn_procs`` can save them."""
+    gen, procs = torch.Generator().manual_seed(seed), {}
+    for name in unet.attn_processors:
+        attn = unet.get_submodule(name[: -len(".processor")])
+        train = name[: -len(".processor")] in covered
+        proc = CustomDiffusionAttnProcessor2_0(
+            train_kv=train, train_q_out=train and q_out, hidden_size=attn.to_q.out_features,
+            cross_attention_dim=attn.to_k.in_features if name.endswith("attn2.processor") else None)
+        with torch.no_grad():
+            for p_name, p in proc.named_parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+            if base_weights and train:
+                proc.to_k_custom_diffusion.weight.copy_(attn.to_k.weight)
+                proc.to_v_custom_diffusion.weight.copy_(attn.to_v.weight)
+        procs[name] = proc
+    unet.set_attn_processor(procs)
+
+
+def write_cd(toy_dir, out, covered=None, safe=True, tokens=("<new1>",), base_weights=False, q_out=False):
+    pipe = load_pipeline(toy_dir)
+    covered = sites.attn2_paths(pipe.unet) if covered is None else covered
+    cd_processors(pipe.unet, covered, base_weights, q_out)
+    pipe.unet.save_attn_procs(str(out), safe_serialization=safe)
+    for i, tok in enumerate(tokens):  # as save_new_embed: {token: embedding row (dim,)}
+        write_ti(Path(out) / f"{tok}.{'safetensors' if safe else 'bin'}", tok, 1, safe,
+                 value=torch.randn(DIM, generator=torch.Generator().manual_seed(10 + i)))
+    return Path(out)
+
+
+def write_lora(toy_dir, out, zero=False, seed=3):
+    """As train_dreambooth_lora.py: peft adapter on the UNet, saved with save_lora_weights. Returns the trained
+    UNet's K/V on a fixed c, which the loaded LoRA must reproduce exactly."""
+    pipe = load_pipeline(toy_dir)
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+                                          init_lora_weights=zero))
+    layers = peft.utils.get_peft_model_state_dict(pipe.unet)
+    StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers)
+    return sites.record_kv(pipe.unet, encoder_output())
+
+
+def to_kohya(diffusers_file, out_file):
+    """diffusers/peft LoRA keys renamed by hand to kohya's (lora_unet_<module_path_with_underscores>)."""
+    kohya = {}
+    for key, value in load_file(str(diffusers_file)).items():
+        module, role = key.removeprefix("unet.").rsplit(".lora_", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{name}.{'lora_down' if role.startswith('A') else 'lora_up'}.weight"] = value
+        kohya[f"{name}.alpha"] = torch.tensor(4.0)
+    save_file(kohya, str(out_file))
+    return Path(out_file)
+
+
+def write_dreambooth(toy_dir, out):
+    pipe = load_pipeline(toy_dir)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    return Path(out)
+
