@@ -9,11 +9,11 @@ from dataclasses import asdict
 import numpy as np
 
 from . import jobs
-from .writer import StoreWriter
 from .concepts import Concept, modifier_ids
 from .embeddings import embedding_diagnostics
 from .record import record_batch, tokenize_table
 from .sites import attn2_paths
+from .writer import StoreWriter
 
 
 def versions() -> dict:
@@ -51,8 +51,9 @@ def record_store(pair, concepts: list[Concept], prompts: list[str], out, *, over
     Batches stream into ``<out>.partial``; rerunning the same job after a crash resumes it (``jobs`` says what
     "the same job" is; ``job`` adds options of ``extra`` that must match too). ``shard=(i, n)`` records shard i of n
     (``jobs.shard_range``). ``drop_padding`` keeps the first T token positions, T the longest tokenized prompt of the
-    whole prompt set, or ``min_tokens`` if more (what branches added by ``extra`` fill). ``extra(writer, customs, bases)`` may add branches (AlignIT) before the store is committed;
-    ``customs``/``bases`` are ``record.TokenTable`` s of this shard's prompts."""
+    whole prompt set, or ``min_tokens`` if more (what branches added by ``extra`` fill). ``extra(writer, customs,
+    bases)`` may add branches (AlignIT) before the store is committed; ``customs``/``bases`` are
+    ``record.TokenTable`` s of this shard's prompts."""
     span = jobs.shard_range(len(prompts), batch_size, shard)
     custom_tp, base_tp, warnings = tokenize_table(prompts, span, pair.custom, pair.baseline.tokenizer, concepts)
     n_full = pair.custom.tokenizer.model_max_length
@@ -73,8 +74,8 @@ def record_store(pair, concepts: list[Concept], prompts: list[str], out, *, over
     # writes overlap the next batch's compute in a thread where a GPU computes; on CPU that thread would only take
     # cores from torch's own threads, so they write in between batches
     with StoreWriter(out, overwrite=overwrite, attrs=attrs, chunk_prompts=min(batch_size, len(span)),
-                        n_prompts=len(span), n_tokens=n_tokens if drop_padding else None, first_prompt=span.start,
-                        background=device.type != "cpu") as writer:
+                     n_prompts=len(span), n_tokens=n_tokens if drop_padding else None, first_prompt=span.start,
+                     background=device.type != "cpu") as writer:
         models = [("baseline", pair.baseline, base_tp), ("custom", pair.custom, custom_tp)]
         m_attrs = {}
         for name, pipe, _ in models:
