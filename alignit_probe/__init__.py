@@ -1,3 +1,45 @@
-"""alignit-probe: where along the text path a customized diffusion model drifts from its baseline; AlignIT."""
+"""alignit-probe: where along the text path a customized diffusion model drifts from its baseline; AlignIT.
+
+The front door (every name loads lazily, so the read side — ``open_store`` and ``compare`` — imports no torch)::
+
+    from alignit_probe import Concept, Probe, compare, open_store
+
+``Probe`` (models, record, AlignIT images, attention maps, K/V swap), ``Concept``, ``open_store``, ``open_shards``,
+``compare`` (pandas DataFrame of ``compare --json`` rows), ``capture_attention``, ``AlignITOptions``,
+``AttentionSlices``, ``ProbeError``, ``ProbeWarning``, and the embedded toy model (``build_toy``,
+``write_toy_custom_diffusion``).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Probe": "probe",
+    "Concept": "text.concepts",
+    "open_store": "store.layout",
+    "open_shards": "store.shards",
+    "compare": "analysis.compare",
+    "capture_attention": "capture.attention",
+    "AttentionSlices": "capture.attention",
+    "AlignITOptions": "alignit.engine",
+    "ProbeError": "errors",
+    "ProbeWarning": "errors",
+    "build_toy": "models.toy",
+    "write_toy_custom_diffusion": "models.toy",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -8,3 +8,8 @@ class ProbeError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(problem if not fix else f"{problem} — {fix}")
+
+
+class ProbeWarning(UserWarning):
+    """Something the user should see (an artifact that changed nothing, a truncated prompt): shown by the CLI as
+    ``warning: <message>`` on stderr, and kept in the store's attributes."""

@@ -1,101 +1,273 @@
-"""The recording job as one call: tokenize with role alignment, record every stage of both models batch by batch,
-stream into a store. The CLI, notebooks and reports use this public API."""
+"""``Probe``: a baseline, its customized models and their concepts — the one object a notebook, the CLI and the
+report work through.
+
+    from alignit_probe import Concept, Probe, compare
+
+    probe = Probe("path/to/sd15", custom={"cd": "custom_diffusion_output"}, concepts=[Concept("<new1>", "cat")])
+    store = probe.record(["photo of a <new1> cat on the beach"], "probe.zarr", alignit=True)
+    rows = compare(store)                                    # a pandas DataFrame, one row per compare --json row
+    images = probe.alignit(["photo of a <new1> cat on the beach"], steps=30)   # baseline / cd / alignit
+    maps = probe.attention(["photo of a <new1> cat on the beach"])          # {branch: (maps Dataset, images)}
+    images = probe.swap("a dog on the grass", "a cat in the snow", tokens=["dog"])
+
+Models load on first use. ``baseline`` and each customized model may be a path, a hub id, artifact SPECs
+(``--custom``'s forms: ``SPEC``, ``[NAME=SPEC, …]``, ``{NAME: SPEC or [SPECs]}``) or pipelines already in memory
+(``{NAME: pipeline}``: a pipeline you modified yourself, to see where your new method drifts).
+"""
 
 from __future__ import annotations
 
-import sys
-from dataclasses import asdict
+import os
+import warnings
+from pathlib import Path
 
-import numpy as np
+import torch
+import xarray as xr
 
-from . import jobs
-from .concepts import Concept, modifier_ids
-from .embeddings import embedding_diagnostics
-from .record import record_batch, tokenize_table
-from .sites import attn2_paths
-from .writer import StoreWriter
+from .alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv, validate
+from .alignit.generation import generate_images
+from .alignit.swap import Source, generate_swap
+from .capture.attention import AttentionSlices
+from .errors import ProbeError, ProbeWarning
+from .models.load import ModelSet, check_device, load_models, load_pipeline, models_from_pipelines
+from .record.branches import generation_maps
+from .record.run import RecordOptions, record_store
+from .schema import ALIGNIT, BASELINE, DEFAULT_CUSTOM, alignit_branch
+from .text.concepts import Concept
 
-
-def versions() -> dict:
-    import diffusers
-    import torch
-    import transformers
-    import xarray
-
-    from . import __version__
-
-    return {"alignit_probe": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "xarray": xarray.__version__}
+DTYPES = ("float32", "float16", "bfloat16")
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled or total == 0, file=sys.stderr)
-
-
-def model_attrs(pair, which: str, device, dtype, seed, clip_skip) -> dict:
-    common = dict(dtype=str(dtype).replace("torch.", ""), device=str(device), seed=seed, clip_skip=clip_skip)
-    if which == "baseline":
-        return {"model_id": pair.baseline_id, "method": "baseline", "artifacts": [], "warnings": [], **common}
-    return {"model_id": pair.baseline_id, "custom_ids": pair.custom_ids, "method": pair.method,
-            "artifacts": [asdict(a) for a in pair.artifacts], "warnings": list(pair.warnings), **common}
+def as_concepts(concepts) -> list[Concept]:
+    """``Concept``, token string, or a list of either → list of ``Concept``."""
+    if concepts is None:
+        return []
+    if isinstance(concepts, (Concept, str)):
+        concepts = [concepts]
+    return [c if isinstance(c, Concept) else Concept(str(c)) for c in concepts]
 
 
-def record_store(pair, concepts: list[Concept], prompts: list[str], out, *, overwrite=False, batch_size=8,
-                 clip_skip=None, seed=0, store_dtype=np.float32, progress=True, command=None, extra=None,
-                 shard: tuple[int, int] | None = None, drop_padding=False, job: dict | None = None,
-                 min_tokens: int = 0):
-    """Record baseline and customized model on ``prompts`` into the store at ``out``. Returns the store path.
+def as_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype) not in DTYPES:
+        raise ProbeError(f"unknown dtype {dtype!r}", "use " + ", ".join(DTYPES))
+    return getattr(torch, str(dtype))
 
-    Batches stream into ``<out>.partial``; rerunning the same job after a crash resumes it (``jobs`` says what
-    "the same job" is; ``job`` adds options of ``extra`` that must match too). ``shard=(i, n)`` records shard i of n
-    (``jobs.shard_range``). ``drop_padding`` keeps the first T token positions, T the longest tokenized prompt of the
-    whole prompt set, or ``min_tokens`` if more (what branches added by ``extra`` fill). ``extra(writer, customs,
-    bases)`` may add branches (AlignIT) before the store is committed; ``customs``/``bases`` are
-    ``record.TokenTable`` s of this shard's prompts."""
-    span = jobs.shard_range(len(prompts), batch_size, shard)
-    custom_tp, base_tp, warnings = tokenize_table(prompts, span, pair.custom, pair.baseline.tokenizer, concepts)
-    n_full = pair.custom.tokenizer.model_max_length
-    n_tokens = n_full
-    if drop_padding:
-        kept = jobs.kept_tokens(prompts, pair.custom, pair.baseline.tokenizer, concepts)
-        n_tokens = min(n_full, max(kept, min_tokens))
-    device, dtype = pair.custom.unet.device, pair.custom.unet.dtype
-    options = dict(batch_size=batch_size, clip_skip=clip_skip, seed=seed, store_dtype=np.dtype(store_dtype).name,
-                   drop_padding=bool(drop_padding), n_tokens=n_tokens, dtype=str(dtype).replace("torch.", ""),
-                   device_type=device.type, **(job or {}))
-    vers = versions()
-    attrs = dict(concepts=[asdict(c) for c in concepts], versions=vers, command=command,
-                 warnings=warnings + list(pair.warnings), n_prompts=len(prompts), options=options,
-                 n_tokens=n_tokens, n_tokens_full=n_full, shard=jobs.shard_name(shard),
-                 prompt_range=[span.start, span.stop],
-                 fingerprint=jobs.job_fingerprint(pair, concepts, prompts, options, vers))
-    # writes overlap the next batch's compute in a thread where a GPU computes; on CPU that thread would only take
-    # cores from torch's own threads, so they write in between batches
-    with StoreWriter(out, overwrite=overwrite, attrs=attrs, chunk_prompts=min(batch_size, len(span)),
-                     n_prompts=len(span), n_tokens=n_tokens if drop_padding else None, first_prompt=span.start,
-                     background=device.type != "cpu") as writer:
-        models = [("baseline", pair.baseline, base_tp), ("custom", pair.custom, custom_tp)]
-        m_attrs = {}
-        for name, pipe, _ in models:
-            m_attrs[name] = model_attrs(pair, name, device, dtype, seed, clip_skip)
-            m_attrs[name]["warnings"] = m_attrs[name]["warnings"] + warnings
-            m_attrs[name]["sites"] = attn2_paths(pipe.unet)
-        done = min(writer.written(name) for name, _, _ in models)
-        bar = progress_bar(len(span), "record", progress)
-        bar.update(done)
-        for start in range(span.start + done, span.stop, batch_size):
-            stop = min(start + batch_size, span.stop)
-            for name, pipe, tps in models:
-                if span.start + writer.written(name) < stop:
-                    batch = record_batch(pipe, tps[start:stop], start, clip_skip=clip_skip, store_dtype=store_dtype,
-                                         n_tokens=n_tokens if drop_padding else None)
-                    writer.append(name, batch, m_attrs[name])
-            bar.update(stop - start)
-        bar.close()
-        ids = sorted({i for c in concepts for i in modifier_ids(pair.custom, c)})
-        writer.put("custom/embedding", embedding_diagnostics(pair.custom, pair.baseline, ids))
-        if extra is not None:
-            extra(writer, custom_tp, base_tp)
-        return writer.commit()
+
+class Probe:
+    """A baseline, any number of customized models of it, and the concepts their prompts use."""
+
+    def __init__(
+        self, baseline, custom=None, concepts=(), *, device: str | None = None, dtype="float32", progress: bool = True
+    ):
+        self.baseline, self.custom = baseline, custom
+        self.concepts = as_concepts(concepts)
+        self.dtype = as_dtype(dtype)
+        self.device = device
+        self.progress = progress
+        self._models: ModelSet | None = None
+        if isinstance(baseline, (str, os.PathLike)):
+            check_device(device)  # at once, before anything loads
+
+    # ----------------------------------------------------------------------------------------------- models
+    @property
+    def models(self) -> ModelSet:
+        """The loaded ``ModelSet`` (loaded on first use)."""
+        if self._models is None:
+            self._models = self._load()
+        return self._models
+
+    def _load(self) -> ModelSet:
+        custom = self.custom
+        if custom is None:
+            raise ProbeError("no customized model given", "pass custom=SPEC, [NAME=SPEC, …] or {NAME: SPEC}")
+        in_memory = not isinstance(self.baseline, (str, os.PathLike))
+        if not isinstance(custom, (str, os.PathLike, list, tuple, dict)):
+            custom = {DEFAULT_CUSTOM: custom}
+        if isinstance(custom, dict) and any(
+            not isinstance(v, (str, os.PathLike, list, tuple)) for v in custom.values()
+        ):
+            if not in_memory or not all(hasattr(v, "unet") for v in custom.values()):
+                raise ProbeError(
+                    "mixing pipelines in memory with paths is not supported",
+                    "pass the baseline and every customized model as pipelines, or all as paths",
+                )
+            models = models_from_pipelines(self.baseline, dict(custom))
+        elif in_memory:
+            raise ProbeError(
+                "a baseline pipeline in memory needs customized pipelines in memory",
+                "pass custom={NAME: pipeline}, or the baseline as a path",
+            )
+        else:
+            models = load_models(self.baseline, custom, self.device, self.dtype, self.progress)
+        for w in models.warnings:
+            warnings.warn(w, ProbeWarning, stacklevel=3)
+        return models
+
+    def baseline_only(self):
+        """The baseline pipeline alone (no customized model needed: swaps and maps of the baseline)."""
+        if self._models is not None:
+            return self._models.baseline
+        if not isinstance(self.baseline, (str, os.PathLike)):
+            return self.baseline
+        return load_pipeline(self.baseline, check_device(self.device), self.dtype)
+
+    # ----------------------------------------------------------------------------------------------- record
+    def record(
+        self,
+        prompts: list[str],
+        out: str | os.PathLike,
+        *,
+        batch_size: int = 8,
+        clip_skip: int | None = None,
+        seed: int = 0,
+        store_dtype: str = "float32",
+        drop_padding: bool = False,
+        shard: tuple[int, int] | None = None,
+        alignit: bool | AlignITOptions = False,
+        overwrite: bool = False,
+        command: list[str] | None = None,
+        nodes: dict[str, xr.Dataset] | None = None,
+    ) -> Path:
+        """Record every stage of the baseline and each customized model on ``prompts`` into a store at ``out``
+        (zarr, or netCDF for ``.nc``); ``alignit`` adds the AlignIT branches. Rerunning after a crash resumes."""
+        options = RecordOptions(
+            batch_size=batch_size,
+            clip_skip=clip_skip,
+            seed=seed,
+            store_dtype=store_dtype,
+            drop_padding=drop_padding,
+            shard=shard,
+            alignit=(AlignITOptions() if alignit is True else alignit or None),
+        )
+        return record_store(
+            self.models,
+            self.concepts,
+            list(prompts),
+            out,
+            options,
+            overwrite=overwrite,
+            progress=self.progress,
+            command=command,
+            nodes=nodes,
+        )
+
+    # ----------------------------------------------------------------------------------------------- AlignIT
+    def alignit_kv(
+        self, prompts: list[str], options: AlignITOptions | None = None, *, model: str | None = None
+    ) -> AlignITKV:
+        """AlignIT's infused K/V for ``prompts`` (customized model ``model``; the only one by default)."""
+        pair = self.models.pair(model)
+        options = options or AlignITOptions()
+        validate(pair, self.concepts, options)
+        return alignit_kv(pair, self.concepts, list(prompts), options)
+
+    def alignit(
+        self,
+        prompts: list[str],
+        options: AlignITOptions | None = None,
+        *,
+        model: str | None = None,
+        seed: int = 0,
+        steps: int = 30,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "pil",
+    ) -> dict[str, list]:
+        """Images of the baseline, the customized model and AlignIT, same seed: {``baseline``, NAME, ``alignit``}."""
+        pair = self.models.pair(model)
+        akv = self.alignit_kv(prompts, options, model=pair.name)
+        kw = dict(
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            output_type=output_type,
+            progress=self.progress,
+        )
+        images = {
+            BASELINE: generate_images(pair.baseline, akv.baseline_embeds, **kw),
+            pair.name: generate_images(pair.custom, akv.custom_embeds, **kw),
+        }
+        with alignit(pair, akv) as pipe:
+            images[ALIGNIT] = generate_images(pipe, akv.cond_embeds, **kw)
+        return images
+
+    # ----------------------------------------------------------------------------------------------- maps
+    def attention(
+        self,
+        prompts: list[str],
+        options: AlignITOptions | None = None,
+        *,
+        model: str | None = None,
+        alignit: bool = False,
+        slices: AttentionSlices | None = None,
+        seed: int = 0,
+        steps: int = 30,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> dict[str, tuple[xr.Dataset, list]]:
+        """Cross-attention maps (and images) of the baseline, the customized model and, with ``alignit``, AlignIT:
+        {branch: (Dataset with ``map`` (prompt, token, y, x), images)}; same seed for all."""
+        pair = self.models.pair(model)
+        akv = self.alignit_kv(prompts, options, model=pair.name)
+        return generation_maps(
+            pair,
+            akv,
+            include_alignit=alignit,
+            alignit_name=alignit_branch(pair.name, len(self.models.pairs)),
+            slices=slices or AttentionSlices(),
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            progress=self.progress,
+        )
+
+    # ----------------------------------------------------------------------------------------------- K/V swap
+    def swap(
+        self,
+        key_prompt: str,
+        value_prompt: str,
+        *,
+        key_model: str = BASELINE,
+        value_model: str = BASELINE,
+        denoiser: str = BASELINE,
+        tokens: list[str] | None = None,
+        layers: list[str] | None = None,
+        blocks: list[str] | None = None,
+        seed: int = 0,
+        steps: int = 30,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> dict[str, list]:
+        """Keys from ``key_prompt``, values from ``value_prompt`` (all tokens, or at ``tokens``; all attn2 layers,
+        or ``layers``/``blocks``): images {``A``, ``B``, ``keys A + values B``}. Models: ``baseline`` or a NAME."""
+        names = {key_model, value_model, denoiser}
+        if names == {BASELINE} and self.custom is None:
+            pipes = {BASELINE: self.baseline_only()}
+        else:
+            pipes = {BASELINE: self.models.baseline, **{p.name: p.custom for p in self.models.pairs}}
+        for which, name in (("key model", key_model), ("value model", value_model), ("denoiser", denoiser)):
+            if name not in pipes:
+                raise ProbeError(f"{which} {name!r} is not loaded", "choose among: " + ", ".join(pipes))
+        return generate_swap(
+            Source(pipes[key_model], key_prompt),
+            Source(pipes[value_model], value_prompt),
+            pipes[denoiser],
+            tokens=tokens,
+            layers=layers,
+            blocks=blocks,
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            progress=self.progress,
+        )

@@ -9,7 +9,7 @@ API only (`open_store`, `compare_rows`).
 import argparse
 from collections import defaultdict
 
-from alignit_probe.metrics import compare_rows
+from alignit_probe.analysis.metrics import compare_rows
 from alignit_probe.store import open_store
 
 

@@ -19,11 +19,12 @@ import torch
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-from alignit_probe.concepts import Concept, tokenize_prompts  # noqa: E402
-from alignit_probe.record import encoder_states  # noqa: E402
-from alignit_probe.generate import _generate, alignit, alignit_kv  # noqa: E402
-from alignit_probe.load import load_pair  # noqa: E402
-from alignit_probe.toy import build_sd15_pipeline, build_toy_pipeline, write_toy_custom_diffusion  # noqa: E402
+from alignit_probe.alignit.engine import alignit, alignit_kv  # noqa: E402
+from alignit_probe.alignit.generation import generate_images as _generate  # noqa: E402
+from alignit_probe.models.load import load_pair  # noqa: E402
+from alignit_probe.models.toy import build_sd15_pipeline, build_toy_pipeline, write_toy_custom_diffusion  # noqa: E402
+from alignit_probe.text.concepts import Concept, tokenize_prompts  # noqa: E402
+from alignit_probe.text.encoder import encoder_states  # noqa: E402
 
 
 def make_pair(size: str, device: str, dtype: torch.dtype, tmp: str):
@@ -54,8 +55,7 @@ def main(argv=None) -> None:
     for p in (pair.baseline, pair.custom):
         p.set_progress_bar_config(disable=True)
     prompt = ["photo of a <new1> cat on the beach"]
-    kw = dict(seed=0, steps=args.steps, guidance_scale=7.5, output_type="latent", height=args.height,
-              width=args.width)
+    kw = dict(seed=0, steps=args.steps, guidance_scale=7.5, output_type="latent", height=args.height, width=args.width)
 
     def plain() -> float:
         sync(args.device)
@@ -80,8 +80,10 @@ def main(argv=None) -> None:
         times["plain"].append(plain())
         times["alignit"].append(aligned())
     best = {k: min(v) for k, v in times.items()}
-    print(f"size={args.size} device={args.device} dtype={args.dtype} steps={args.steps} repeats={args.repeats} "
-          f"image={args.height or 'default'}x{args.width or 'default'} threads={torch.get_num_threads()}")
+    print(
+        f"size={args.size} device={args.device} dtype={args.dtype} steps={args.steps} repeats={args.repeats} "
+        f"image={args.height or 'default'}x{args.width or 'default'} threads={torch.get_num_threads()}"
+    )
     print(f"plain customized generation: {best['plain']:.3f} s (best of {args.repeats})")
     print(f"AlignIT generation:          {best['alignit']:.3f} s (best of {args.repeats}, incl. K/V precompute)")
     print(f"ratio AlignIT / plain: {best['alignit'] / best['plain']:.3f}x (target <= 1.05x)")

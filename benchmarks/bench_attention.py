@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from alignit_probe.attention import AttentionSlices, capture_attention  # noqa: E402
-from alignit_probe.sites import attn2_paths  # noqa: E402
-from alignit_probe.toy import build_sd15_pipeline, build_toy_pipeline  # noqa: E402
+from alignit_probe.capture.attention import AttentionSlices, capture_attention  # noqa: E402
+from alignit_probe.capture.sites import attn2_paths  # noqa: E402
+from alignit_probe.models.toy import build_sd15_pipeline, build_toy_pipeline  # noqa: E402
 
 PROMPT = "a photo of a xylophonist dog on the beach"
 
@@ -71,8 +71,12 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU: steadier timings)")
-    ap.add_argument("--slices", choices=["global", "all"], default="global",
-                    help="global: DAAM's map only; all: per layer, per head, 2 step windows, native")
+    ap.add_argument(
+        "--slices",
+        choices=["global", "all"],
+        default="global",
+        help="global: DAAM's map only; all: per layer, per head, 2 step windows, native",
+    )
     args = ap.parse_args(argv)
 
     if args.threads or args.device == "cpu":
@@ -90,14 +94,24 @@ def main(argv=None) -> None:
     ids = pipe.tokenizer([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
         pe = pipe.text_encoder(ids.to(args.device))[0]
-    slices = AttentionSlices() if args.slices == "global" else AttentionSlices(
-        per_layer=True, per_head=True, step_windows=[(0, 1), (1, 10**6)], native=True)
+    slices = (
+        AttentionSlices()
+        if args.slices == "global"
+        else AttentionSlices(per_layer=True, per_head=True, step_windows=[(0, 1), (1, 10**6)], native=True)
+    )
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def generate(n_steps: int, maps: bool):
-        kw = dict(prompt_embeds=pe, num_inference_steps=n_steps, guidance_scale=args.guidance, height=height,
-                  width=width, output_type=output_type, generator=torch.Generator(args.device).manual_seed(args.seed))
+        kw = dict(
+            prompt_embeds=pe,
+            num_inference_steps=n_steps,
+            guidance_scale=args.guidance,
+            height=height,
+            width=width,
+            output_type=output_type,
+            generator=torch.Generator(args.device).manual_seed(args.seed),
+        )
         if not maps:
             return pipe(**kw), None
         with capture_attention(pipe, pe, slices=slices) as col:
@@ -133,22 +147,29 @@ def main(argv=None) -> None:
             tracemalloc.stop()
             rss = peak_rss()
             row[maps] = dict(
-                acc=col.accumulator_bytes() if col else 0, acc_n=len(col.accumulators()) if col else 0,
-                steps=col.steps if col else n, py=py_peak,
+                acc=col.accumulator_bytes() if col else 0,
+                acc_n=len(col.accumulators()) if col else 0,
+                steps=col.steps if col else n,
+                py=py_peak,
                 rss=(rss - rss0) if resettable and rss is not None else None,
                 cuda=torch.cuda.max_memory_allocated() if cuda else None,
             )
         mem[n] = row
 
     layers = len(attn2_paths(pipe.unet))
-    print(f"bench_attention: size={args.size} device={args.device} ({torch.cuda.get_device_name() if cuda else 'cpu'}) "
-          f"dtype={str(dtype).removeprefix('torch.')} image={height}x{width} latent={height // pipe.vae_scale_factor}x"
-          f"{width // pipe.vae_scale_factor} guidance={args.guidance} attn2_layers={layers} slices={args.slices} "
-          f"torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(
+        f"bench_attention: size={args.size} device={args.device} ({torch.cuda.get_device_name() if cuda else 'cpu'}) "
+        f"dtype={str(dtype).removeprefix('torch.')} image={height}x{width} latent={height // pipe.vae_scale_factor}x"
+        f"{width // pipe.vae_scale_factor} guidance={args.guidance} attn2_layers={layers} slices={args.slices} "
+        f"torch={torch.__version__} threads={torch.get_num_threads()}"
+    )
     print(f"time, {steps} steps, median of {args.repeats} (output_type={output_type}):")
     print(f"  plain      {tp * 1000:9.1f} ms   runs: {' '.join(f'{t * 1000:.0f}' for t in plain)}")
     print(f"  with maps  {tm * 1000:9.1f} ms   runs: {' '.join(f'{t * 1000:.0f}' for t in with_maps)}")
-    print(f"  ratio      {tm / tp:9.3f} x   (target <= 1.3x); ratio of the fastest runs {min(with_maps) / min(plain):.3f} x")
+    print(
+        f"  ratio      {tm / tp:9.3f} x   (target <= 1.3x); "
+        f"ratio of the fastest runs {min(with_maps) / min(plain):.3f} x"
+    )
     ns = list(mem)
     print("memory:" + "".join(f"{f'{n} steps':>36}" for n in ns))
     print("  " + f"{'':30}" + "".join(f"{'plain':>16}{'with maps':>20}" for _ in ns))
@@ -156,12 +177,15 @@ def main(argv=None) -> None:
     if cuda:
         rows.append(("cuda max_memory_allocated", "cuda"))
     for label, key in rows:
-        cells = "".join(f"{mib(mem[n][False][key] if key != 'acc' else None):>16}{mib(mem[n][True][key]):>20}"
-                        for n in ns)
+        cells = "".join(
+            f"{mib(mem[n][False][key] if key != 'acc' else None):>16}{mib(mem[n][True][key]):>20}" for n in ns
+        )
         print(f"  {label:30}{cells}")
     a = [mem[n][True]["acc"] for n in ns]
-    print(f"  accumulator tensors: {[mem[n][True]['acc_n'] for n in ns]}, steps captured: "
-          f"{[mem[n][True]['steps'] for n in ns]}; flat in steps: {'yes' if len(set(a)) == 1 else 'NO'}")
+    print(
+        f"  accumulator tensors: {[mem[n][True]['acc_n'] for n in ns]}, steps captured: "
+        f"{[mem[n][True]['steps'] for n in ns]}; flat in steps: {'yes' if len(set(a)) == 1 else 'NO'}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,28 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBJECTS = ["cat", "cat sitting", "cat sleeping", "cat jumping", "cat running", "cat eating", "cat playing",
-            "cat hiding"]
-SCENES = ["on the beach", "in a snowy forest", "wearing a red hat", "in the style of van gogh", "on a wooden table",
-          "floating in space", "next to a lighthouse at dusk", "made of lego bricks", "in a busy street at night",
-          "under the rain"]
+SUBJECTS = [
+    "cat",
+    "cat sitting",
+    "cat sleeping",
+    "cat jumping",
+    "cat running",
+    "cat eating",
+    "cat playing",
+    "cat hiding",
+]
+SCENES = [
+    "on the beach",
+    "in a snowy forest",
+    "wearing a red hat",
+    "in the style of van gogh",
+    "on a wooden table",
+    "floating in space",
+    "next to a lighthouse at dusk",
+    "made of lego bricks",
+    "in a busy street at night",
+    "under the rain",
+]
 
 
 def prompts(n: int) -> list[str]:
@@ -41,22 +58,53 @@ def child(args) -> None:
     from alignit_probe import cli
 
     t = time.perf_counter()
-    argv = ["record", "--baseline", args.toy, "--custom", args.ti, "--concept", "<new1>", "--class-word", "cat",
-            "--prompts", args.prompts_file, "--out", args.out, "--batch-size", str(args.batch_size),
-            "--store-dtype", args.store_dtype, "--no-progress", "--overwrite"] + (["--drop-padding"] * args.drop_padding)
+    argv = [
+        "record",
+        "--baseline",
+        args.toy,
+        "--custom",
+        args.ti,
+        "--concept",
+        "<new1>",
+        "--class-word",
+        "cat",
+        "--prompts",
+        args.prompts_file,
+        "--out",
+        args.out,
+        "--batch-size",
+        str(args.batch_size),
+        "--store-dtype",
+        args.store_dtype,
+        "--no-progress",
+        "--overwrite",
+    ] + (["--drop-padding"] * args.drop_padding)
     rc = cli.main(argv)
     seconds = time.perf_counter() - t
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
-    print(json.dumps({"rc": rc, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                      "seconds": seconds, "store_bytes": size}))
+    print(
+        json.dumps(
+            {
+                "rc": rc,
+                "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "seconds": seconds,
+                "store_bytes": size,
+            }
+        )
+    )
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", type=int, default=100)
     ap.add_argument("--large", type=int, default=5000)
-    ap.add_argument("--batch-size", type=int, default=100, help="the same for both runs, at most --small: peak "
-                    "memory grows with the batch (by design), not with the number of prompts")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=100,
+        help="the same for both runs, at most --small: peak "
+        "memory grows with the batch (by design), not with the number of prompts",
+    )
     ap.add_argument("--store-dtype", choices=["float32", "float16"], default="float32")
     ap.add_argument("--drop-padding", action="store_true")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary folder)")
@@ -73,7 +121,7 @@ def main(argv=None) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from alignit_probe.toy import build_toy
+    from alignit_probe.models.toy import build_toy
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_memory-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -85,9 +133,23 @@ def main(argv=None) -> None:
     for n in (args.small, args.large):
         pf = work / f"prompts-{n}.txt"
         pf.write_text("\n".join(prompts(n)) + "\n")
-        cmd = [sys.executable, __file__, "--child", "--toy", str(toy), "--ti", str(ti), "--prompts-file", str(pf),
-               "--out", str(work / f"store-{n}.zarr"), "--batch-size", str(args.batch_size),
-               "--store-dtype", args.store_dtype] + (["--drop-padding"] if args.drop_padding else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--toy",
+            str(toy),
+            "--ti",
+            str(ti),
+            "--prompts-file",
+            str(pf),
+            "--out",
+            str(work / f"store-{n}.zarr"),
+            "--batch-size",
+            str(args.batch_size),
+            "--store-dtype",
+            args.store_dtype,
+        ] + (["--drop-padding"] if args.drop_padding else [])
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode != 0 or not res.stdout.strip():
             sys.exit(f"run with {n} prompts failed:\n{res.stderr[-3000:]}")
@@ -97,11 +159,15 @@ def main(argv=None) -> None:
 
     import torch as _t
 
-    print(f"bench_memory: toy pipeline, cpu, torch={_t.__version__}, batch={args.batch_size} "
-          f"store_dtype={args.store_dtype} drop_padding={args.drop_padding}")
+    print(
+        f"bench_memory: toy pipeline, cpu, torch={_t.__version__}, batch={args.batch_size} "
+        f"store_dtype={args.store_dtype} drop_padding={args.drop_padding}"
+    )
     for n, r in runs.items():
-        print(f"  {n:6d} prompts: peak RSS {r['maxrss_kib'] / 1024:8.1f} MiB   {r['seconds']:7.1f} s   "
-              f"store {r['store_bytes'] / 2**20:8.1f} MiB")
+        print(
+            f"  {n:6d} prompts: peak RSS {r['maxrss_kib'] / 1024:8.1f} MiB   {r['seconds']:7.1f} s   "
+            f"store {r['store_bytes'] / 2**20:8.1f} MiB"
+        )
     ratio = runs[args.large]["maxrss_kib"] / runs[args.small]["maxrss_kib"]
     print(f"  peak RSS {args.large} / {args.small} prompts = {ratio:.3f}   (target <= 1.10)")
     if args.dir is None:

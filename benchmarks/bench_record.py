@@ -41,19 +41,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-from alignit_probe.concepts import Concept  # noqa: E402
-from alignit_probe.probe import record_store  # noqa: E402
-from alignit_probe.sites import record_kv  # noqa: E402
-from alignit_probe.toy import clip_tokenizer  # noqa: E402
+from alignit_probe.capture.sites import record_kv  # noqa: E402
+from alignit_probe.models.toy import clip_tokenizer  # noqa: E402
+from alignit_probe.record.run import record_store  # noqa: E402
+from alignit_probe.text.concepts import Concept  # noqa: E402
 
 SUBJECTS = ["cat", "dog", "teapot", "backpack", "robot", "castle", "bicycle", "owl"]
-SCENES = ["on the beach", "in a snowy forest", "wearing a red hat", "in the style of van gogh", "on a wooden table",
-          "floating in space", "next to a lighthouse at dusk", "made of lego bricks"]
+SCENES = [
+    "on the beach",
+    "in a snowy forest",
+    "wearing a red hat",
+    "in the style of van gogh",
+    "on a wooden table",
+    "floating in space",
+    "next to a lighthouse at dusk",
+    "made of lego bricks",
+]
 
 
 def prompts(n: int) -> list[str]:
-    return [f"a photo of a <new1> {SUBJECTS[i % 8]} {SCENES[(i // 8) % 8]}" + (f", shot {i}" if i >= 64 else "")
-            for i in range(n)]
+    return [
+        f"a photo of a <new1> {SUBJECTS[i % 8]} {SCENES[(i // 8) % 8]}" + (f", shot {i}" if i >= 64 else "")
+        for i in range(n)
+    ]
 
 
 def build_sd15(seed: int = 0):
@@ -61,19 +71,42 @@ def build_sd15(seed: int = 0):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from alignit_probe.toy import SCHEDULER_CONFIG
+    from alignit_probe.models.toy import SCHEDULER_CONFIG
 
     torch.manual_seed(seed)
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)).eval()
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    ).eval()
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
-    vae = AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), norm_num_groups=8, layers_per_block=1).eval()
-    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
-                                   scheduler=DDIMScheduler(**SCHEDULER_CONFIG), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        norm_num_groups=8,
+        layers_per_block=1,
+    ).eval()
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def build_pair(device: str, dtype: torch.dtype):
@@ -81,21 +114,34 @@ def build_pair(device: str, dtype: torch.dtype):
 
     base = build_sd15().to(device, dtype)
     base.set_progress_bar_config(disable=True)
-    parts = dict(base.components, text_encoder=copy.deepcopy(base.text_encoder),
-                 tokenizer=copy.deepcopy(base.tokenizer))
+    parts = dict(
+        base.components, text_encoder=copy.deepcopy(base.text_encoder), tokenizer=copy.deepcopy(base.tokenizer)
+    )
     custom = StableDiffusionPipeline(**parts)
-    custom.load_textual_inversion({"<new1>": torch.randn(768, generator=torch.Generator().manual_seed(1))},
-                                  token="<new1>")
+    custom.load_textual_inversion(
+        {"<new1>": torch.randn(768, generator=torch.Generator().manual_seed(1))}, token="<new1>"
+    )
     custom.text_encoder.to(device, dtype)
-    return types.SimpleNamespace(baseline=base, custom=custom, baseline_id="sd15-random", custom_ids=["ti-random"],
-                                 method="textual_inversion", artifacts=[], warnings=[])
+    return types.SimpleNamespace(
+        baseline=base,
+        custom=custom,
+        baseline_id="sd15-random",
+        custom_ids=["ti-random"],
+        method="textual_inversion",
+        artifacts=[],
+        warnings=[],
+    )
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                    help="model dtype (default: float16 on cuda, float32 on cpu)")
+    ap.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default=None,
+        help="model dtype (default: float16 on cuda, float32 on cpu)",
+    )
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--store-dtype", choices=["float32", "float16"], default="float32")
@@ -117,12 +163,17 @@ def main(argv=None) -> None:
     base_texts = [t.replace("<new1> ", "") for t in texts]
 
     def ids_of(pipe, batch):
-        return pipe.tokenizer(batch, padding="max_length", max_length=77, truncation=True,
-                              return_tensors="pt").input_ids.to(args.device)
+        return pipe.tokenizer(
+            batch, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids.to(args.device)
 
-    batches = {m: [ids_of(getattr(pair, m), tx[i : i + args.batch_size])
-                   for i in range(0, len(tx), args.batch_size)]
-               for m, tx in (("baseline", base_texts), ("custom", [pair.custom.maybe_convert_prompt(t, pair.custom.tokenizer) for t in texts]))}
+    batches = {
+        m: [ids_of(getattr(pair, m), tx[i : i + args.batch_size]) for i in range(0, len(tx), args.batch_size)]
+        for m, tx in (
+            ("baseline", base_texts),
+            ("custom", [pair.custom.maybe_convert_prompt(t, pair.custom.tokenizer) for t in texts]),
+        )
+    }
 
     def floor() -> float:
         sync()
@@ -144,8 +195,16 @@ def main(argv=None) -> None:
     def record(k: int) -> float:
         sync()
         t = time.perf_counter()
-        out = record_store(pair, concepts, texts, tmp / f"store{k}.zarr", overwrite=True, batch_size=args.batch_size,
-                           store_dtype=store_dtype, progress=False)
+        out = record_store(
+            pair,
+            concepts,
+            texts,
+            tmp / f"store{k}.zarr",
+            overwrite=True,
+            batch_size=args.batch_size,
+            store_dtype=store_dtype,
+            progress=False,
+        )
         sync()
         seconds = time.perf_counter() - t
         sizes.append(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
@@ -187,18 +246,26 @@ def main(argv=None) -> None:
     n_ms = naive_s / args.naive_batch * 1e3
     ratio = statistics.median(r / f for r, f in zip(records, floors))  # adjacent runs: robust to machine load
     size = sizes[-1]
-    print(f"bench_record: device={args.device} ({torch.cuda.get_device_name() if cuda else 'cpu'}) "
-          f"dtype={str(dtype).removeprefix('torch.')} store_dtype={args.store_dtype} prompts={args.prompts} "
-          f"batch={args.batch_size} threads={torch.get_num_threads()} torch={torch.__version__} "
-          f"(models built in {build_s:.0f} s)")
+    print(
+        f"bench_record: device={args.device} ({torch.cuda.get_device_name() if cuda else 'cpu'}) "
+        f"dtype={str(dtype).removeprefix('torch.')} store_dtype={args.store_dtype} prompts={args.prompts} "
+        f"batch={args.batch_size} threads={torch.get_num_threads()} torch={torch.__version__} "
+        f"(models built in {build_s:.0f} s)"
+    )
     print(f"  store: {size / 2**20:.1f} MiB on disk, {size / per / 2**20:.2f} MiB per prompt and model")
-    print(f"  floor  (text encoder + attn2 K/V, nothing kept) {f_ms:9.1f} ms/prompt   runs (s): "
-          f"{' '.join(f'{t:.2f}' for t in floors)}")
-    print(f"  record (record_store to zarr, all stages)       {r_ms:9.1f} ms/prompt   runs (s): "
-          f"{' '.join(f'{t:.2f}' for t in records)}")
+    print(
+        f"  floor  (text encoder + attn2 K/V, nothing kept) {f_ms:9.1f} ms/prompt   runs (s): "
+        f"{' '.join(f'{t:.2f}' for t in floors)}"
+    )
+    print(
+        f"  record (record_store to zarr, all stages)       {r_ms:9.1f} ms/prompt   runs (s): "
+        f"{' '.join(f'{t:.2f}' for t in records)}"
+    )
     print(f"  naive  (hooked UNet step, 64x64, batch {args.naive_batch})        {n_ms:9.1f} ms/prompt")
-    print(f"  record / floor = {ratio:.3f}x   (median of the {args.repeats} adjacent pairs; target <= 1.2x; "
-          f"fastest record / fastest floor {min(records) / min(floors):.3f}x)")
+    print(
+        f"  record / floor = {ratio:.3f}x   (median of the {args.repeats} adjacent pairs; target <= 1.2x; "
+        f"fastest record / fastest floor {min(records) / min(floors):.3f}x)"
+    )
     print(f"  naive / record = {n_ms / r_ms:.1f}x   (target >= 35x)")
 
 

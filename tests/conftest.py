@@ -12,7 +12,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def toy_dir(tmp_path_factory):
     """The embedded toy SD1.x pipeline, saved once per test session in diffusers format."""
-    from alignit_probe.toy import build_toy
+    from alignit_probe.models.toy import build_toy
 
     return str(build_toy(tmp_path_factory.mktemp("toy") / "toy", seed=0))
 

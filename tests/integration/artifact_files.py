@@ -8,8 +8,8 @@ from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
 from safetensors.torch import load_file, save_file
 
-from alignit_probe import sites
-from alignit_probe.load import load_pipeline
+from alignit_probe.capture import sites
+from alignit_probe.models.load import load_pipeline
 
 DIM = 32
 
@@ -39,10 +39,13 @@ def cd_processors(unet, covered, base_weights=False, q_out=False, seed=2):
         attn = unet.get_submodule(name[: -len(".processor")])
         train = name[: -len(".processor")] in covered
         proc = CustomDiffusionAttnProcessor2_0(
-            train_kv=train, train_q_out=train and q_out, hidden_size=attn.to_q.out_features,
-            cross_attention_dim=attn.to_k.in_features if name.endswith("attn2.processor") else None)
+            train_kv=train,
+            train_q_out=train and q_out,
+            hidden_size=attn.to_q.out_features,
+            cross_attention_dim=attn.to_k.in_features if name.endswith("attn2.processor") else None,
+        )
         with torch.no_grad():
-            for p_name, p in proc.named_parameters():
+            for p in proc.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
             if base_weights and train:
                 proc.to_k_custom_diffusion.weight.copy_(attn.to_k.weight)
@@ -57,8 +60,13 @@ def write_cd(toy_dir, out, covered=None, safe=True, tokens=("<new1>",), base_wei
     cd_processors(pipe.unet, covered, base_weights, q_out)
     pipe.unet.save_attn_procs(str(out), safe_serialization=safe)
     for i, tok in enumerate(tokens):  # as save_new_embed: {token: embedding row (dim,)}
-        write_ti(Path(out) / f"{tok}.{'safetensors' if safe else 'bin'}", tok, 1, safe,
-                 value=torch.randn(DIM, generator=torch.Generator().manual_seed(10 + i)))
+        write_ti(
+            Path(out) / f"{tok}.{'safetensors' if safe else 'bin'}",
+            tok,
+            1,
+            safe,
+            value=torch.randn(DIM, generator=torch.Generator().manual_seed(10 + i)),
+        )
     return Path(out)
 
 
@@ -67,8 +75,9 @@ def write_lora(toy_dir, out, zero=False, seed=3):
     UNet's K/V on a fixed c, which the loaded LoRA must reproduce exactly."""
     pipe = load_pipeline(toy_dir)
     torch.manual_seed(seed)
-    pipe.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"],
-                                          init_lora_weights=zero))
+    pipe.unet.add_adapter(
+        peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"], init_lora_weights=zero)
+    )
     layers = peft.utils.get_peft_model_state_dict(pipe.unet)
     StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers)
     return sites.record_kv(pipe.unet, encoder_output())
@@ -90,8 +99,7 @@ def write_dreambooth(toy_dir, out):
     pipe = load_pipeline(toy_dir)
     gen = torch.Generator().manual_seed(4)
     with torch.no_grad():
-        for name, p in pipe.unet.named_parameters():
+        for p in pipe.unet.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     pipe.save_pretrained(str(out), safe_serialization=True)
     return Path(out)
-

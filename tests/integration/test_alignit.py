@@ -5,15 +5,15 @@ import pytest
 import torch
 
 from alignit_probe import store as st
-from alignit_probe.alignit import BASELINE
-from alignit_probe.alignit_store import write_alignit_branch
-from alignit_probe.concepts import Concept
-from alignit_probe.control import Source, swap_kv
+from alignit_probe.alignit.engine import AlignITOptions, alignit, alignit_kv, generate_alignit
+from alignit_probe.alignit.plan import BASELINE
+from alignit_probe.alignit.swap import Source, swap_kv
+from alignit_probe.capture.sdpa import intercept_sdpa, recording
+from alignit_probe.capture.sites import attn2_paths, record_kv
 from alignit_probe.errors import ProbeError
-from alignit_probe.generate import AlignITOptions, alignit, alignit_kv, generate_alignit
-from alignit_probe.probe import record_store
-from alignit_probe.record import encoder_states
-from alignit_probe.sites import attn2_paths, intercept_sdpa, record_kv
+from alignit_probe.record.run import RecordOptions, record_store
+from alignit_probe.text.concepts import Concept
+from alignit_probe.text.encoder import encoder_states
 
 CONCEPTS = [Concept("<new1>", "cat")]
 PROMPTS = ["photo of a <new1> cat on the beach", "a <new1> in a red hat"]
@@ -24,15 +24,18 @@ def test_alignit_kv_invariants(cd_pair):
     akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS)
     base_kv = record_kv(cd_pair.baseline.unet, encoder_states(cd_pair.baseline, akv.baseline))
     dummy = akv.plans[0]  # any plan: all share the one dummy prompt
-    from alignit_probe.alignit import tokenize_dummies
+    from alignit_probe.alignit.plan import tokenize_dummies
 
     d = tokenize_dummies(cd_pair.custom, cd_pair.baseline.tokenizer, CONCEPTS)[0]
     dummy_kv = record_kv(cd_pair.custom.unet, encoder_states(cd_pair.custom, [d]))
     for path, (k, v) in akv.kv.items():
         for p, plan in enumerate(akv.plans):
             for i, (s, pos) in enumerate(zip(plan.source, plan.position)):
-                ref_k, ref_v = (base_kv[path][0][p], base_kv[path][1][p]) if s == BASELINE else \
-                    (dummy_kv[path][0][0], dummy_kv[path][1][0])
+                ref_k, ref_v = (
+                    (base_kv[path][0][p], base_kv[path][1][p])
+                    if s == BASELINE
+                    else (dummy_kv[path][0][0], dummy_kv[path][1][0])
+                )
                 assert torch.equal(k[p, i], ref_k[pos]) and torch.equal(v[p, i], ref_v[pos])
     assert dummy.tokens.role.count("concept") == 2
 
@@ -44,10 +47,11 @@ def test_injected_kv_reach_attention_for_conditional_rows_only(cd_pair):
     neg = cd_pair.custom.encode_prompt([""], "cpu", 1, False)[0].detach()
     ehs = torch.cat([neg, akv.cond_embeds])
     calls = []  # attn2 path markers, each followed by the (q, k, v) its attention call received
-    hooks = [unet.get_submodule(p).register_forward_pre_hook(lambda m, a, path=p: calls.append(path) and None)
-             for p in paths]
+    hooks = [
+        unet.get_submodule(p).register_forward_pre_hook(lambda m, a, path=p: calls.append(path) and None) for p in paths
+    ]
     try:
-        with alignit(cd_pair, akv), intercept_sdpa(calls), torch.no_grad():
+        with alignit(cd_pair, akv), intercept_sdpa(recording(calls)), torch.no_grad():
             unet(torch.randn(2, 4, 16, 16), 10, encoder_hidden_states=ehs)
     finally:
         for h in hooks:
@@ -74,8 +78,9 @@ def test_processors_restored_after_exit_and_error(cd_pair):
 
 
 def test_empty_concept_span_reproduces_baseline_image_bit_for_bit(cd_pair):
-    images, akv = generate_alignit(cd_pair, CONCEPTS, ["a red car on the beach"], AlignITOptions(denoiser="baseline"),
-                                   allow_absent=True, **GEN)
+    images, akv = generate_alignit(
+        cd_pair, CONCEPTS, ["a red car on the beach"], AlignITOptions(denoiser="baseline"), allow_absent=True, **GEN
+    )
     assert all(r != "concept" for r in akv.plans[0].tokens.role)
     assert np.array_equal(images["alignit"], images["baseline"])
     assert not np.array_equal(images["custom"], images["baseline"])
@@ -107,12 +112,10 @@ def test_options_layers_keys_only_alpha(cd_pair):
 
 
 def test_alignit_branch_in_store_shows_zero_shift_outside_concepts(cd_pair, tmp_path):
-    from alignit_probe.metrics import compare_rows
+    from alignit_probe.analysis.metrics import compare_rows
 
-    def extra(writer, c, b):
-        write_alignit_branch(writer, cd_pair, CONCEPTS, PROMPTS, AlignITOptions(), batch_size=1)
-
-    out = record_store(cd_pair, CONCEPTS, PROMPTS, tmp_path / "s.zarr", progress=False, extra=extra)
+    options = RecordOptions(batch_size=1, alignit=AlignITOptions())
+    out = record_store(cd_pair, CONCEPTS, PROMPTS, tmp_path / "s.zarr", options, progress=False)
     rows = [r for r in compare_rows(st.open_store(out)) if r["model"] == "alignit"]
     assert {r["stage"] for r in rows} == {"key", "value"}
     for r in rows:
@@ -124,8 +127,7 @@ def test_alignit_branch_in_store_shows_zero_shift_outside_concepts(cd_pair, tmp_
 
 def test_swap_keys_from_a_values_from_b(cd_pair):
     base = cd_pair.baseline
-    kv, ca, pos = swap_kv(Source(base, "a dog on the grass"), Source(base, "a cat in the snow"), base,
-                          tokens=["dog"])
+    kv, ca, pos = swap_kv(Source(base, "a dog on the grass"), Source(base, "a cat in the snow"), base, tokens=["dog"])
     assert pos == [2]
     ta = record_kv(base.unet, ca)
     cb = base.encode_prompt(["a cat in the snow"], "cpu", 1, False)[0].detach()

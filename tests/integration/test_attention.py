@@ -12,9 +12,10 @@ from diffusers.models.attention_processor import (
     SlicedAttnProcessor,
 )
 
-from alignit_probe import sites
-from alignit_probe.attention import AttentionSlices, capture_attention, token_strings, word_maps
-from alignit_probe.toy import build_toy_pipeline
+from alignit_probe.analysis.maps import word_maps
+from alignit_probe.capture import sites
+from alignit_probe.capture.attention import AttentionSlices, capture_attention, token_strings
+from alignit_probe.models.toy import build_toy_pipeline
 
 PROMPTS = ["a photo of a cat", "a xylophonist dog on the beach"]
 ALL = AttentionSlices(per_layer=True, per_head=True, step_windows=[(0, 1), (1, 4)], native=True)
@@ -34,8 +35,14 @@ def encode(pipe, prompts=PROMPTS):
 
 
 def run(pipe, pe, steps=2, guidance=1.0, **kw):
-    return pipe(prompt_embeds=pe, num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
-                generator=torch.Generator().manual_seed(0), **kw)
+    return pipe(
+        prompt_embeds=pe,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+        **kw,
+    )
 
 
 def record_attn2_inputs(unet):
@@ -86,8 +93,11 @@ def check_against_direct(ds, col, expected, latent=(16, 16)):
     torch.testing.assert_close(torch.from_numpy(ds["map_raw"].values), total, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("processor", [None, AttnProcessor, lambda: SlicedAttnProcessor(3)],
-                         ids=["AttnProcessor2_0", "AttnProcessor", "SlicedAttnProcessor"])
+@pytest.mark.parametrize(
+    "processor",
+    [None, AttnProcessor, lambda: SlicedAttnProcessor(3)],
+    ids=["AttnProcessor2_0", "AttnProcessor", "SlicedAttnProcessor"],
+)
 def test_maps_equal_direct_softmax(pipe, processor):
     if processor is not None:
         procs = pipe.unet.attn_processors
@@ -104,10 +114,18 @@ def test_maps_equal_direct_softmax(pipe, processor):
     # normalized views: max over (y, x) is 1 per map; sum over layers and heads gives the global map
     dsn = col.to_dataset()
     assert float(abs(dsn["map"].max(("y", "x")) - 1).max()) < 1e-6
-    torch.testing.assert_close(torch.from_numpy(ds["map_layer"].sum("layer").values),
-                               torch.from_numpy(ds["map_raw"].values), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(torch.from_numpy(ds["map_head"].mean("head").sum("layer").values),
-                               torch.from_numpy(ds["map_raw"].values), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.from_numpy(ds["map_layer"].sum("layer").values),
+        torch.from_numpy(ds["map_raw"].values),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    torch.testing.assert_close(
+        torch.from_numpy(ds["map_head"].mean("head").sum("layer").values),
+        torch.from_numpy(ds["map_raw"].values),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_conditional_rows_only_under_guidance(pipe):
@@ -182,8 +200,12 @@ def install_custom_diffusion(unet, seed=5):
     for key, proc in unet.attn_processors.items():
         if ".attn2" in key:
             site = unet.get_submodule(key[: -len(sites.SUFFIX)])
-            proc = CustomDiffusionAttnProcessor2_0(train_kv=True, train_q_out=False, hidden_size=site.to_q.out_features,
-                                                   cross_attention_dim=site.to_k.in_features)
+            proc = CustomDiffusionAttnProcessor2_0(
+                train_kv=True,
+                train_q_out=False,
+                hidden_size=site.to_q.out_features,
+                cross_attention_dim=site.to_k.in_features,
+            )
         procs[key] = proc
     unet.set_attn_processor(procs)
 
@@ -260,8 +282,12 @@ def test_step_windows_and_word_maps(pipe):
     ds = col.to_dataset(token_strings(pipe.tokenizer, PROMPTS), normalize_maps=None)
     mw = ds["map_window"]
     assert list(ds["window"].values) == ["0:2", "2:3", "0:3", "5:9"]
-    torch.testing.assert_close(torch.from_numpy((mw.sel(window="0:2") + mw.sel(window="2:3")).values),
-                               torch.from_numpy(ds["map_raw"].values), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.from_numpy((mw.sel(window="0:2") + mw.sel(window="2:3")).values),
+        torch.from_numpy(ds["map_raw"].values),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     torch.testing.assert_close(torch.from_numpy(mw.sel(window="0:3").values), torch.from_numpy(ds["map_raw"].values))
     assert float(mw.sel(window="5:9").max()) == 0.0
     assert ds["token_text"].dims == ("prompt", "token") and ds["token_text"].values[1, 2] == "xy"

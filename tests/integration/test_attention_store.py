@@ -3,11 +3,13 @@
 import numpy as np
 
 from alignit_probe import store as st
-from alignit_probe.attention_store import ATTENTION_METRICS, attention_rows, generation_maps
+from alignit_probe.alignit.engine import AlignITOptions, alignit_kv
+from alignit_probe.analysis.attention import attention_rows
 from alignit_probe.cli import main
-from alignit_probe.concepts import Concept
-from alignit_probe.generate import AlignITOptions, alignit_kv
-from alignit_probe.probe import record_store
+from alignit_probe.record.branches import generation_maps
+from alignit_probe.record.run import RecordOptions, record_store
+from alignit_probe.schema import ATTENTION_METRICS
+from alignit_probe.text.concepts import Concept
 
 GEN = dict(seed=0, steps=2, guidance_scale=7.5, output_type="np")
 
@@ -22,8 +24,7 @@ def test_maps_in_store_and_zero_divergence_for_identical_generation(cd_pair, tmp
 
 
 def test_rows_compare_each_token_with_its_baseline_partner(cd_pair, tmp_path):
-    from alignit_probe.attention_store import _gather_maps
-    from alignit_probe.alignit_store import write_alignit_branch
+    from alignit_probe.analysis.stats import gather_partners as _gather_maps
 
     concepts, prompts = [Concept("<new1>", "cat")], ["photo of a <new1> cat on the beach", "a <new1> in the snow"]
     akv = alignit_kv(cd_pair, concepts, prompts)
@@ -33,13 +34,11 @@ def test_rows_compare_each_token_with_its_baseline_partner(cd_pair, tmp_path):
     partner = base.copy()
     partner["map"] = base["map"].copy(data=np.nan_to_num(_gather_maps(base["map"].values, ref)))  # partner maps
 
-    def extra(writer, c, b):
-        write_alignit_branch(writer, cd_pair, concepts, prompts, AlignITOptions())
-        writer.put("baseline/attention", base)
-        writer.put("custom/attention", maps["custom"][0])
-        writer.put("alignit/attention", partner)
-
-    tree = st.open_store(record_store(cd_pair, concepts, prompts, tmp_path / "s.zarr", progress=False, extra=extra))
+    nodes = {"baseline/attention": base, "custom/attention": maps["custom"][0], "alignit/attention": partner}
+    options = RecordOptions(alignit=AlignITOptions())
+    tree = st.open_store(
+        record_store(cd_pair, concepts, prompts, tmp_path / "s.zarr", options, progress=False, nodes=nodes)
+    )
     rows = attention_rows(tree)
     assert {r["metric"] for r in rows} == set(ATTENTION_METRICS)
     assert {r["model"] for r in rows} == {"custom", "alignit"}
@@ -51,9 +50,25 @@ def test_rows_compare_each_token_with_its_baseline_partner(cd_pair, tmp_path):
 
 def test_attention_command(toy_dir, cd_dir, tmp_path, capsys):
     out = tmp_path / "att"
-    argv = ["attention", "--baseline", toy_dir, "--custom", cd_dir, "--concept", "<new1>", "--class-word", "cat",
-            "--prompt", "photo of a <new1> cat on the beach", "--alignit", "--steps", "1", "--out", str(out),
-            "--no-progress"]
+    argv = [
+        "attention",
+        "--baseline",
+        toy_dir,
+        "--custom",
+        cd_dir,
+        "--concept",
+        "<new1>",
+        "--class-word",
+        "cat",
+        "--prompt",
+        "photo of a <new1> cat on the beach",
+        "--alignit",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert len(list((out / "overlays").glob("*.png"))) == 3
     tree = st.open_store(out / "store.zarr")

@@ -1,5 +1,6 @@
 """The CLI as a new user meets it: every bad input is one line, exit 2, no traceback, nothing written."""
 
+import json
 import os
 import subprocess
 import sys
@@ -18,17 +19,33 @@ def run(argv, capsys):
 
 
 def record_args(toy_dir, cd_dir, out, *extra):
-    return ["record", "--baseline", toy_dir, "--custom", cd_dir, "--concept", "<new1>", "--class-word", "cat",
-            "--out", str(out), "--no-progress", *extra]
+    return [
+        "record",
+        "--baseline",
+        toy_dir,
+        "--custom",
+        cd_dir,
+        "--concept",
+        "<new1>",
+        "--class-word",
+        "cat",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--prompt", "photo of a cat"], "absent from prompt"),
-    (["--prompt", "photo of a <new9> cat", "--concept", "<new9>"], "unknown to the customized"),
-    (["--prompt", "photo of a <new1> cat", "--alignit", "--alpha", "2"], "outside [0, 1]"),
-    (["--prompt", "photo of a <new1> cat", "--alignit", "--layers", "down_blocks.9.attn2"], "valid layers"),
-    (["--prompt", "photo of a <new1> cat", "--alignit", "--template", "a photo"], "placeholder"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prompt", "photo of a cat"], "absent from prompt"),
+        (["--prompt", "photo of a <new9> cat", "--concept", "<new9>"], "unknown to the customized"),
+        (["--prompt", "photo of a <new1> cat", "--alignit", "--alpha", "2"], "outside [0, 1]"),
+        (["--prompt", "photo of a <new1> cat", "--alignit", "--layers", "down_blocks.9.attn2"], "valid layers"),
+        (["--prompt", "photo of a <new1> cat", "--alignit", "--template", "a photo"], "placeholder"),
+    ],
+)
 def test_bad_record_inputs(toy_dir, cd_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "s.zarr"
     rc, lines = run(record_args(toy_dir, cd_dir, out, *extra), capsys)
@@ -61,16 +78,36 @@ def test_record_then_compare_with_prompts_file_template(toy_dir, cd_dir, tmp_pat
 
 def test_console_script_error_has_no_traceback(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, "-m", "alignit_probe.cli", "compare", str(tmp_path / "missing.zarr")],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "alignit_probe.cli", "compare", str(tmp_path / "missing.zarr")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: store") and "Traceback" not in r.stderr
 
 
 def test_alignit_command_writes_grid_and_store(toy_dir, cd_dir, tmp_path, capsys):
     out = tmp_path / "al"
-    argv = ["alignit", "--baseline", toy_dir, "--custom", cd_dir, "--concept", "<new1>", "--class-word", "cat",
-            "--prompt", "photo of a <new1> cat on the beach", "--steps", "1", "--out", str(out), "--no-progress"]
+    argv = [
+        "alignit",
+        "--baseline",
+        toy_dir,
+        "--custom",
+        cd_dir,
+        "--concept",
+        "<new1>",
+        "--class-word",
+        "cat",
+        "--prompt",
+        "photo of a <new1> cat on the beach",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert (out / "grid.png").exists() and len(list((out / "images").glob("*.png"))) == 3
     assert main(["compare", str(out / "store.zarr"), "--json"]) == 0
@@ -81,12 +118,43 @@ def test_alignit_command_writes_grid_and_store(toy_dir, cd_dir, tmp_path, capsys
 
 def test_swap_command(toy_dir, tmp_path, capsys):
     out = tmp_path / "swap"
-    argv = ["swap", "--baseline", toy_dir, "--key-prompt", "a dog on the grass", "--value-prompt", "a cat in the snow",
-            "--tokens", "dog", "--blocks", "up", "--steps", "1", "--out", str(out), "--no-progress"]
+    argv = [
+        "swap",
+        "--baseline",
+        toy_dir,
+        "--key-prompt",
+        "a dog on the grass",
+        "--value-prompt",
+        "a cat in the snow",
+        "--tokens",
+        "dog",
+        "--blocks",
+        "up",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
-    assert (out / "grid.png").exists() and len(list(out.glob("000-*.png"))) == 3
+    assert (out / "grid.png").exists() and len(list((out / "images").glob("000-*.png"))) == 3
+    assert json.loads((out / "config.json").read_text())["tokens"] == ["dog"]
     rc, lines = run(argv[:-3] + ["--tokens", "zebra", "--out", str(tmp_path / "s2")], capsys)
     assert rc == 2 and "none of the tokens" in lines[0] and not (tmp_path / "s2").exists()
-    rc, lines = run(["swap", "--baseline", toy_dir, "--key-prompt", "a", "--value-prompt", "b", "--key-model",
-                     "custom", "--out", str(tmp_path / "s3")], capsys)
+    rc, lines = run(
+        [
+            "swap",
+            "--baseline",
+            toy_dir,
+            "--key-prompt",
+            "a",
+            "--value-prompt",
+            "b",
+            "--key-model",
+            "custom",
+            "--out",
+            str(tmp_path / "s3"),
+        ],
+        capsys,
+    )
     assert rc == 2 and "customized model" in lines[0]

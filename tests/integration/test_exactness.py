@@ -8,13 +8,18 @@ from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
 from safetensors.torch import save_file
 
-from alignit_probe import sites
-from alignit_probe.load import load_pair, load_pipeline
+from alignit_probe.capture import sites
+from alignit_probe.capture.sdpa import intercept_sdpa, recording
+from alignit_probe.models.load import load_pair, load_pipeline
 
 DIM = 32
-PROMPTS = {"baseline": "a photo of a cat", "textual_inversion": "a photo of <ti-cat> on a beach",
-           "custom_diffusion": "a <new1> cat in the snow", "lora": "a photo of a cat",
-           "dreambooth": "a photo of sks cat"}
+PROMPTS = {
+    "baseline": "a photo of a cat",
+    "textual_inversion": "a photo of <ti-cat> on a beach",
+    "custom_diffusion": "a <new1> cat in the snow",
+    "lora": "a photo of a cat",
+    "dreambooth": "a photo of sks cat",
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,8 +38,12 @@ def _write_cd(toy_dir, root):
     for name in pipe.unet.attn_processors:
         attn = pipe.unet.get_submodule(name[: -len(".processor")])
         cross = name.endswith("attn2.processor")
-        proc = CustomDiffusionAttnProcessor2_0(train_kv=cross, train_q_out=False, hidden_size=attn.to_q.out_features,
-                                               cross_attention_dim=attn.to_k.in_features if cross else None)
+        proc = CustomDiffusionAttnProcessor2_0(
+            train_kv=cross,
+            train_q_out=False,
+            hidden_size=attn.to_q.out_features,
+            cross_attention_dim=attn.to_k.in_features if cross else None,
+        )
         with torch.no_grad():
             for p in proc.parameters():
                 p.copy_(0.2 * torch.randn(p.shape, generator=gen))
@@ -48,8 +57,9 @@ def _write_cd(toy_dir, root):
 def _write_lora(toy_dir, root):
     pipe = load_pipeline(toy_dir)
     torch.manual_seed(3)
-    pipe.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"],
-                                          init_lora_weights=False))
+    pipe.unet.add_adapter(
+        peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"], init_lora_weights=False)
+    )
     layers = peft.utils.get_peft_model_state_dict(pipe.unet)
     StableDiffusionPipeline.save_lora_weights(str(root), unet_lora_layers=layers)
     return root
@@ -68,10 +78,12 @@ def _write_dreambooth(toy_dir, root):
 def custom(toy_dir, tmp_path_factory):
     """kind -> customized pipeline, built lazily."""
     root, cache = tmp_path_factory.mktemp("exactness"), {}
-    writers = {"textual_inversion": lambda: _write_ti(root / "ti"),
-               "custom_diffusion": lambda: _write_cd(toy_dir, root / "cd"),
-               "lora": lambda: _write_lora(toy_dir, root / "lora"),
-               "dreambooth": lambda: _write_dreambooth(toy_dir, root / "db")}
+    writers = {
+        "textual_inversion": lambda: _write_ti(root / "ti"),
+        "custom_diffusion": lambda: _write_cd(toy_dir, root / "cd"),
+        "lora": lambda: _write_lora(toy_dir, root / "lora"),
+        "dreambooth": lambda: _write_dreambooth(toy_dir, root / "db"),
+    }
 
     def get(kind):
         if kind not in cache:
@@ -99,9 +111,14 @@ def caught_in_step(pipe, prompt):
         handles.append(module.register_forward_pre_hook(lambda m, a, p=path: spans.setdefault(p, []).append(len(log))))
         handles.append(module.register_forward_hook(lambda m, a, o, p=path: spans[p].append(len(log))))
     try:
-        with sites.intercept_sdpa(log):
-            pipe(prompt, num_inference_steps=1, guidance_scale=7.5, output_type="latent",
-                 generator=torch.Generator().manual_seed(0))
+        with intercept_sdpa(recording(log)):
+            pipe(
+                prompt,
+                num_inference_steps=1,
+                guidance_scale=7.5,
+                output_type="latent",
+                generator=torch.Generator().manual_seed(0),
+            )
     finally:
         for h in handles:
             h.remove()

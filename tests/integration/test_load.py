@@ -12,12 +12,20 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusionAttnProcessor2_0
 from safetensors.torch import load_file, save_file
 
-from alignit_probe import sites
+from alignit_probe.capture import sites
 from alignit_probe.errors import ProbeError
-from alignit_probe.load import apply_artifact, load_pair, load_pipeline
-from alignit_probe.toy import UNET_CONFIG
-from tests.integration.artifact_files import (DIM, cd_processors, encoder_output, to_kohya, write_cd, write_dreambooth,
-                                             write_lora, write_ti)
+from alignit_probe.models.load import apply_artifact, load_pair, load_pipeline
+from alignit_probe.models.toy import UNET_CONFIG
+from tests.integration.artifact_files import (
+    DIM,
+    cd_processors,
+    encoder_output,
+    to_kohya,
+    write_cd,
+    write_dreambooth,
+    write_lora,
+    write_ti,
+)
 
 NOTHING = "changed nothing: every stage is bit-identical to the model without it"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,8 +84,9 @@ def _err(excinfo, *words):
 
 
 # ------------------------------------------------------------------------------------------- textual inversion
-@pytest.mark.parametrize("key, token, as_folder", [("ti1", "<one>", False), ("ti3", "<three>", True),
-                                                   ("ti3bin", "<three-bin>", False)])
+@pytest.mark.parametrize(
+    "key, token, as_folder", [("ti1", "<one>", False), ("ti3", "<three>", True), ("ti3bin", "<three-bin>", False)]
+)
 def test_textual_inversion(toy_dir, arts, key, token, as_folder):
     path = arts[key].parent if as_folder else arts[key]
     pipe = load_pipeline(toy_dir)
@@ -104,8 +113,13 @@ def test_textual_inversion_keeps_rng_and_baseline(toy_dir, arts, base):
 @pytest.mark.parametrize("name_field", [True, False])
 def test_a1111_pt(toy_dir, tmp_path, name_field):
     t = torch.randn(2, DIM)
-    state = {"string_to_param": {"*": torch.nn.Parameter(t)}, "string_to_token": {"*": 265}, "step": 500,
-             "sd_checkpoint": "abcdef", "sd_checkpoint_name": "toy"}
+    state = {
+        "string_to_param": {"*": torch.nn.Parameter(t)},
+        "string_to_token": {"*": 265},
+        "step": 500,
+        "sd_checkpoint": "abcdef",
+        "sd_checkpoint_name": "toy",
+    }
     if name_field:
         state["name"] = "charturner"
     torch.save(state, tmp_path / "myembed.pt")
@@ -127,8 +141,11 @@ def test_custom_diffusion_folder(toy_dir, arts, base, key, tokens):
     assert (pair.method, art.kind, art.tokens, art.warnings) == ("custom_diffusion", "custom_diffusion", tokens, [])
     assert art.sha256 == _sha(*folder.glob("*.*"))
     procs = pair.custom.unet.attn_processors
-    saved = (load_file(str(weights_file)) if weights_file.suffix == ".safetensors"
-             else torch.load(str(weights_file), weights_only=True))
+    saved = (
+        load_file(str(weights_file))
+        if weights_file.suffix == ".safetensors"
+        else torch.load(str(weights_file), weights_only=True)
+    )
     c = encoder_output()
     kv, kv_base = sites.record_kv(pair.custom.unet, c), sites.record_kv(base.unet, c)
     for path in sites.attn2_paths(pair.custom.unet):
@@ -154,7 +171,7 @@ def test_custom_diffusion_subset_of_attn2(toy_dir, arts, base, tmp_path, safe):
     folder = write_cd(toy_dir, tmp_path / "cd", covered=covered, safe=safe, tokens=())
     pipe = load_pipeline(toy_dir)
     art = apply_artifact(pipe, str(folder))
-    assert art.warnings == []
+    assert len(art.warnings) == 1 and "no modifier-token file" in art.warnings[0]  # a folder without its token file
     procs = pipe.unet.attn_processors
     kv, kv_base = sites.record_kv(pipe.unet, encoder_output()), sites.record_kv(base.unet, encoder_output())
     for path in all_paths:
@@ -171,7 +188,7 @@ def test_custom_diffusion_bin_with_attn2_keys_only_and_q_out(toy_dir, base, tmp_
     assert any("to_out_custom_diffusion.0.bias" in k for k in state)
     torch.save(state, tmp_path / "pytorch_custom_diffusion_weights.bin")
     pipe = load_pipeline(toy_dir)
-    art = apply_artifact(pipe, str(tmp_path))
+    art = apply_artifact(pipe, str(tmp_path / "pytorch_custom_diffusion_weights.bin"))  # the file: no token warning
     assert art.warnings == []
     got = {k: v for k, v in pipe.unet.state_dict().items() if "custom_diffusion" in k}
     assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
@@ -249,7 +266,7 @@ def test_zero_lora_warns(toy_dir, tmp_path):
 def test_custom_diffusion_equal_to_baseline_warns(toy_dir, tmp_path):
     folder = write_cd(toy_dir, tmp_path / "cd", tokens=(), base_weights=True)
     art = apply_artifact(load_pipeline(toy_dir), str(folder))
-    assert art.warnings == [f"artifact {folder} {NOTHING}"]
+    assert "no modifier-token file" in art.warnings[0] and art.warnings[1:] == [f"artifact {folder} {NOTHING}"]
 
 
 def test_ti_aliasing_a_vocabulary_word_warns(toy_dir, base, tmp_path):

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from alignit_probe import store as st
+from alignit_probe.analysis.metrics import compare_rows
+from alignit_probe.capture.sites import record_kv
 from alignit_probe.cli import main
-from alignit_probe.concepts import Concept
-from alignit_probe.metrics import compare_rows
-from alignit_probe.probe import record_store
-from alignit_probe.sites import record_kv
+from alignit_probe.record.run import RecordOptions, record_store
+from alignit_probe.text.concepts import Concept
 
 PROMPTS = ["photo of a <new1> cat on the beach", "a <new1> cat wearing a red hat", "a <new1> in the snow"]
 CONCEPTS = [Concept("<new1>", "cat")]
@@ -20,8 +20,10 @@ CONCEPTS = [Concept("<new1>", "cat")]
 @pytest.fixture(scope="module")
 def stores(cd_pair, tmp_path_factory):
     d = tmp_path_factory.mktemp("stores")
-    return {fmt: record_store(cd_pair, CONCEPTS, PROMPTS, d / f"s.{fmt}", batch_size=2, progress=False)
-            for fmt in ("zarr", "nc")}
+    return {
+        fmt: record_store(cd_pair, CONCEPTS, PROMPTS, d / f"s.{fmt}", RecordOptions(batch_size=2), progress=False)
+        for fmt in ("zarr", "nc")
+    }
 
 
 def test_encoder_output_equals_pipeline_encode_prompt(cd_pair, stores):
@@ -63,8 +65,15 @@ def test_zarr_and_netcdf_hold_the_same(stores):
 def test_labels_and_attrs(stores, cd_dir):
     tree = st.open_store(stores["zarr"])
     lab = st.token_labels(tree, "custom")
-    assert list(lab.token_str.values[0][:7].astype(object)) == ["<|startoftext|>", "photo</w>", "of</w>", "a</w>",
-                                                             "<new1>", "cat</w>", "on</w>"]
+    assert list(lab.token_str.values[0][:7].astype(object)) == [
+        "<|startoftext|>",
+        "photo</w>",
+        "of</w>",
+        "a</w>",
+        "<new1>",
+        "cat</w>",
+        "on</w>",
+    ]
     assert list(lab.role.values[0][4:6].astype(object)) == ["concept", "concept"]
     attrs = st.model_attrs(tree, "custom")
     assert attrs["method"] == "custom_diffusion" and attrs["artifacts"][0]["path"].startswith(cd_dir[:10])
@@ -75,8 +84,10 @@ def test_labels_and_attrs(stores, cd_dir):
 def test_compare_rows_schema_and_exact_zeros(stores):
     tree = st.open_store(stores["zarr"])
     rows = compare_rows(tree)
-    assert all(set(r) == {"model", "reference", "stage", "layer", "role", "metric", "value", "ci_low", "ci_high",
-                          "n"} for r in rows)
+    assert all(
+        set(r) == {"model", "reference", "stage", "layer", "role", "metric", "value", "ci_low", "ci_high", "n"}
+        for r in rows
+    )
     assert {r["stage"] for r in rows} == {"token_embedding", "encoder_layer", "encoder_output", "key", "value"}
     assert {r["role"] for r in rows} == {"concept", "context", "special", "padding"}
     emb = {(r["role"], r["metric"]): r for r in rows if r["stage"] == "token_embedding"}
@@ -97,12 +108,15 @@ def test_compare_json_cli(stores, capsys):
 
 
 def test_bfloat16_recording_is_finite_and_close_to_float32(toy_dir, cd_dir, tmp_path):
-    from alignit_probe.load import load_pair
+    from alignit_probe.models.load import load_pair
 
     pair = load_pair(toy_dir, [cd_dir], dtype=torch.bfloat16, progress=False)
     out = record_store(pair, CONCEPTS, PROMPTS[:2], tmp_path / "bf16.zarr", progress=False)
-    ref = st.open_store(record_store(load_pair(toy_dir, [cd_dir], progress=False), CONCEPTS, PROMPTS[:2],
-                                     tmp_path / "f32.zarr", progress=False))
+    ref = st.open_store(
+        record_store(
+            load_pair(toy_dir, [cd_dir], progress=False), CONCEPTS, PROMPTS[:2], tmp_path / "f32.zarr", progress=False
+        )
+    )
     tree = st.open_store(out)
     assert st.model_attrs(tree, "custom")["dtype"] == "bfloat16"
     for name in ["text"] + [f"kv/{p}" for p in st.kv_paths(tree, "custom")]:
@@ -115,7 +129,7 @@ def test_bfloat16_recording_is_finite_and_close_to_float32(toy_dir, cd_dir, tmp_
 
 @pytest.mark.gpu
 def test_float16_on_gpu_has_no_nans(toy_dir, cd_dir, tmp_path):
-    from alignit_probe.load import load_pair
+    from alignit_probe.models.load import load_pair
 
     pair = load_pair(toy_dir, [cd_dir], device="cuda", dtype=torch.float16, progress=False)
     tree = st.open_store(record_store(pair, CONCEPTS, PROMPTS, tmp_path / "f16.zarr", progress=False))

@@ -16,28 +16,58 @@ import xarray as xr
 from safetensors.torch import save_file
 
 from alignit_probe import cli
-from alignit_probe.metrics import compare_rows
-from alignit_probe.shards import merge_shards, open_shards
+from alignit_probe.analysis.metrics import compare_rows
 from alignit_probe.store import open_store, store_attrs
-from alignit_probe.writer import StoreWriter
+from alignit_probe.store.shards import merge_shards, open_shards
+from alignit_probe.store.writer import StoreWriter
 
-PROMPTS = [f"a photo of a <new1> cat {w}" for w in (
-    "on the beach", "in the snow", "wearing a red hat", "in the style of van gogh, oil painting, highly detailed",
-    "sleeping", "jumping over a fence", "at night", "under a tree", "with a dog", "in a box", "on a table",
-    "in space")]
+PROMPTS = [
+    f"a photo of a <new1> cat {w}"
+    for w in (
+        "on the beach",
+        "in the snow",
+        "wearing a red hat",
+        "in the style of van gogh, oil painting, highly detailed",
+        "sleeping",
+        "jumping over a fence",
+        "at night",
+        "under a tree",
+        "with a dog",
+        "in a box",
+        "on a table",
+        "in space",
+    )
+]
 
 
 @pytest.fixture(scope="module")
 def job(toy_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("scale")
-    save_file({"<new1>": torch.randn(32, generator=torch.Generator().manual_seed(3))},
-              str(d / "learned_embeds.safetensors"))
+    save_file(
+        {"<new1>": torch.randn(32, generator=torch.Generator().manual_seed(3))}, str(d / "learned_embeds.safetensors")
+    )
     (d / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
 
     def argv(out, *extra):
-        return ["record", "--baseline", toy_dir, "--custom", str(d / "learned_embeds.safetensors"),
-                "--concept", "<new1>", "--class-word", "cat", "--prompts", str(d / "prompts.txt"), "--out", str(out),
-                "--batch-size", "2", "--no-progress", *extra]
+        return [
+            "record",
+            "--baseline",
+            toy_dir,
+            "--custom",
+            str(d / "learned_embeds.safetensors"),
+            "--concept",
+            "<new1>",
+            "--class-word",
+            "cat",
+            "--prompts",
+            str(d / "prompts.txt"),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            "--no-progress",
+            *extra,
+        ]
 
     return d, argv
 
@@ -61,8 +91,9 @@ def assert_same_data(a: xr.DataTree, b: xr.DataTree) -> None:
 
 def same_rows(r1: list[dict], r2: list[dict]) -> bool:
     eq = lambda x, y: x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
-    return len(r1) == len(r2) and all(r1[i].keys() == r2[i].keys() and all(eq(r1[i][k], r2[i][k]) for k in r1[i])
-                                      for i in range(len(r1)))
+    return len(r1) == len(r2) and all(
+        r1[i].keys() == r2[i].keys() and all(eq(r1[i][k], r2[i][k]) for k in r1[i]) for i in range(len(r1))
+    )
 
 
 def written(partial: Path) -> dict:
@@ -79,8 +110,12 @@ def test_resume_after_sigkill(job, reference, capsys):
     partial = out.with_name(out.name + ".partial")
     threads = str(torch.get_num_threads())  # same arithmetic as this process, for bit-equal data
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "alignit_probe.cli", *argv(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignit_probe.cli", *argv(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     try:
         while proc.poll() is None and written(partial).get("baseline", 0) < 2:
@@ -96,7 +131,7 @@ def test_resume_after_sigkill(job, reference, capsys):
     assert not out.exists() and partial.is_dir()
     with pytest.raises(Exception, match="rerun the same record command"):
         open_store(out)
-    with pytest.raises(Exception, match="not a complete"):
+    with pytest.raises(Exception, match="unfinished recording"):
         open_store(partial)
 
     capsys.readouterr()
@@ -162,14 +197,18 @@ def test_compare_on_local_cluster_equals_eager(reference, capsys):
     eager = open_store(reference)
     eager.load()
     rows = compare_rows(eager)
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
-            Client(cluster):
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
+        Client(cluster),
+    ):
         lazy = open_store(reference, chunks={})
         assert lazy["custom/text"]["encoder_layer"].chunks is not None
         assert same_rows(compare_rows(lazy), rows)
         capsys.readouterr()
-        assert cli.main(["compare", "--json", "--no-progress", "--scheduler", cluster.scheduler_address,
-                         str(reference)]) == 0
+        assert (
+            cli.main(["compare", "--json", "--no-progress", "--scheduler", cluster.scheduler_address, str(reference)])
+            == 0
+        )
     assert same_rows(json.loads(capsys.readouterr().out), json.loads(json.dumps(rows).replace("NaN", "null")))
 
 
@@ -209,9 +248,15 @@ def test_store_dtype_float16(job, reference):
     assert all(r["n"] > 0 for r in compare_rows(tree) if r["role"] == "concept")
 
 
-@pytest.mark.parametrize("value, message", [
-    ("3/2", "shard index 3 is not in 0..1"), ("x", "bad shard 'x'"), ("1/0", "at least one shard"),
-    ("0/8", "shard 0/8 has no prompts")])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("3/2", "shard index 3 is not in 0..1"),
+        ("x", "bad shard 'x'"),
+        ("1/0", "at least one shard"),
+        ("0/8", "shard 0/8 has no prompts"),
+    ],
+)
 def test_bad_shard(job, capsys, value, message):
     d, argv = job
     assert cli.main(argv(d / "never.zarr", "--shard", value)) == 2
@@ -221,7 +266,7 @@ def test_bad_shard(job, capsys, value, message):
 
 
 def test_shard_ranges_are_contiguous_whole_batches():
-    from alignit_probe.jobs import shard_range
+    from alignit_probe.store.shards import shard_range
 
     for n_prompts, batch, n in [(12, 2, 2), (12, 2, 5), (101, 8, 3), (7, 3, 3), (1000, 64, 7)]:
         spans = [shard_range(n_prompts, batch, (i, n)) for i in range(n)]
@@ -231,14 +276,19 @@ def test_shard_ranges_are_contiguous_whole_batches():
 
 def test_background_writer_equals_inline(cd_pair, tmp_path):
     """The writer thread (used where a GPU computes) stores exactly what inline writes store."""
-    from alignit_probe.concepts import Concept
-    from alignit_probe.record import record_batch, tokenize_table
+    from alignit_probe.record.batch import record_batch
+    from alignit_probe.text.concepts import Concept
+    from alignit_probe.text.tables import tokenize_table
 
     prompts = PROMPTS[:5]
-    custom, base, _ = tokenize_table(prompts, range(5), cd_pair.custom, cd_pair.baseline.tokenizer,
-                                     [Concept("<new1>", "cat")])
-    batches = [(m, record_batch(pipe, t[i : i + 2], i)) for i in range(0, 5, 2)
-               for m, pipe, t in (("baseline", cd_pair.baseline, base), ("custom", cd_pair.custom, custom))]
+    custom, base, _ = tokenize_table(
+        prompts, range(5), cd_pair.custom, cd_pair.baseline.tokenizer, [Concept("<new1>", "cat")]
+    )
+    batches = [
+        (m, record_batch(pipe, t[i : i + 2], i))
+        for i in range(0, 5, 2)
+        for m, pipe, t in (("baseline", cd_pair.baseline, base), ("custom", cd_pair.custom, custom))
+    ]
     trees = []
     for background in (False, True):
         with StoreWriter(tmp_path / f"{background}.zarr", chunk_prompts=2, n_prompts=5, background=background) as w:
@@ -253,12 +303,14 @@ def test_alignit_branch_shards_and_resumes(job, monkeypatch, capsys):
     """--alignit with --shard and --drop-padding: the shards merge into the single run's store, and a run that
     fails inside the alignit branch resumes it where it stopped. The longest prompt has no class word, so its
     AlignIT sequence (the dummy's span "<new1> cat") is one token longer than either tokenization of it."""
-    import alignit_probe.generate as generate
+    import alignit_probe.record.branches as branches
 
     d, argv = job
     prompts = d / "a_prompts.txt"
-    prompts.write_text("\n".join(PROMPTS[:3] + ["a <new1> in the style of van gogh, oil painting, highly detailed"]
-                                 + PROMPTS[4:6]) + "\n")
+    prompts.write_text(
+        "\n".join(PROMPTS[:3] + ["a <new1> in the style of van gogh, oil painting, highly detailed"] + PROMPTS[4:6])
+        + "\n"
+    )
 
     def run(out, *extra):
         args = argv(out, "--alignit", "--drop-padding", *extra)
@@ -276,7 +328,7 @@ def test_alignit_branch_shards_and_resumes(job, monkeypatch, capsys):
         assert run(p, "--shard", f"{i}/3") == 0
     assert_same_data(open_store(merge_shards(paths, d / "a_merged.zarr")), ref)
 
-    calls, real = [], generate.alignit_kv
+    calls, real = [], branches.alignit_kv
 
     def fail_second_batch(*args, **kwargs):
         calls.append(kwargs.get("first"))
@@ -284,7 +336,7 @@ def test_alignit_branch_shards_and_resumes(job, monkeypatch, capsys):
             raise RuntimeError("interrupted")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(generate, "alignit_kv", fail_second_batch)
+    monkeypatch.setattr(branches, "alignit_kv", fail_second_batch)
     out = d / "a_resumed.zarr"
     with pytest.raises(RuntimeError, match="interrupted"):
         run(out)

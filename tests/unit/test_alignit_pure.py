@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from alignit_probe.alignit import BASELINE, alignit_plan, blend, dummy_prompt, infuse
-from alignit_probe.concepts import Concept, tokenize_pair
+from alignit_probe.alignit.plan import BASELINE, alignit_plan, blend, dummy_prompt, infuse
 from alignit_probe.errors import ProbeError
-from tests.unit.test_concepts import FakePipe, base_tok  # noqa: F401
+from alignit_probe.text.concepts import Concept, tokenize_pair
+from tests.unit.test_concepts import FakePipe
 
 
 def plan_for(prompt, concepts, pipe, tok, template="photo of a {concept}"):
@@ -32,8 +32,18 @@ def test_spans_of_different_length_keep_order_and_length(base_tok):
     plan, ct, bt, _ = plan_for("a <new1> on the beach", [Concept("<new1>", "cat")], pipe, base_tok)
     # dummy span '<new1> <new1>_1 <new1>_2 cat' (4 tokens) replaces baseline span 'cat' (1 token)
     shown = [t for t, r in zip(plan.tokens.tokens, plan.tokens.role) if r != "padding"]
-    assert shown == ["<|startoftext|>", "a</w>", "<new1>", "<new1>_1", "<new1>_2", "cat</w>", "on</w>", "the</w>",
-                     "beach</w>", "<|endoftext|>"]
+    assert shown == [
+        "<|startoftext|>",
+        "a</w>",
+        "<new1>",
+        "<new1>_1",
+        "<new1>_2",
+        "cat</w>",
+        "on</w>",
+        "the</w>",
+        "beach</w>",
+        "<|endoftext|>",
+    ]
     assert len(plan.tokens.ids) == 77
     pads_used = [p for s, p, r in zip(plan.source, plan.position, plan.tokens.role) if r == "padding"]
     assert pads_used == [p for p, r in enumerate(bt.role) if r == "padding"][: len(pads_used)]
@@ -72,5 +82,8 @@ def test_several_concepts_each_take_their_own_dummy_span(base_tok):
     plan, ct, bt, dummies = plan_for("a <new2> dog chasing a <new1> cat", cs, pipe, base_tok)
     spans = [(s, plan.tokens.tokens[i]) for i, s in enumerate(plan.source) if s != BASELINE]
     assert spans == [(1, "<new2>"), (1, "dog</w>"), (0, "<new1>"), (0, "<new1>_1"), (0, "cat</w>")]
-    assert [t for t, r in zip(plan.tokens.tokens, plan.tokens.role) if r == "context"] == \
-        ["a</w>", "chasing</w>", "a</w>"]
+    assert [t for t, r in zip(plan.tokens.tokens, plan.tokens.role) if r == "context"] == [
+        "a</w>",
+        "chasing</w>",
+        "a</w>",
+    ]

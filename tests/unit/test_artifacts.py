@@ -8,10 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from alignit_probe.artifacts import (
-    Parsed, build_custom_diffusion, classify, install_custom_diffusion, parse_artifact, read_weights, sha256_files,
-)
 from alignit_probe.errors import ProbeError
+from alignit_probe.models.artifacts import Parsed, classify, parse_artifact, read_weights, sha256_files
+from alignit_probe.models.install import build_custom_diffusion, install_custom_diffusion
 
 
 class _Evil:
@@ -64,7 +63,7 @@ def test_truncated_and_garbage_files(tmp_path):
     for name in ("a.safetensors", "a.bin"):
         data = (tmp_path / name).read_bytes()
         (tmp_path / f"cut_{name}").write_bytes(data[: len(data) - 40])
-        _raises(lambda: read_weights(tmp_path / f"cut_{name}"), "corrupt or truncated", f"cut_{name}")
+        _raises(lambda n=name: read_weights(tmp_path / f"cut_{n}"), "corrupt or truncated", f"cut_{name}")
     (tmp_path / "x.safetensors").write_bytes(b"\x00" * 64)
     _raises(lambda: read_weights(tmp_path / "x.safetensors"), "not a weights file")
     (tmp_path / "y.bin").write_bytes(b"hello")
@@ -111,12 +110,19 @@ def test_parse_folders_prefer_known_names_and_safetensors(tmp_path):
     (ti / "README.md").write_text("hi")
     parsed = parse_artifact(ti)
     assert (parsed.kind, parsed.tokens, [f.name for f in parsed.files]) == (
-        "textual_inversion", ["<s>"], ["learned_embeds.safetensors"])
+        "textual_inversion",
+        ["<s>"],
+        ["learned_embeds.safetensors"],
+    )
     cd = tmp_path / "cd"
     cd.mkdir()
-    save_file({"a.attn2.processor.to_k_custom_diffusion.weight": torch.ones(4, 8),
-               "a.attn2.processor.to_v_custom_diffusion.weight": torch.ones(4, 8)},
-              str(cd / "pytorch_custom_diffusion_weights.safetensors"))
+    save_file(
+        {
+            "a.attn2.processor.to_k_custom_diffusion.weight": torch.ones(4, 8),
+            "a.attn2.processor.to_v_custom_diffusion.weight": torch.ones(4, 8),
+        },
+        str(cd / "pytorch_custom_diffusion_weights.safetensors"),
+    )
     save_file({"<new1>": torch.ones(8)}, str(cd / "<new1>.safetensors"))
     torch.save({"<new1>": torch.zeros(8)}, cd / "<new1>.bin")  # same token twice: safetensors wins
     torch.save({"<new2>": torch.full((8,), 2.0)}, cd / "<new2>.bin")
@@ -125,7 +131,10 @@ def test_parse_folders_prefer_known_names_and_safetensors(tmp_path):
     assert parsed.kind == "custom_diffusion" and parsed.tokens == ["<new1>", "<new2>"]
     assert torch.equal(parsed.embeddings["<new1>"], torch.ones(8))
     assert sorted(f.name for f in parsed.files) == [
-        "<new1>.safetensors", "<new2>.bin", "pytorch_custom_diffusion_weights.safetensors"]
+        "<new1>.safetensors",
+        "<new2>.bin",
+        "pytorch_custom_diffusion_weights.safetensors",
+    ]
     assert parsed.sha256 == sha256_files(parsed.files)
     assert parsed.warnings == [f"ignored {cd / 'optimizer.bin'}: not a modifier-token embedding"]
     save_file({"unet.x.lora_A.weight": torch.ones(2, 8)}, str(cd / "pytorch_lora_weights.safetensors"))
@@ -148,7 +157,7 @@ def test_parse_refuses_pipelines_missing_paths_and_non_finite(tmp_path):
 def unet():
     from diffusers import UNet2DConditionModel
 
-    from alignit_probe.toy import UNET_CONFIG
+    from alignit_probe.models.toy import UNET_CONFIG
 
     torch.manual_seed(0)
     return UNet2DConditionModel(**UNET_CONFIG).eval()
@@ -160,14 +169,15 @@ def _cd_weights(unet, layers, width=None):
         attn = unet.get_submodule(layer)
         for kv in ("k", "v"):
             out[f"{layer}.processor.to_{kv}_custom_diffusion.weight"] = torch.randn(
-                attn.to_q.out_features, width or attn.to_k.in_features)
+                attn.to_q.out_features, width or attn.to_k.in_features
+            )
     return out
 
 
 def test_install_custom_diffusion_covers_only_its_layers(unet):
     from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusionAttnProcessor2_0
 
-    from alignit_probe.sites import attn2_paths, record_kv
+    from alignit_probe.capture.sites import attn2_paths, record_kv
 
     paths = attn2_paths(unet)
     before = dict(unet.attn_processors)
@@ -188,7 +198,7 @@ def test_install_custom_diffusion_covers_only_its_layers(unet):
 
 
 def test_build_custom_diffusion_refuses_mismatches(unet):
-    from alignit_probe.sites import attn2_paths
+    from alignit_probe.capture.sites import attn2_paths
 
     path = attn2_paths(unet)[0]
     parsed = lambda w: Parsed("cd.safetensors", "custom_diffusion", [], "", {}, w)
@@ -198,3 +208,66 @@ def test_build_custom_diffusion_refuses_mismatches(unet):
     _raises(lambda: build_custom_diffusion(unet, parsed(w)), "incomplete", "to_v_custom_diffusion")
     moved = {k.replace("down_blocks.0", "down_blocks.7"): v for k, v in _cd_weights(unet, [path]).items()}
     _raises(lambda: build_custom_diffusion(unet, parsed(moved)), "lacks", "down_blocks.7")
+
+
+CD_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
+
+
+def _write_cd_weights(folder, name=CD_WEIGHTS):
+    state = {
+        "a.attn2.processor.to_k_custom_diffusion.weight": torch.ones(4, 8),
+        "a.attn2.processor.to_v_custom_diffusion.weight": torch.ones(4, 8),
+    }
+    if name.endswith(".bin"):
+        torch.save(state, folder / name)
+    else:
+        save_file(state, str(folder / name))
+
+
+@pytest.mark.parametrize("token_file", ["<new1>.bin", "<new1>.safetensors", "<new1>.bin as safetensors"])
+def test_custom_diffusion_folder_without_weights_names_the_missing_file(tmp_path, token_file):
+    name = token_file.split(" ")[0]
+    if token_file.endswith((".safetensors", "as safetensors")):
+        save_file({"<new1>": torch.ones(8)}, str(tmp_path / name))
+    else:
+        torch.save({"<new1>": torch.ones(8)}, tmp_path / name)
+    (tmp_path / "README.md").write_text("hi")
+    msg = _raises(lambda: parse_artifact(tmp_path), CD_WEIGHTS, "(or .bin) is missing", name, str(tmp_path))
+    assert "Custom Diffusion" in msg
+    # several token files: the same, naming them all
+    torch.save({"<new2>": torch.zeros(8)}, tmp_path / "<new2>.bin")
+    _raises(lambda: parse_artifact(tmp_path), CD_WEIGHTS, name, "<new2>.bin")
+    # a token file passed as a file is still a Textual Inversion embedding
+    parsed = parse_artifact(tmp_path / name)
+    assert (parsed.kind, parsed.tokens) == ("textual_inversion", ["<new1>"])
+
+
+def test_textual_inversion_folders_are_not_mistaken_for_custom_diffusion(tmp_path):
+    for stem, state in (
+        ("my_embed", {"<cat>": torch.ones(8)}),  # not a <token> name
+        ("<cat>", {"<dog>": torch.ones(8)}),  # key is not the file stem
+        ("<cat>", {"<cat>": torch.ones(2, 8)}),  # multi-vector: (n, dim), not a modifier token's (dim,)
+    ):
+        folder = tmp_path / f"{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        torch.save(state, folder / f"{stem}.bin")
+        parsed = parse_artifact(folder)
+        assert (parsed.kind, parsed.tokens, parsed.warnings) == ("textual_inversion", list(state), []), stem
+
+
+@pytest.mark.parametrize("weights", [CD_WEIGHTS, "pytorch_custom_diffusion_weights.bin"])
+def test_custom_diffusion_weights_without_token_files_warn(tmp_path, weights):
+    _write_cd_weights(tmp_path, weights)
+    parsed = parse_artifact(tmp_path)
+    assert (parsed.kind, parsed.tokens, [f.name for f in parsed.files]) == ("custom_diffusion", [], [weights])
+    assert parsed.warnings == [
+        f"no modifier-token file <token>.safetensors (or .bin) found next to {tmp_path / weights}: only the Custom "
+        "Diffusion K/V projections are applied, no new token is added"
+    ]
+    # given as a file, the weights alone are accepted without a warning
+    parsed = parse_artifact(tmp_path / weights)
+    assert (parsed.kind, parsed.tokens, parsed.warnings) == ("custom_diffusion", [], [])
+    # a token file next to them: no warning
+    save_file({"<new1>": torch.ones(8)}, str(tmp_path / "<new1>.safetensors"))
+    parsed = parse_artifact(tmp_path)
+    assert (parsed.tokens, parsed.warnings) == (["<new1>"], [])

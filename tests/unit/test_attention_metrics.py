@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from alignit_probe.attention_metrics import (
+from alignit_probe.analysis.maps import (
     divergences,
     iou,
     jensen_shannon,
@@ -84,10 +84,26 @@ def test_vectorized_over_extra_dims_and_named_spatial_dims():
 
 
 def test_split_words():
-    tokens = ["<|startoftext|>", "a</w>", "xy", "lo", "ph", "onist</w>", "<new1>", "<new1>_1", "dog</w>",
-              "<|endoftext|>", "<|endoftext|>"]
-    assert split_words(tokens) == [("a", [1]), ("xylophonist", [2, 3, 4, 5]), ("<new1>", [6]), ("<new1>_1", [7]),
-                                   ("dog", [8])]
+    tokens = [
+        "<|startoftext|>",
+        "a</w>",
+        "xy",
+        "lo",
+        "ph",
+        "onist</w>",
+        "<new1>",
+        "<new1>_1",
+        "dog</w>",
+        "<|endoftext|>",
+        "<|endoftext|>",
+    ]
+    assert split_words(tokens) == [
+        ("a", [1]),
+        ("xylophonist", [2, 3, 4, 5]),
+        ("<new1>", [6]),
+        ("<new1>_1", [7]),
+        ("dog", [8]),
+    ]
     assert split_words(["<|startoftext|>", "un", "<new1>", "<|endoftext|>"]) == [("un", [1]), ("<new1>", [2])]
 
 
@@ -122,14 +138,17 @@ def test_normalize():
 
 
 def test_importing_attention_does_not_import_matplotlib():
-    code = "import sys, alignit_probe.attention, alignit_probe.attention_metrics; print('matplotlib' in sys.modules)"
+    code = (
+        "import sys, alignit_probe.capture.attention, alignit_probe.analysis.maps; print('matplotlib' in sys.modules)"
+    )
+    code = code.replace("alignit_probe.analysis.maps", "alignit_probe.analysis.maps, alignit_probe.viz.overlay")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_plot_overlay_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    from alignit_probe.attention import plot_overlay
+    from alignit_probe.viz.overlay import plot_overlay
 
     rng = np.random.default_rng(0)
     da = xr.DataArray(rng.random((1, 3, 4, 4)), dims=("prompt", "token", "y", "x"))

@@ -1,11 +1,10 @@
 """Token roles and alignment between the customized and the baseline prompt (real CLIP tokenizer, no weights)."""
 
-
 import pytest
 
-from alignit_probe.concepts import Concept, baseline_text, tokenize_pair
 from alignit_probe.errors import ProbeError
-from alignit_probe.toy import clip_tokenizer
+from alignit_probe.models.toy import clip_tokenizer
+from alignit_probe.text.concepts import Concept, baseline_text, modifier_ids, tokenize_pair
 
 
 class FakePipe:
@@ -23,11 +22,6 @@ class FakePipe:
         return prompt
 
 
-@pytest.fixture(scope="module")
-def base_tok():
-    return clip_tokenizer()
-
-
 def visible(tp):
     end = tp.label.index(("eos",))
     return [(t, r) for t, r in zip(tp.tokens[: end + 1], tp.role[: end + 1])]
@@ -37,8 +31,18 @@ def test_roles_and_alignment_single_concept(base_tok):
     pipe = FakePipe({"<new1>": 1})
     ct, bt = tokenize_pair("photo of a <new1> cat on the beach", pipe, base_tok, [Concept("<new1>", "cat")])
     assert bt.text == "photo of a cat on the beach"
-    assert [r for _, r in visible(ct)] == ["special", "context", "context", "context", "concept", "concept",
-                                           "context", "context", "context", "special"]
+    assert [r for _, r in visible(ct)] == [
+        "special",
+        "context",
+        "context",
+        "context",
+        "concept",
+        "concept",
+        "context",
+        "context",
+        "context",
+        "special",
+    ]
     assert ct.ids == pipe.tokenizer("photo of a <new1> cat on the beach", padding="max_length", max_length=77).input_ids
     assert bt.ids == base_tok("photo of a cat on the beach", padding="max_length", max_length=77).input_ids
     # context pairs with the same word; <new1> and cat both pair with the baseline's cat; padding pairs in order
@@ -58,8 +62,17 @@ def test_multi_vector_several_concepts_and_repeats(base_tok):
     ct, bt = tokenize_pair("a <new1> cat and a <new2> dog, <new1> on grass", pipe, base_tok, cs)
     assert bt.text == "a cat and a dog, cat on grass"
     concept_tokens = [t for t, r in zip(ct.tokens, ct.role) if r == "concept"]
-    assert concept_tokens == ["<new1>", "<new1>_1", "<new1>_2", "cat</w>", "<new2>", "dog</w>",
-                              "<new1>", "<new1>_1", "<new1>_2"]
+    assert concept_tokens == [
+        "<new1>",
+        "<new1>_1",
+        "<new1>_2",
+        "cat</w>",
+        "<new2>",
+        "dog</w>",
+        "<new1>",
+        "<new1>_1",
+        "<new1>_2",
+    ]
     assert sorted(set(c for c in ct.concept if c >= 0)) == [0, 1]
     assert len(ct.spans) == 3 and len(bt.spans) == 3
     ctx_c = [t for t, r in zip(ct.tokens, ct.role) if r == "context"]
@@ -93,3 +106,79 @@ def test_bad_concepts(base_tok):
         tokenize_pair("photo of a cat", pipe, base_tok, [Concept("<new1>", "cat")])
     with pytest.raises(ProbeError, match="unknown to the customized"):
         tokenize_pair("photo of a <zzz> cat", pipe, base_tok, [Concept("<zzz>", "cat")])
+
+
+def concept_tokens(tp):
+    return [t for t, r in zip(tp.tokens, tp.role) if r == "concept"]
+
+
+@pytest.mark.parametrize("word", ["sks", "ohwx", "toy"])
+def test_instance_words_are_concepts(base_tok, word):
+    pipe = FakePipe({"<new1>": 1})
+    prompt = f"a photo of {word} dog on the beach"
+    assert modifier_ids(pipe, Concept(word, "dog")) == base_tok(word, add_special_tokens=False).input_ids
+    assert len(modifier_ids(pipe, Concept(word))) == 1
+    ct, bt = tokenize_pair(prompt, pipe, base_tok, [Concept(word, "dog")])
+    assert bt.text == "a photo of dog on the beach"
+    assert concept_tokens(ct) == [f"{word}</w>", "dog</w>"]
+    assert concept_tokens(bt) == ["dog</w>"]
+    assert ct.ids == pipe.tokenizer(prompt, padding="max_length", max_length=77).input_ids
+    assert bt.ids == base_tok(bt.text, padding="max_length", max_length=77).input_ids
+    dog = bt.tokens.index("dog</w>")
+    assert [ct.ref_index[p] for p in ct.spans[0]] == [dog, dog]
+    ctx_c = [t for t, r in zip(ct.tokens, ct.role) if r == "context"]
+    assert ctx_c == [t for t, r in zip(bt.tokens, bt.role) if r == "context"]
+
+
+def test_multi_piece_word(base_tok):
+    pipe = FakePipe({})
+    word = "zwxqplorb"
+    pieces = base_tok(word, add_special_tokens=False).input_ids
+    assert len(pieces) > 1
+    assert modifier_ids(pipe, Concept(word, "cat")) == pieces
+    ct, bt = tokenize_pair(f"a {word} cat, sleeping", pipe, base_tok, [Concept(word, "cat")])
+    assert bt.text == "a cat, sleeping"
+    assert concept_tokens(ct) == base_tok.convert_ids_to_tokens(pieces) + ["cat</w>"]
+    assert concept_tokens(bt) == ["cat</w>"]
+    cat = bt.tokens.index("cat</w>")
+    assert all(ct.ref_index[p] == cat for p in ct.spans[0])
+    # no class word after it: the class word stands in
+    ct, bt = tokenize_pair(f"a {word} on grass", pipe, base_tok, [Concept(word, "cat")])
+    assert bt.text == "a cat on grass" and concept_tokens(ct) == base_tok.convert_ids_to_tokens(pieces)
+
+
+def test_instance_words_match_on_word_boundaries(base_tok):
+    pipe = FakePipe({})
+    sks = Concept("sks", "dog")
+    assert baseline_text("asksy sks dog", [sks]) == "asksy dog"
+    assert baseline_text("sks-dog and tasks", [sks]) == "dog -dog and tasks"
+    with pytest.raises(ProbeError, match="absent from prompt"):
+        tokenize_pair("a photo of asksy dog", pipe, base_tok, [sks])
+    ct, bt = tokenize_pair("asksy and sks dog, sks.", pipe, base_tok, [sks])
+    assert len(ct.spans) == 2 and bt.text == "asksy and dog, dog ."
+    assert concept_tokens(ct) == ["sks</w>", "dog</w>", "sks</w>"]
+    lead = base_tok("asksy and", add_special_tokens=False).input_ids  # asksy stays context
+    assert ct.ids[1 : 1 + len(lead)] == lead and set(ct.role[1 : 1 + len(lead)]) == {"context"}
+    # added tokens keep matching anywhere: the tokenizer splits them out anywhere
+    added = FakePipe({"<new1>": 1})
+    assert baseline_text("a<new1>cat", [Concept("<new1>", "cat")]) == "a cat"
+    ct, bt = tokenize_pair("a<new1>cat", added, base_tok, [Concept("<new1>", "cat")])
+    assert concept_tokens(ct) == ["<new1>", "cat</w>"] and concept_tokens(bt) == ["cat</w>"]
+
+
+def test_unknown_token_names_the_added_tokens(base_tok):
+    pipe = FakePipe({"<new1>": 3})
+    with pytest.raises(ProbeError) as e:
+        tokenize_pair("a photo of <new2> dog", pipe, base_tok, [Concept("<new2>", "dog")])
+    assert str(e.value) == (
+        "concept token '<new2>' is unknown to the customized model's tokenizer — "
+        "use one of its added tokens: <new1>, or an instance word it knows (sks)"
+    )
+    for bad in ("", "  "):
+        with pytest.raises(ProbeError, match="unknown to the customized.*added tokens: <new1>,"):
+            modifier_ids(pipe, Concept(bad, "dog"))
+    with pytest.raises(ProbeError, match="it added no tokens: use an instance word"):
+        modifier_ids(FakePipe({}), Concept("<x>"))
+    assert modifier_ids(pipe, Concept("<new1>")) == pipe.tokenizer.convert_tokens_to_ids(
+        ["<new1>", "<new1>_1", "<new1>_2"]
+    )

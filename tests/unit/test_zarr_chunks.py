@@ -5,13 +5,20 @@ import numpy as np
 import pytest
 import zarr
 
-from alignit_probe import zarr_chunks as zc
+from alignit_probe.store import zarr_chunks as zc
 
 
 def make(tmp_path, sep, dtype="float32", compressors=None, shape=(6, 3, 4), chunks=(2, 3, 2)):
-    return zarr.create_array(str(tmp_path / f"a{sep}"), shape=shape, chunks=chunks, dtype=dtype,
-                             compressors=compressors, chunk_key_encoding={"name": "default", "separator": sep},
-                             dimension_names=("prompt", "token", "channel"), fill_value=0)
+    return zarr.create_array(
+        str(tmp_path / f"a{sep}"),
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        compressors=compressors,
+        chunk_key_encoding={"name": "default", "separator": sep},
+        dimension_names=("prompt", "token", "channel"),
+        fill_value=0,
+    )
 
 
 @pytest.mark.parametrize("sep", [".", "/"])
@@ -21,8 +28,10 @@ def test_raw_chunk_files_read_back_by_zarr(tmp_path, sep):
     meta = zc.array_metadata(tmp_path / f"a{sep}")
     files = zc.chunk_files(tmp_path / f"a{sep}", meta, 0, 2, values)
     assert len(files) == 2  # two channel chunks of prompt chunk 1
-    assert sorted(p.relative_to(tmp_path / f"a{sep}").as_posix() for p, _, _ in files) == \
-        [f"c{sep}1{sep}0{sep}0", f"c{sep}1{sep}0{sep}1"]
+    assert sorted(p.relative_to(tmp_path / f"a{sep}").as_posix() for p, _, _ in files) == [
+        f"c{sep}1{sep}0{sep}0",
+        f"c{sep}1{sep}0{sep}1",
+    ]
     for f in files:
         zc.write_file(f)
     back = zarr.open_array(str(tmp_path / f"a{sep}"), mode="r")[:]

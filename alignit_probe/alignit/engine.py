@@ -1,0 +1,158 @@
+"""AlignIT on real pipelines: compute the infused K/V once per prompt, inject them, generate images.
+
+Public API::
+
+    akv = alignit_kv(pair, concepts, prompts, AlignITOptions())
+    with alignit(pair, akv) as pipe:          # the denoising pipeline, with K/V injected
+        images = pipe(prompt_embeds=akv.cond_embeds, generator=..., ...).images
+    images, akv = generate_alignit(pair, concepts, prompts, options, seed=0)   # baseline / custom / alignit
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from ..capture.inject import inject_kv
+from ..capture.sites import layout, record_kv, select_sites
+from ..errors import ProbeError
+from ..text.concepts import Concept, TokenizedPrompt, tokenize_prompts
+from ..text.encoder import encoder_states
+from .generation import generate_images
+from .plan import DEFAULT_TEMPLATE, Plan, alignit_plan, blend, check_alpha, gather_onto, infuse, tokenize_dummies
+
+
+@dataclass
+class AlignITOptions:
+    template: str = DEFAULT_TEMPLATE
+    layers: list[str] | None = None
+    blocks: list[str] | None = None
+    resolutions: list[int] | None = None
+    keys: bool = True
+    values: bool = True
+    alpha: float = 1.0
+    denoiser: str = "custom"  # or "baseline"
+
+
+@dataclass
+class AlignITKV:
+    plans: list[Plan]
+    custom: list[TokenizedPrompt]
+    baseline: list[TokenizedPrompt]
+    kv: dict[str, tuple[torch.Tensor, torch.Tensor]]  # attn2 path -> (K, V), each (prompt, token, inner_dim)
+    cond_embeds: torch.Tensor  # what the denoising pipeline is conditioned on (its prompt_embeds)
+    baseline_embeds: torch.Tensor
+    custom_embeds: torch.Tensor
+    options: AlignITOptions = field(default_factory=AlignITOptions)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_layouts(*unets) -> None:
+    first = layout(unets[0])
+    if any(layout(u) != first for u in unets[1:]):
+        raise ProbeError(
+            "the models have different attn2 layouts (paths, heads or widths differ)",
+            "use a customized model of the same architecture as the baseline",
+        )
+
+
+def denoiser_of(pair, options: AlignITOptions):
+    if options.denoiser not in ("custom", "baseline"):
+        raise ProbeError(f"unknown denoiser {options.denoiser!r}", "use custom or baseline")
+    return pair.custom if options.denoiser == "custom" else pair.baseline
+
+
+def validate(pair, concepts: list[Concept], options: AlignITOptions) -> None:
+    """Every AlignIT option checked against the models, before any work is done."""
+    check_alpha(options.alpha)
+    check_layouts(pair.baseline.unet, pair.custom.unet)
+    select_sites(denoiser_of(pair, options).unet, options.layers, options.blocks, options.resolutions)
+    tokenize_dummies(pair.custom, pair.baseline.tokenizer, concepts, options.template)
+
+
+def alignit_kv(
+    pair,
+    concepts: list[Concept],
+    prompts: list[str],
+    options: AlignITOptions | None = None,
+    allow_absent: bool = False,
+    first: int = 0,
+) -> AlignITKV:
+    """Infused K/V for every prompt and chosen attn2 layer (computed once; no denoising). Warnings number the
+    prompts from ``first`` (a batch's global offset)."""
+    options = options or AlignITOptions()
+    check_alpha(options.alpha)
+    if not (options.keys or options.values):
+        raise ProbeError("neither keys nor values are infused", "infuse keys, values or both")
+    check_layouts(pair.baseline.unet, pair.custom.unet)
+    denoiser = denoiser_of(pair, options)
+    sites = select_sites(denoiser.unet, options.layers, options.blocks, options.resolutions)
+    ct, bt, warnings = tokenize_prompts(prompts, pair.custom, pair.baseline.tokenizer, concepts, allow_absent, first)
+    dummies = tokenize_dummies(pair.custom, pair.baseline.tokenizer, concepts, options.template)
+    plans = [alignit_plan(c, b, dummies) for c, b in zip(ct, bt)]
+    warnings += [
+        f"prompt {k}: AlignIT sequence truncated by {p.dropped} token(s)"
+        for k, p in enumerate(plans, first)
+        if p.dropped
+    ]
+    base_c = encoder_states(pair.baseline, bt)
+    custom_c = encoder_states(pair.custom, ct)
+    base_kv = record_kv(pair.baseline.unet, base_c, sites)
+    custom_kv = record_kv(pair.custom.unet, custom_c, sites)
+    order = sorted(dummies)
+    dummy_kv = record_kv(pair.custom.unet, encoder_states(pair.custom, [dummies[c] for c in order]), sites)
+    device = denoiser.unet.device
+    kv = {}
+    for path in sites:
+        out = []
+        for which in (0, 1):
+            rows = []
+            for p, plan in enumerate(plans):
+                aligned = infuse(
+                    plan, base_kv[path][which][p], {c: dummy_kv[path][which][i] for i, c in enumerate(order)}
+                )
+                own, has = gather_onto(plan, ct[p], custom_kv[path][which][p])
+                use = options.keys if which == 0 else options.values
+                rows.append(blend(aligned, own, has, options.alpha) if use else own)
+            out.append(torch.stack(rows).to(device))
+        kv[path] = (out[0], out[1])
+    cond = custom_c if options.denoiser == "custom" else base_c
+    return AlignITKV(plans, ct, bt, kv, cond.to(device), base_c, custom_c, options, warnings)
+
+
+@contextlib.contextmanager
+def alignit(pair, akv: AlignITKV):
+    """The denoising pipeline with AlignIT's K/V injected (condition it on ``prompt_embeds=akv.cond_embeds``)."""
+    pipe = denoiser_of(pair, akv.options)
+    with inject_kv(pipe.unet, akv.cond_embeds, akv.kv):
+        yield pipe
+
+
+def generate_alignit(
+    pair,
+    concepts,
+    prompts,
+    options=None,
+    *,
+    seed=0,
+    steps=30,
+    guidance_scale=7.5,
+    height=None,
+    width=None,
+    output_type="pil",
+    allow_absent=False,
+):
+    """Baseline, customized and AlignIT images with the same seed; returns (dict of image lists, AlignITKV)."""
+    akv = alignit_kv(pair, concepts, prompts, options, allow_absent)
+    kw = dict(
+        seed=seed, steps=steps, guidance_scale=guidance_scale, height=height, width=width, output_type=output_type
+    )
+    images = {
+        "baseline": generate_images(pair.baseline, akv.baseline_embeds, **kw),
+        "custom": generate_images(pair.custom, akv.custom_embeds, **kw),
+    }
+    with alignit(pair, akv) as pipe:
+        images["alignit"] = generate_images(pipe, akv.cond_embeds, **kw)
+    return images, akv

@@ -1,0 +1,120 @@
+"""AlignIT as pure functions: which token's K/V comes from where, and the infused K/V.
+
+For a prompt with concepts ("photo of a <new1> cat on the beach"), every token outside the concept spans — context,
+start/end, padding — takes the *baseline* model's K/V on the prompt without modifiers ("photo of a cat on the
+beach"); each concept span takes the *customized* model's K/V on a short dummy prompt ("photo of a <new1> cat").
+Spans may differ in length: the sequence is rebuilt in the customized prompt's token order, context and special tokens
+keep their order, and the length stays at the encoder context by trimming padding or adding padding taken from the
+baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ProbeError
+from ..text.concepts import Concept, TokenizedPrompt, align_positions, tokenize_pair
+
+DEFAULT_TEMPLATE = "photo of a {concept}"
+BASELINE = -1  # source index of the baseline prompt in a plan
+
+
+@dataclass
+class Plan:
+    """The AlignIT token sequence of one prompt: its labels, and where each position's K/V comes from."""
+
+    tokens: TokenizedPrompt  # ids/tokens/roles/labels; ref_index points into the baseline prompt
+    source: list[int]  # BASELINE or the concept index whose dummy prompt supplies the position
+    position: list[int]  # position within that source prompt
+    dropped: int = 0
+
+
+def dummy_prompt(template: str, concept: Concept) -> str:
+    if "{concept}" not in template:
+        raise ProbeError(
+            f"dummy template {template!r} has no {{concept}} placeholder", "write it like 'photo of a {concept}'"
+        )
+    text = template.replace("{concept}", " ".join(x for x in (concept.token, concept.class_word) if x))
+    if concept.token not in text:
+        raise ProbeError(
+            f"dummy prompt {text!r} lacks the concept token {concept.token!r}", "keep {concept} in the template"
+        )
+    return text
+
+
+def tokenize_dummies(custom_pipe, baseline_tokenizer, concepts: list[Concept], template=DEFAULT_TEMPLATE):
+    """The customized tokenization of each concept's dummy prompt (its first concept span is what AlignIT uses)."""
+    dummies = {}
+    for c, concept in enumerate(concepts):
+        dt, _ = tokenize_pair(dummy_prompt(template, concept), custom_pipe, baseline_tokenizer, [concept])
+        if not dt.spans.get(0):
+            raise ProbeError(f"dummy prompt {dt.text!r} lost its concept span to truncation", "shorten the template")
+        dummies[c] = dt
+    return dummies
+
+
+def alignit_plan(custom: TokenizedPrompt, baseline: TokenizedPrompt, dummies: dict[int, TokenizedPrompt]) -> Plan:
+    """Rebuild the sequence: the customized prompt's order, baseline tokens outside spans, dummy spans inside."""
+    n = len(baseline.ids)
+    eos_c = custom.label.index(("eos",))
+    spans = custom.spans
+    first_of = {pos[0]: occ for occ, pos in spans.items()}
+    content: list[tuple[int, int, tuple]] = []
+    for pos in range(1, eos_c):
+        if custom.role[pos] == "context":
+            content.append((BASELINE, custom.ref_index[pos], custom.label[pos]))
+        elif pos in first_of:
+            occ = first_of[pos]
+            c = custom.concept[pos]
+            content += [(c, d, ("concept", occ, j)) for j, d in enumerate(dummies[c].spans[0])]
+    room = n - 2
+    dropped = max(0, len(content) - room)
+    content = content[:room]
+    pads = [p for p, r in enumerate(baseline.role) if r == "padding"]
+    fill = pads[-1] if pads else baseline.label.index(("eos",))
+    n_pad = room - len(content)
+    pad_src = (pads + [fill] * n_pad)[:n_pad]
+    source = [BASELINE] + [s for s, _, _ in content] + [BASELINE] * (1 + n_pad)
+    position = [0] + [p for _, p, _ in content] + [baseline.label.index(("eos",))] + pad_src
+    label = [("bos",)] + [lab for _, _, lab in content] + [("eos",)] + [("pad", j) for j in range(n_pad)]
+
+    def pick(attr):
+        return [getattr(baseline if s == BASELINE else dummies[s], attr)[p] for s, p in zip(source, position)]
+
+    concept = [-1 if s == BASELINE else s for s in source]
+    role = ["concept" if s != BASELINE else r for s, r in zip(source, pick("role"))]
+    tp = TokenizedPrompt(custom.text, pick("ids"), pick("tokens"), role, concept, label, dropped)
+    tp.ref_index = align_positions(tp, baseline)
+    return Plan(tp, source, position, dropped)
+
+
+def infuse(plan: Plan, baseline: torch.Tensor, dummies: dict[int, torch.Tensor]) -> torch.Tensor:
+    """K (or V) of the AlignIT sequence: ``baseline`` (token, channel) outside spans, ``dummies[c]`` inside."""
+    order = [BASELINE] + sorted(dummies)
+    stacked = torch.stack([baseline] + [dummies[c] for c in order[1:]])
+    src = torch.tensor([order.index(s) for s in plan.source], device=baseline.device)
+    pos = torch.tensor(plan.position, device=baseline.device)
+    return stacked[src, pos]
+
+
+def gather_onto(plan: Plan, other: TokenizedPrompt, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kv`` (token, channel) of prompt ``other`` moved onto the plan's positions (role-aligned), and a mask of the
+    positions that have a partner."""
+    idx = torch.tensor(align_positions(plan.tokens, other), device=kv.device)
+    return kv[idx.clamp(min=0)], idx >= 0
+
+
+def blend(alignit_kv: torch.Tensor, custom_kv: torch.Tensor, has_partner: torch.Tensor, alpha: float) -> torch.Tensor:
+    """α·AlignIT + (1−α)·customized (α = 1: the paper, returned unchanged); positions without a partner stay AlignIT."""
+    check_alpha(alpha)
+    if alpha == 1.0:
+        return alignit_kv
+    mixed = alpha * alignit_kv + (1.0 - alpha) * custom_kv
+    return torch.where(has_partner[:, None], mixed, alignit_kv)
+
+
+def check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ProbeError(f"alpha {alpha} is outside [0, 1]", "pass --alpha between 0 (customized) and 1 (AlignIT)")

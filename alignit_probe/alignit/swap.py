@@ -1,0 +1,105 @@
+"""K/V semantic control (the paper's manipulation figures): denoise with keys from prompt A and values from prompt B
+— for all tokens, chosen tokens, or chosen layers — from the same or different models.
+
+Keys steer where attention goes, values what is written there. The denoiser is conditioned on prompt A; at the
+chosen layers each chosen token position takes B's value (position by position; positions of A's tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..capture.inject import inject_kv
+from ..capture.sites import record_kv, select_sites
+from ..errors import ProbeError
+from ..text.concepts import tokenize_pair
+from ..text.encoder import encoder_states
+from .engine import check_layouts
+from .generation import generate_images
+
+
+@dataclass
+class Source:
+    pipe: object
+    prompt: str
+
+
+def _tokenized(pipe, prompt: str):
+    return tokenize_pair(prompt, pipe, pipe.tokenizer, [], allow_absent=True)[0]
+
+
+def token_positions(tp, words: list[str]) -> list[int]:
+    """Positions of prompt A whose token (without the ``</w>`` end-of-word mark) is one of ``words``."""
+    wanted = {w.lower() for w in words}
+    pos = [i for i, t in enumerate(tp.tokens) if tp.role[i] != "padding" and t.replace("</w>", "").lower() in wanted]
+    if not pos:
+        shown = " ".join(t.replace("</w>", "") for t, r in zip(tp.tokens, tp.role) if r in ("context", "concept"))
+        raise ProbeError(f"none of the tokens {words} is in prompt A", f"choose among: {shown}")
+    return pos
+
+
+def swap_kv(
+    key_src: Source,
+    value_src: Source,
+    denoiser,
+    tokens: list[str] | None = None,
+    layers: list[str] | None = None,
+    blocks: list[str] | None = None,
+):
+    """(K/V to inject per attn2 path, conditioning embeddings of A, positions swapped)."""
+    check_layouts(key_src.pipe.unet, value_src.pipe.unet, denoiser.unet)
+    sites = select_sites(denoiser.unet, layers, blocks)
+    ta, tb = _tokenized(key_src.pipe, key_src.prompt), _tokenized(value_src.pipe, value_src.prompt)
+    ca, cb = encoder_states(key_src.pipe, [ta]), encoder_states(value_src.pipe, [tb])
+    kv_a, kv_b = record_kv(key_src.pipe.unet, ca, sites), record_kv(value_src.pipe.unet, cb, sites)
+    positions = token_positions(ta, tokens) if tokens else list(range(len(ta.ids)))
+    idx = torch.tensor(positions)
+    kv = {}
+    for path in sites:
+        k_a, v_a = kv_a[path]
+        v = v_a.clone()
+        v[:, idx] = kv_b[path][1][:, idx].to(v.dtype)
+        kv[path] = (k_a.to(denoiser.unet.device), v.to(denoiser.unet.device))
+    return kv, ca.to(denoiser.unet.device), positions
+
+
+def generate_swap(
+    key_src: Source,
+    value_src: Source,
+    denoiser,
+    *,
+    tokens=None,
+    layers=None,
+    blocks=None,
+    seed=0,
+    steps=30,
+    guidance_scale=7.5,
+    height=None,
+    width=None,
+    output_type="pil",
+    progress: bool = True,
+) -> dict[str, list]:
+    """Images of prompt A, prompt B, and the swap (keys of A, values of B), same seed."""
+    kw = dict(
+        seed=seed,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
+        output_type=output_type,
+        progress=progress,
+    )
+    kv, ca, _ = swap_kv(key_src, value_src, denoiser, tokens, layers, blocks)
+    images = {
+        "A": generate_images(
+            key_src.pipe, encoder_states(key_src.pipe, [_tokenized(key_src.pipe, key_src.prompt)]), **kw
+        ),
+        "B": generate_images(
+            value_src.pipe, encoder_states(value_src.pipe, [_tokenized(value_src.pipe, value_src.prompt)]), **kw
+        ),
+    }
+    with inject_kv(denoiser.unet, ca, kv):
+        images["keys A + values B"] = generate_images(denoiser, ca, **kw)
+    return images

@@ -1,0 +1,156 @@
+"""Distances between a model and the baseline on role-aligned tokens, and their summaries by role.
+
+Pure functions on labeled arrays: they work on numpy- and dask-backed xarray objects alike (lazy until computed).
+``cosine_distance`` = 1 − cos(a, b); ``relative_l2`` = ‖a − b‖ / ‖b‖, with b the baseline's partner token
+(``ref_index``). Tokens without a partner are NaN and drop out of every summary.
+
+A summary store (``record --summary``) holds these per-token distances already (group ``distance`` of each branch
+but the baseline, computed on the device with the same formulas); ``compare_rows`` reads them instead of computing
+them, and summarises them the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .. import store as st
+from ..errors import ProbeError
+from ..schema import BASELINE, KV_STAGES, METRICS, ROLES, STAGES, TEXT_STAGES, unet_order_key
+from .stats import bootstrap_ci, gather_partners, role_means
+
+DISTANCE = "distance"  # a summary branch's group of per-token distances (``record.summary``)
+
+
+def _distances(a: np.ndarray, b: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Stacked (cosine distance, relative L2) per token; last axis is the metric."""
+    a = a.astype(np.float64)
+    bb = gather_partners(b, ref)
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(bb, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # 1 − cos(a, b) = ‖â − b̂‖² / 2: exactly 0 for identical tokens, accurate for small angles
+        cos = 0.5 * ((a / na[..., None] - bb / nb[..., None]) ** 2).sum(-1)
+        rel = np.linalg.norm(a - bb, axis=-1) / nb
+    return np.stack([cos, rel], axis=-1)
+
+
+def token_distances(a: xr.DataArray, b: xr.DataArray, ref_index: xr.DataArray) -> xr.Dataset:
+    """Per-token distances of ``a`` to its partner in ``b`` (same extra dims, e.g. ``layer``), lazily if dask."""
+    # token labels would be compared between the inputs (a dask compute each when lazy): keep index coords only
+    a, b, ref_index = (x.reset_coords(drop=True) for x in (a, b, ref_index))
+    b = b.rename(token="ref_token")
+    out = xr.apply_ufunc(
+        _distances,
+        a,
+        b,
+        ref_index,
+        input_core_dims=[["token", "channel"], ["ref_token", "channel"], ["token"]],
+        output_core_dims=[["token", "metric"]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"metric": len(METRICS)}},
+    )
+    out = out.assign_coords(metric=list(METRICS))
+    return xr.Dataset({m: out.sel(metric=m, drop=True) for m in METRICS})
+
+
+def stage_arrays(tree: xr.DataTree, model: str, stage: str):
+    """(layer label, DataArray) pairs of one stage: ``layer`` is the encoder layer index, the attn2 path, or None."""
+    if stage in TEXT_STAGES and "text" not in tree[model].children:
+        return
+    if stage in ("token_embedding", "encoder_output"):
+        yield None, st.group(tree, model, "text")[stage]
+    elif stage == "encoder_layer":
+        da = st.group(tree, model, "text")[stage]
+        for i in da.layer.values:
+            yield int(i), da.sel(layer=i, drop=True)
+    else:
+        for path in st.kv_paths(tree, model):
+            yield path, st.group(tree, model, f"kv/{path}")[stage]
+
+
+def summary_arrays(tree: xr.DataTree, model: str, stage: str):
+    """(layer label, per-token distances (prompt, token, metric)) pairs of one stage of a summary branch (its
+    ``distance`` group, ``record --summary``), labelled and ordered as ``stage_arrays``."""
+    ds = st.group(tree, model, DISTANCE)
+    if stage not in ds.data_vars:
+        return
+    da = ds[stage]
+    if stage == "encoder_layer":
+        for i in da.layer.values:
+            yield int(i), da.sel(layer=i, drop=True)
+    elif stage in KV_STAGES:
+        for path in sorted((str(p) for p in da.site.values), key=unet_order_key):
+            yield path, da.sel(site=path, drop=True)
+    else:
+        yield None, da
+
+
+def distance_jobs(tree: xr.DataTree, model: str, reference: str, stage: str, ref_index: xr.DataArray):
+    """(layer, a function returning its per-token distances {metric: (prompt, token)}) of one model and stage:
+    computed from the recorded activations (each layer paired with the reference's layer of the same label), or
+    read from a summary branch's ``distance`` group. Functions, so that nothing is computed before it is needed."""
+    if DISTANCE in tree[model].children:
+        for layer, da in summary_arrays(tree, model, stage):
+            yield layer, lambda da=da: xr.Dataset({m: da.sel(metric=m, drop=True) for m in METRICS})
+        return
+    ref = dict(stage_arrays(tree, reference, stage))
+    for layer, a in stage_arrays(tree, model, stage):
+        if layer in ref:
+            yield layer, lambda a=a, b=ref[layer]: token_distances(a, b, ref_index)
+
+
+def compare_rows(
+    tree: xr.DataTree, reference: str = BASELINE, stages=STAGES, n_boot: int = 1000, seed: int = 0, progress=None
+) -> list[dict]:
+    """Tidy rows: one per (model, stage, layer, role, metric), the documented ``compare --json`` schema, in
+    data-flow order (stages as in ``schema.STAGES``, attn2 layers in UNet order). ``progress`` (a tqdm bar) counts
+    compared arrays; its total is set here.
+
+    A full store's distances are computed from the recorded activations; a summary store's (``record --summary``)
+    are read, and summarised the same way."""
+    if reference != BASELINE and any(DISTANCE in tree[m].children for m in st.models(tree)):
+        raise ProbeError(
+            f"a summary store holds distances to {BASELINE} only, not to {reference!r}",
+            f"compare against {BASELINE}, or record without --summary",
+        )
+    jobs, roles = [], {}
+    for model in st.models(tree):
+        if model == reference:
+            continue
+        lab = st.token_labels(tree, model)
+        roles[model] = lab["role"]
+        for stage in stages:
+            for layer, distances in distance_jobs(tree, model, reference, stage, lab["ref_index"]):
+                jobs.append((model, stage, layer, distances))
+    if progress is not None:
+        progress.reset(total=len(jobs))
+    rows = []
+    for model, stage, layer, distances in jobs:
+        roles[model] = roles[model].load()
+        dist = distances().compute()
+        for metric in METRICS:
+            per_role = role_means(dist[metric], roles[model], ROLES)
+            for name in ROLES:
+                value, lo, hi, n = bootstrap_ci(per_role[name], n_boot, seed)
+                rows.append(
+                    dict(
+                        model=model,
+                        reference=reference,
+                        stage=stage,
+                        layer=layer,
+                        role=name,
+                        metric=metric,
+                        value=value,
+                        ci_low=lo,
+                        ci_high=hi,
+                        n=n,
+                    )
+                )
+        if progress is not None:
+            progress.update(1)
+    if any("attention" in tree[m].children for m in st.models(tree)):
+        from .attention import attention_rows
+
+        rows += attention_rows(tree, reference, n_boot, seed)
+    return rows

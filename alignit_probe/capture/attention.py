@@ -1,0 +1,375 @@
+"""Cross-attention maps per token (DAAM's global heat maps), captured exactly, whatever processor is active.
+
+    with capture_attention(pipe, prompt_embeds, slices=AttentionSlices(per_layer=True)) as maps:
+        pipe(prompt_embeds=prompt_embeds, num_inference_steps=30)   # negative_prompt_embeds or not
+    ds = maps.to_dataset(token_strings(pipe.tokenizer, prompts))   # map (prompt, token, y, x), ...
+
+How: every attn2 processor is wrapped (``attn.set_processor``; originals restored on exit, also on error). The
+wrapper runs the original processor while ``F.scaled_dot_product_attention`` is intercepted and takes the exact
+(query, key, mask, scale) that reached attention — so Custom Diffusion's own K/V, LoRA-wrapped projections and
+processors that inject K/V (AlignIT) are all seen as they act. Processors that compute probabilities with
+``attn.get_attention_scores`` instead (``AttnProcessor``, sliced ones) are caught there. Probabilities
+softmax(Q Kᵀ · scale + mask) are recomputed in float32 for the *conditional rows only*, found by content
+(``guidance.CondRows``), never as the second half of the batch; ``scale`` is what SDPA used (the ``scale``
+argument if given, else 1/√head_dim, which is ``attn.scale`` for SD layers).
+
+Aggregation is streaming (memory does not grow with steps): per call, mean over heads, bilinear upsampling
+(``align_corners=False``, non-negative and mass-preserving in shape, unlike bicubic) from the layer's native h×w to
+the latent grid, summed over layers and steps. The native h×w is inferred from the number of queries and the
+latent shape of the first UNet call (a forward pre-hook on the UNet, removed on exit), so non-square images work.
+A *step* is one UNet forward inside the block. Rows of several images of the same prompt are summed.
+
+Slices (``AttentionSlices``): ``per_layer`` (``map_layer``), ``step_windows`` [start, stop) (``map_window``),
+``per_head`` (``map_head``, latent grid), ``native`` (``map_native_<k>`` per layer, dims ``y_<h>``/``x_<w>``;
+with ``per_head`` also ``map_native_head_<k>``). Enter ``capture_attention`` after (inside) any context that swaps
+processors, so it wraps them. During capture, a customized processor's weights sit one level deeper
+(``...attn2.processor.inner``) in the UNet's state dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..analysis.maps import normalize
+from ..capture import sites
+from ..errors import ProbeError
+from .guidance import CondRows
+from .sdpa import intercept_sdpa
+
+__all__ = ["AttentionSlices", "AttentionCollector", "capture_attention", "token_strings"]
+
+
+@dataclass(frozen=True)
+class AttentionSlices:
+    """Optional extra maps, all streaming sums (see module docstring)."""
+
+    per_layer: bool = False
+    per_head: bool = False
+    step_windows: Sequence[tuple[int, int]] | None = None
+    native: bool = False
+
+    def __post_init__(self):
+        windows = tuple((int(a), int(b)) for a, b in (self.step_windows or ()))
+        if any(b <= a or a < 0 for a, b in windows):
+            raise ProbeError(f"bad step window in {windows}", "give [start, stop) pairs with 0 <= start < stop")
+        object.__setattr__(self, "step_windows", windows)
+
+
+@dataclass
+class _Call:
+    """What one attention call in an attn2 layer saw."""
+
+    kind: str  # "sdpa" (query, key, mask, scale) or "scores" (probabilities from get_attention_scores)
+    tensors: tuple
+
+
+@contextlib.contextmanager
+def _intercept(attn, sink: list[_Call]):
+    """Record every SDPA call, and every ``attn.get_attention_scores`` result, made inside the block."""
+    scores = attn.get_attention_scores
+
+    def spy_sdpa(sdpa, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+        sink.append(_Call("sdpa", (query, key, attn_mask, scale, is_causal)))
+        return sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, **kw)
+
+    def spy_scores(query, key, attention_mask=None):
+        probs = scores(query, key, attention_mask)
+        sink.append(_Call("scores", (probs,)))
+        return probs
+
+    own = attn.__dict__.get("get_attention_scores")  # set by an enclosing capture, if any
+    attn.get_attention_scores = spy_scores
+    try:
+        with intercept_sdpa(spy_sdpa):
+            yield sink
+    finally:
+        if own is None:
+            del attn.get_attention_scores
+        else:
+            attn.get_attention_scores = own
+
+
+def _rows(t: torch.Tensor, batch: int, rows: slice | list[int]) -> torch.Tensor:
+    """(batch, heads, s, e) or (batch·heads, s, e) → (rows, heads, s, e); a broadcast batch of 1 is kept."""
+    if t.dim() == 3 and t.shape[0] % batch == 0:
+        t = t.reshape(batch, -1, *t.shape[-2:])
+    elif t.dim() != 4:
+        t = t.reshape(t.shape[0] if t.dim() > 4 else 1, -1, *t.shape[-2:])
+    return t[rows] if t.shape[0] == batch else t
+
+
+class AttentionCapture(nn.Module):
+    """The wrapper put in place of an attn2 processor (a subclass per wrapped class mirrors its signature)."""
+
+    def __init__(self, inner, index: int, collector: AttentionCollector):
+        super().__init__()
+        self.inner, self.index, self.collector = inner, index, collector
+
+    def project_kv(self, attn, c: torch.Tensor):
+        """K/V as the wrapped processor computes them (``sites.project_kv`` keeps working through the wrapper)."""
+        return sites.project_kv(attn, self.inner, c)
+
+    def _run(self, attn, hidden_states, args, kwargs):
+        ehs = kwargs.get("encoder_hidden_states", args[0] if args else None)
+        rows, which = self.collector.cond.match(ehs) if isinstance(ehs, torch.Tensor) else ([], [])
+        if not rows:
+            return self.inner(attn, hidden_states, *args, **kwargs)
+        with _intercept(attn, []) as calls:
+            out = self.inner(attn, hidden_states, *args, **kwargs)
+        self.collector._add(self.index, type(self.inner).__name__, calls, ehs.shape[0], ehs.shape[1], rows, which)
+        return out
+
+
+_WRAPPERS: dict[type, type] = {}
+
+
+def _wrap(inner, index: int, collector: AttentionCollector) -> AttentionCapture:
+    cls = type(inner)
+    if cls not in _WRAPPERS:
+
+        def __call__(self, attn, hidden_states, *args, **kwargs):
+            return self._run(attn, hidden_states, args, kwargs)
+
+        with contextlib.suppress(TypeError, ValueError):  # Attention.forward filters kwargs by this signature
+            __call__.__signature__ = inspect.signature(cls.__call__)
+        _WRAPPERS[cls] = type(f"AttentionCapture_{cls.__name__}", (AttentionCapture,), {"__call__": __call__})
+    return _WRAPPERS[cls](inner, index, collector)
+
+
+class AttentionCollector:
+    """Streaming sums of cross-attention maps; yielded by ``capture_attention``."""
+
+    def __init__(self, unet, prompt_embeds: torch.Tensor, slices: AttentionSlices):
+        if prompt_embeds.dim() != 3:
+            raise ProbeError("prompt_embeds must be (prompt, token, channel)", "pass the tensor given to the pipeline")
+        self.cond = CondRows(prompt_embeds)
+        self.slices = slices
+        self.prompts, self.tokens = prompt_embeds.shape[:2]
+        self.layers = sites.attn2_paths(unet)
+        if not self.layers:
+            raise ProbeError("the UNet has no cross-attention (attn2) layers", "pass a text-conditioned pipeline")
+        self.heads = [unet.get_submodule(p).heads for p in self.layers]
+        self.processors = [""] * len(self.layers)
+        self.latent_hw: tuple[int, int] | None = None
+        self.unet_calls = 0  # UNet forwards seen; the current step index is unet_calls - 1
+        self.steps = 0  # UNet forwards in which conditional rows were captured
+        self.calls = [0] * len(self.layers)  # captured attention calls per layer
+        self.rows_captured = 0  # conditional rows captured, over all layers and steps
+        self._counted = -1
+        self._acc: dict[str, torch.Tensor] = {}
+        self._native: dict[int, tuple[int, int]] = {}
+        self._index: dict[tuple, torch.Tensor] = {}
+
+    # -- hooks ---------------------------------------------------------------------------------------------------
+    def _on_unet(self, module, args, kwargs):
+        sample = args[0] if args else kwargs.get("sample")
+        hw = tuple(sample.shape[-2:])
+        if self.latent_hw is not None and hw != self.latent_hw:
+            raise ProbeError(
+                f"latent size changed from {self.latent_hw} to {hw} inside one capture",
+                "use one capture_attention block per image size",
+            )
+        self.latent_hw = hw
+        self.unet_calls += 1
+
+    def _grid(self, n: int) -> tuple[int, int]:
+        if self.latent_hw is None:
+            raise ProbeError("attn2 ran before any UNet forward", "run the pipeline (or the UNet) inside the block")
+        lh, lw = self.latent_hw
+        for f in (1, 2, 4, 8, 16, 32, 64):
+            h, w = -(-lh // f), -(-lw // f)
+            if h * w == n:
+                return h, w
+        raise ProbeError(f"cannot place {n} queries on the {lh}x{lw} latent grid", "use a UNet2DConditionModel")
+
+    def _probs(self, name, calls, batch, tokens, rows) -> torch.Tensor:
+        """(rows, heads, queries, tokens) float32 attention probabilities of the cross-attention call."""
+        if rows == list(range(rows[0], rows[-1] + 1)):
+            rows = slice(rows[0], rows[-1] + 1)  # a view, not a gather
+        sdpa = [c.tensors for c in calls if c.kind == "sdpa" and c.tensors[1].shape[-2] == tokens]
+        if len(sdpa) == 1:
+            q, k, mask, scale, causal = sdpa[0]
+            if causal:
+                raise ProbeError(f"{name} called causal attention in a cross-attention layer")
+            q, k = _rows(q, batch, rows).float(), _rows(k, batch, rows).float()
+            s = torch.matmul(q, k.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+            if mask is not None:
+                mask = _rows(mask, batch, rows)
+                s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.float()
+            return s.softmax(-1)
+        scores = [c.tensors[0] for c in calls if c.kind == "scores" and c.tensors[0].shape[-1] == tokens]
+        if not sdpa and scores:
+            probs = torch.cat(scores, 0)  # sliced processors split batch·heads in order
+            if probs.shape[0] % batch == 0:
+                return _rows(probs.reshape(batch, -1, *probs.shape[-2:]), batch, rows).float()
+        raise ProbeError(
+            f"cannot read attention probabilities from {name} ({len(sdpa)} SDPA calls, {len(scores)} score calls)",
+            "use a processor that makes one F.scaled_dot_product_attention call per cross-attention",
+        )
+
+    @torch.no_grad()
+    def _add(self, i: int, name: str, calls, batch: int, tokens: int, rows, which) -> None:
+        probs = self._probs(name, calls, batch, tokens, rows)
+        self.processors[i] = name
+        self.calls[i] += 1
+        self.rows_captured += len(rows)
+        if self._counted != self.unet_calls:
+            self._counted, self.steps = self.unet_calls, self.steps + 1
+        r, heads, n, t = probs.shape
+        h, w = self._native[i] if i in self._native else self._native.setdefault(i, self._grid(n))
+        lh, lw = self.latent_hw
+        dev, sl = probs.device, self.slices
+        idx = self._index.get((tuple(which), dev))
+        if idx is None:
+            idx = self._index[(tuple(which), dev)] = torch.tensor(which, device=dev)
+        maps = probs.mean(1).transpose(-1, -2).reshape(r, t, h, w)  # head mean first: 1/heads of the copying
+        head_maps = probs.transpose(-1, -2).reshape(r, heads, t, h, w) if sl.per_head else None
+        up = lambda m: m if (h, w) == (lh, lw) else F.interpolate(m, (lh, lw), mode="bilinear", align_corners=False)
+        P, L, H = self.prompts, len(self.layers), max(self.heads)
+        if sl.per_head:
+            heads_up = up(head_maps.reshape(r, heads * t, h, w)).reshape(r, heads, t, lh, lw)
+            self._get("map_head", (P, L, H, t, lh, lw), dev)[:, i, :heads].index_add_(0, idx, heads_up)
+        maps_up = up(maps)
+        self._get("map_raw", (P, t, lh, lw), dev).index_add_(0, idx, maps_up)
+        if sl.per_layer:
+            self._get("map_layer", (P, L, t, lh, lw), dev)[:, i].index_add_(0, idx, maps_up)
+        if sl.step_windows:
+            acc = self._get("map_window", (P, len(sl.step_windows), t, lh, lw), dev)
+            for wi, (a, b) in enumerate(sl.step_windows):
+                if a <= self.unet_calls - 1 < b:
+                    acc[:, wi].index_add_(0, idx, maps_up)
+        if sl.native:
+            self._get(f"map_native_{i}", (P, t, h, w), dev).index_add_(0, idx, maps)
+            if sl.per_head:
+                self._get(f"map_native_head_{i}", (P, H, t, h, w), dev)[:, :heads].index_add_(0, idx, head_maps)
+
+    def _get(self, name: str, shape: tuple, device) -> torch.Tensor:
+        acc = self._acc.get(name)
+        if acc is None:
+            acc = self._acc[name] = torch.zeros(shape, dtype=torch.float32, device=device)
+        return acc
+
+    # -- results -------------------------------------------------------------------------------------------------
+    def accumulators(self) -> dict[str, torch.Tensor]:
+        """The running sums, by variable name (their number and size do not depend on the number of steps)."""
+        return dict(self._acc)
+
+    def accumulator_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._acc.values())
+
+    def to_dataset(
+        self, token_strings: Sequence[str] | Sequence[Sequence[str]] | None = None, normalize_maps: str | None = "max"
+    ):
+        """The maps as an ``xr.Dataset``.
+
+        ``map`` (prompt, token, y, x): the global map, each (prompt, token) map divided by its max over (y, x)
+        (``normalize_maps="sum"``: by its sum; None: raw); ``map_raw``: the raw sum over layers and steps of
+        head-mean probabilities. Slices, normalized the same way per map: ``map_layer`` (prompt, layer, token, y, x),
+        ``map_window`` (prompt, window, token, y, x), ``map_head`` (prompt, layer, head, token, y, x; NaN for heads
+        a layer lacks), ``map_native_<k>`` (prompt, token, y_<h>, x_<w>) and ``map_native_head_<k>``
+        (prompt, head, token, y_<h>, x_<w>) with attr ``layer``. ``token_strings`` (one list, or one per prompt)
+        becomes the ``token_text`` coord.
+        """
+        import numpy as np
+        import xarray as xr
+
+        if not self._acc:
+            raise ProbeError(
+                "no cross-attention was captured",
+                "call the pipeline inside the block with prompt_embeds= the tensor given to capture_attention",
+            )
+        lh, lw = self.latent_hw
+        P, L, H, T = self.prompts, len(self.layers), max(self.heads), self.tokens
+        coords = {"prompt": range(P), "token": range(T), "y": range(lh), "x": range(lw)}
+        data = {}
+        for name, acc in self._acc.items():
+            arr = acc.detach().cpu().numpy().copy()
+            if name == "map_raw":
+                data[name] = (("prompt", "token", "y", "x"), arr)
+                data["map"] = (("prompt", "token", "y", "x"), arr)
+            elif name in ("map_layer", "map_window", "map_head"):
+                mid = {"map_layer": ("layer",), "map_window": ("window",), "map_head": ("layer", "head")}[name]
+                data[name] = (("prompt", *mid, "token", "y", "x"), arr)
+            else:
+                k = int(name.rsplit("_", 1)[1])
+                h, w = self._native[k]
+                dims = ("prompt", "head", "token", f"y_{h}", f"x_{w}")
+                data[name] = (dims if "head" in name else dims[:1] + dims[2:], arr, {"layer": self.layers[k]})
+        for k, n in enumerate(self.heads):  # heads a layer does not have
+            for name, sel in (("map_head", (slice(None), k, slice(n, None))), (f"map_native_head_{k}", np.s_[:, n:])):
+                if n < H and name in data:
+                    data[name][1][sel] = np.nan
+        order = ["map", "map_raw", "map_layer", "map_window", "map_head"]
+        order += [f"map_native{h}_{k}" for k in range(L) for h in ("", "_head")]
+        ds = xr.Dataset({k: xr.Variable(*data[k]) for k in order if k in data}, coords=coords)
+        if "map_layer" in ds or "map_head" in ds:
+            ds = ds.assign_coords(layer=self.layers)
+        if "map_head" in ds or any("native_head" in k for k in ds):
+            ds = ds.assign_coords(head=range(H))
+        if "map_window" in ds:
+            ws = self.slices.step_windows
+            ds = ds.assign_coords(
+                window=[f"{a}:{b}" for a, b in ws],
+                window_start=("window", [a for a, _ in ws]),
+                window_stop=("window", [b for _, b in ws]),
+            )
+        for name in list(ds.data_vars):
+            if name != "map_raw":
+                spatial = [d for d in ds[name].dims if d[0] in "yx"]
+                ds[name] = normalize(ds[name], normalize_maps, spatial).assign_attrs(ds[name].attrs)
+        if token_strings is not None:
+            per_prompt = len(token_strings) > 0 and not isinstance(token_strings[0], str)
+            pad = lambda ts: [*ts[:T], *[""] * (T - len(ts))]
+            ds = ds.assign_coords(
+                token_text=(("prompt", "token"), [pad(list(t)) for t in token_strings])
+                if per_prompt
+                else ("token", pad(list(token_strings)))
+            )
+        ds.attrs.update(
+            steps=self.steps,
+            unet_calls=self.unet_calls,
+            layers=list(self.layers),
+            normalization=str(normalize_maps),
+            upsampling="bilinear (align_corners=False), head mean before upsampling",
+            latent_size=[lh, lw],
+            heads=list(self.heads),
+            processors=list(self.processors),
+            calls_per_layer=list(self.calls),
+            aggregation="sum over layers and steps of head-mean softmax(Q K^T * scale) of the conditional rows",
+        )
+        return ds
+
+
+@contextlib.contextmanager
+def capture_attention(pipe, prompt_embeds: torch.Tensor, *, slices: AttentionSlices = AttentionSlices()):
+    """Capture cross-attention maps of the conditional rows while the block runs ``pipe(prompt_embeds=...)``.
+
+    ``pipe``: a diffusers pipeline (or a UNet). Yields an ``AttentionCollector``; see the module docstring.
+    """
+    unet = getattr(pipe, "unet", pipe)
+    collector = AttentionCollector(unet, prompt_embeds, slices)
+    originals: dict[str, object] = {}
+    hook = unet.register_forward_pre_hook(collector._on_unet, with_kwargs=True)
+    try:
+        for i, path in enumerate(collector.layers):
+            attn = unet.get_submodule(path)
+            originals[path] = attn.processor
+            attn.set_processor(_wrap(attn.processor, i, collector))
+        yield collector
+    finally:
+        for path, processor in originals.items():
+            unet.get_submodule(path).set_processor(processor)
+        hook.remove()
+
+
+def token_strings(tokenizer, prompts: Sequence[str]) -> list[list[str]]:
+    """The token strings each prompt is encoded as (padded to the tokenizer's max length), for ``to_dataset``."""
+    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True)
+    return [tokenizer.convert_ids_to_tokens(row) for row in ids.input_ids]

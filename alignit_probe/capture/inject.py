@@ -1,0 +1,109 @@
+"""Precomputed keys and values, injected into attn2 during an ordinary diffusers pipeline call.
+
+``inject_kv(unet, cond_embeds, kv)`` swaps the processor of each chosen attn2 layer for ``InjectKV``, which calls the
+original processor (plain, SDPA, Custom Diffusion, LoRA-wrapped: its query and output projection stay exactly as they
+were) and replaces, at its attention call, the keys/values of the conditional rows only — rows found by exact content
+(``guidance.CondRows``), never by batch size — with K/V computed once per prompt. The unconditional branch is
+untouched. Original processors come back on exit, also on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ..errors import ProbeError
+from .guidance import CondRows
+from .sdpa import intercept_sdpa
+from .sites import SUFFIX, attn2_paths, project_kv
+
+
+class InjectKV(nn.Module):
+    """Wraps one attn2 processor; ``key``/``value``: (prompt, token, inner_dim) or None (keep the layer's own)."""
+
+    def __init__(self, inner, cond: CondRows, key: torch.Tensor | None, value: torch.Tensor | None):
+        super().__init__()
+        self.inner = inner
+        self.cond = cond
+        self.key, self.value = key, value
+        self.hits = 0
+        self._heads: dict[
+            tuple, tuple
+        ] = {}  # (rows, which, dtype, device) -> K/V in the (batch, head, token, d) layout
+
+    def _for(self, t, rows_like, which):
+        return t[which].to(device=rows_like.device, dtype=rows_like.dtype)
+
+    def _in_head_layout(self, key, rows, which):
+        """The injected K/V of ``which`` prompts as (len(rows), heads, token, head_dim), built once per call layout."""
+        cache_key = (tuple(rows), tuple(which), key.dtype, key.device, key.shape[1])
+        hit = self._heads.get(cache_key)
+        if hit is None:
+            _, h, t, d = key.shape
+            idx = torch.tensor(rows, device=key.device)
+            shape = lambda x: None if x is None else self._for(x, key, which).view(len(rows), t, h, d).transpose(1, 2)
+            hit = self._heads[cache_key] = (idx, shape(self.key), shape(self.value))
+        return hit
+
+    def project_kv(self, attn, c):
+        """K/V this layer uses for encoder states ``c`` (so recording through the wrapper sees the injection)."""
+        k, v = project_kv(attn, self.inner, c)
+        rows, which = self.cond.match(c)
+        if rows:
+            k, v = k.clone(), v.clone()
+            if self.key is not None:
+                k[rows] = self._for(self.key, k, which)
+            if self.value is not None:
+                v[rows] = self._for(self.value, v, which)
+        return k, v
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if encoder_hidden_states is None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        rows, which = self.cond.match(encoder_hidden_states)
+        if not rows:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        self.hits += 1
+
+        def swapped(sdpa, query, key, value, *args, **kw):
+            idx, k, v = self._in_head_layout(key, rows, which)
+            if k is not None:
+                key = key.index_copy(0, idx, k)
+            if v is not None:
+                value = value.index_copy(0, idx, v)
+            return sdpa(query, key, value, *args, **kw)
+
+        with intercept_sdpa(swapped):
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+
+@contextlib.contextmanager
+def inject_kv(
+    unet,
+    cond_embeds: torch.Tensor,
+    kv: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]],
+    require_use: bool = True,
+):
+    """Inject ``kv[path] = (key, value)`` (each (prompt, token, inner_dim) or None) at those attn2 layers for the
+    conditional rows ``cond_embeds`` (the ``prompt_embeds`` the caller hands the pipeline)."""
+    cond = CondRows(cond_embeds)
+    original = unet.attn_processors
+    wrappers = {}
+    procs = dict(original)
+    for path, (k, v) in kv.items():
+        key = path + SUFFIX
+        if key not in original:
+            raise ProbeError(f"no attn2 layer {path!r} in this UNet", "valid layers: " + ", ".join(attn2_paths(unet)))
+        wrappers[path] = procs[key] = InjectKV(original[key], cond, k, v)
+    unet.set_attn_processor(procs)
+    try:
+        yield wrappers
+    finally:
+        unet.set_attn_processor(dict(original))
+    if require_use and wrappers and not any(w.hits for w in wrappers.values()):
+        raise ProbeError(
+            "injected keys/values were never used: the pipeline's conditioning did not match",
+            "pass the same tensor as prompt_embeds= to the pipeline call inside the with-block",
+        )

@@ -1,0 +1,79 @@
+"""Command line: ``alignit-probe {record, compare, merge, alignit, swap, attention, report, demo, toy build}``.
+
+One module per command over ``common``; every command uses the public Python API (``Probe``, ``compare``,
+``open_store`` …). Every bad input ends with one line ``error: <problem> — <fix>`` on stderr and exit status 2, no
+traceback; library warnings (``ProbeWarning``) print as ``warning: …`` once each."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from ..errors import ProbeError, ProbeWarning
+
+COMMANDS = ("record", "compare", "merge", "alignit", "swap", "attention", "report", "demo", "toy")
+
+
+def quiet_libraries(progress: bool = True) -> None:
+    """Silence the libraries' own chatter; our warnings print as ``warning: …`` lines."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    if not progress:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["TQDM_DISABLE"] = "1"
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers|diffusers|xarray|zarr|torch")
+    warnings.simplefilter("default", ProbeWarning)
+    shown: set[str] = set()
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ProbeWarning):
+            text = str(message)
+            if text not in shown:
+                shown.add(text)
+                print(f"warning: {text}", file=sys.stderr)
+            return
+        default_show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from importlib import import_module
+
+    parser = argparse.ArgumentParser(prog="alignit-probe", description=__doc__.splitlines()[0], allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        import_module(f".{name}", __name__).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_libraries(progress="--no-progress" not in argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ProbeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted — rerun the same command (record resumes where it stopped)", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory — use a smaller --batch-size, --dtype float16, or a GPU", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if getattr(e, "errno", None) is None:
+            raise
+        print(
+            f"error: {e.strerror or e} ({getattr(e, 'filename', '') or 'I/O'}) — check the path, its "
+            "permissions and the free disk space",
+            file=sys.stderr,
+        )
+        return 2

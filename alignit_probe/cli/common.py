@@ -1,0 +1,236 @@
+"""What every command shares: model, concept, prompt, AlignIT and generation arguments, output folders written
+atomically, and the ``Probe`` built from the arguments. Bad inputs raise ``ProbeError`` (one line, exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import ProbeError
+
+DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_TEMPLATE = "photo of a {concept}"
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default in --help (only where one is set)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def subparser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text, formatter_class=Formatter, allow_abbrev=False)
+
+
+# ------------------------------------------------------------------------------------------------ prompts, concepts
+def read_prompts(args) -> list[str]:
+    """Prompts from ``--prompt`` or ``--prompts FILE`` (one per line; ``#`` comments). In each, ``{}`` stands for
+    the next concept (``TOKEN CLASS``), ``{0}``, ``{1}`` … for the concept of that index."""
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise ProbeError(f"prompts file {path} does not exist", "pass a text file with one prompt per line")
+        try:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError:
+            raise ProbeError(f"prompts file {path} is not UTF-8 text", "save it as UTF-8 text") from None
+        prompts += [ln for ln in lines if ln and not ln.startswith("#")]
+        if not prompts:
+            raise ProbeError(f"prompts file {path} is empty", "write one prompt per line")
+    if not prompts:
+        raise ProbeError("no prompts given", "pass --prompt TEXT (repeatable) or --prompts FILE")
+    return [fill_template(p, concepts_from(args)) for p in prompts]
+
+
+def fill_template(prompt: str, concepts) -> str:
+    """``{}`` → the next concept's ``TOKEN CLASS`` (in order), ``{k}`` → concept k's."""
+    fills = [" ".join(x for x in (c.token, c.class_word) if x) for c in concepts]
+    counter = iter(range(len(fills) + prompt.count("{}")))
+
+    def sub(m: re.Match) -> str:
+        k = next(counter) if m.group(1) == "" else int(m.group(1))
+        if k >= len(fills):
+            raise ProbeError(
+                f"prompt {prompt!r} has more concept placeholders than --concept values ({len(fills)})",
+                "give one --concept per {} (or use {0}, {1} … to repeat one)",
+            )
+        return fills[k]
+
+    return re.sub(r"\{(\d*)\}", sub, prompt)
+
+
+def concepts_from(args):
+    from ..text.concepts import Concept
+
+    tokens = list(getattr(args, "concept", None) or [])
+    words = list(getattr(args, "class_word", None) or [])
+    if len(words) > len(tokens):
+        raise ProbeError("more --class-word than --concept values", "give one --class-word per --concept, in order")
+    words += [None] * (len(tokens) - len(words))
+    return [Concept(t, w) for t, w in zip(tokens, words)]
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def add_model_args(p: argparse.ArgumentParser, *, custom_required: bool = True, concept_required: bool = True) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--baseline", required=True, help="baseline pipeline: a diffusers directory or a hub id")
+    g.add_argument(
+        "--custom",
+        action="append",
+        required=custom_required,
+        metavar="[NAME=]SPEC",
+        help="customized model: a pipeline directory, or an artifact (Textual Inversion, A1111 .pt, Custom "
+        "Diffusion folder, LoRA) applied to the baseline; SPECs of one NAME stack in order, different "
+        "NAMEs are different models (branches of the store); without NAME= the model is 'custom'",
+    )
+    g.add_argument(
+        "--concept",
+        action="append",
+        required=concept_required,
+        metavar="TOKEN",
+        help="the concept's token in prompts: a placeholder/modifier (<new1>) or an instance word (sks)",
+    )
+    g.add_argument(
+        "--class-word",
+        action="append",
+        metavar="WORD",
+        help="class word of each --concept, in order (e.g. cat): the baseline's partner of the concept",
+    )
+    g.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable)")
+    g.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="one prompt per line; {} stands for the next concept's 'TOKEN CLASS', {0} {1} … for one's",
+    )
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available, else cpu)")
+    g.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights' dtype")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (diffusers' included)")
+
+
+def add_alignit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("AlignIT")
+    g.add_argument("--template", default=DEFAULT_TEMPLATE, help="dummy prompt; {concept} = TOKEN [CLASS]")
+    g.add_argument("--layers", nargs="+", metavar="PATH", help="attn2 paths to infuse (default: all)")
+    g.add_argument("--blocks", nargs="+", choices=("down", "mid", "up"), help="infuse only these UNet blocks")
+    g.add_argument("--resolutions", nargs="+", type=int, help="infuse only layers at these map sides (64 32 16 8)")
+    kv = g.add_mutually_exclusive_group()
+    kv.add_argument("--keys-only", action="store_true", help="infuse keys, keep the customized model's values")
+    kv.add_argument("--values-only", action="store_true", help="infuse values, keep the customized model's keys")
+    g.add_argument("--alpha", type=float, default=1.0, help="blend: α·AlignIT + (1−α)·customized; 1 = the paper")
+    g.add_argument("--denoiser", choices=("custom", "baseline"), default="custom", help="which UNet denoises")
+
+
+def alignit_options(args):
+    from ..alignit.engine import AlignITOptions
+    from ..alignit.plan import check_alpha
+
+    check_alpha(args.alpha)
+    return AlignITOptions(
+        template=args.template,
+        layers=args.layers,
+        blocks=args.blocks,
+        resolutions=args.resolutions,
+        keys=not args.values_only,
+        values=not args.keys_only,
+        alpha=args.alpha,
+        denoiser=args.denoiser,
+    )
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--steps", type=int, default=30, help="denoising steps")
+    g.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
+    g.add_argument("--height", type=int, default=None, help="image height (default: the model's)")
+    g.add_argument("--width", type=int, default=None, help="image width (default: the model's)")
+
+
+def generation_kwargs(args) -> dict:
+    if args.steps < 1:
+        raise ProbeError(f"--steps {args.steps} is not positive", "pass --steps 1 or more")
+    for side in ("height", "width"):
+        v = getattr(args, side)
+        if v is not None and (v < 8 or v % 8):
+            raise ProbeError(f"--{side} {v} is not a positive multiple of 8", f"pass e.g. --{side} 512")
+    return dict(
+        seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale, height=args.height, width=args.width
+    )
+
+
+def make_probe(args, *, need_custom: bool = True):
+    """The ``Probe`` of the model arguments (nothing loads yet; the device is checked at once)."""
+    from ..probe import Probe
+
+    if need_custom and not args.custom:
+        raise ProbeError("no customized model given", "pass --custom SPEC")
+    concepts = concepts_from(args)
+    return Probe(
+        args.baseline, args.custom, concepts, device=args.device, dtype=args.dtype, progress=not args.no_progress
+    )
+
+
+def check_concepts(args) -> None:
+    """A concept is needed to tell concept from context tokens; without --class-word its numbers are lost."""
+    import warnings
+
+    from ..errors import ProbeWarning
+
+    for c in concepts_from(args):
+        if c.class_word is None:
+            warnings.warn(
+                f"concept {c.token!r} has no --class-word: its tokens have no baseline partner, so compare "
+                "shows no concept rows (pass --class-word WORD, e.g. cat)",
+                ProbeWarning,
+                stacklevel=2,
+            )
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def out_dir(path: str, overwrite: bool) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ProbeError(f"output {out} is a file", "choose a folder for --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ProbeError(f"output folder {out} is not empty", "pass --overwrite or choose another --out")
+    if not out.parent.exists():
+        raise ProbeError(f"folder {out.parent} does not exist", "create it first or choose another --out")
+    return out
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Write into ``<out>.partial``; move it to ``out`` only when the block succeeds (else remove it)."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def save_images(images: dict, folder: Path) -> None:
+    """``images[name][k]`` → ``folder/<k>-<name>.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, imgs in images.items():
+        for k, img in enumerate(imgs):
+            img.save(folder / f"{k:03d}-{name.replace(' ', '_').replace('+', 'plus')}.png")
+
+
+def json_safe(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else x

@@ -1,0 +1,139 @@
+"""``alignit-probe compare``: distances of each model to the baseline per stage, layer and role — a readable table
+(UNet order, short layer labels with a legend, filters) or tidy JSON rows for scripts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+
+from ..errors import ProbeError
+from ..schema import ATTENTION_METRICS, METRICS, ROLES, STAGES, short_layer
+from .common import json_safe, subparser
+
+MIN_CI = 3  # below this many prompts a bootstrap CI says nothing: the table shows the value alone
+
+
+def store_warnings(tree) -> list[str]:
+    """Every warning kept in the store (root and branches), each once, labeled with its branch."""
+    from .. import store as st
+
+    out = list(st.store_attrs(tree).get("warnings") or [])
+    for model in st.models(tree):
+        out += [
+            f"({model}) {w}"
+            for w in st.model_attrs(tree, model).get("warnings") or []
+            if w not in out and f"({model}) {w}" not in out
+        ]
+    return list(dict.fromkeys(out))
+
+
+def filter_rows(rows: list[dict], args) -> list[dict]:
+    keep = {"stage": args.stage, "role": args.role, "metric": args.metric, "model": args.model}
+    return [r for r in rows if all(v is None or r[k] in v for k, v in keep.items())]
+
+
+def cell(r: dict | None) -> str:
+    if not r or not r["n"]:
+        return "-"
+    if r["n"] < MIN_CI:
+        return f"{r['value']:.4f}"
+    return f"{r['value']:.4f} [{r['ci_low']:.3f},{r['ci_high']:.3f}]"
+
+
+def print_table(rows: list[dict], tree, out=None) -> None:
+    from .. import store as st
+
+    out = out or sys.stdout
+    roles = [r for r in ("concept", "context", "special", "padding") if any(x["role"] == r for x in rows)]
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["stage"], r["layer"], r["metric"]), {})[r["role"]] = r
+    legend = {}
+    lines = []
+    for (model, stage, layer, metric), by_role in cells.items():
+        label = "" if layer is None else (str(layer) if isinstance(layer, int) else short_layer(layer))
+        if isinstance(layer, str):
+            legend[label] = layer
+        n = max(r["n"] for r in by_role.values())
+        lines.append([model, stage, label, metric, str(n)] + [cell(by_role.get(role)) for role in roles])
+    header = ["model", "stage", "layer", "metric", "n"] + roles
+    widths = [max(len(x[i]) for x in lines + [header]) for i in range(len(header))]
+    fmt = lambda row: "  ".join(v.ljust(w) if i < 4 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
+    print(fmt(header), file=out)
+    print("-" * len(fmt(header)), file=out)
+    for line in lines:
+        print(fmt(line), file=out)
+    n = max((r["n"] for r in rows), default=0)
+    ci = f"value [95% bootstrap CI over prompts; shown from {MIN_CI} prompts]"
+    print(
+        f"\n{ci}; n = prompts with tokens of that role (at most {n}); distance of each model to the baseline on "
+        "role-aligned tokens",
+        file=out,
+    )
+    if legend:
+        print("layers: " + "; ".join(f"{k} = {v}" for k, v in legend.items()), file=out)
+    for model in st.models(tree):
+        if "embedding" not in tree[model].children:
+            continue
+        emb = tree[f"{model}/embedding"].to_dataset().load()
+        if not emb.sizes.get("vector"):
+            continue
+        print(f"\nlearned embeddings of {model} (norm vs vocabulary; nearest vocabulary tokens):", file=out)
+        for v in emb.vector.values:
+            e = emb.sel(vector=v)
+            near = ", ".join(f"{t} ({c:.2f})" for t, c in zip(e.neighbor_token.values, e.neighbor_cosine.values))
+            print(
+                f"  {e.vector_token.item():14} norm {e.norm.item():.3f} (percentile {e.norm_percentile.item():.1f}, "
+                f"z {e.norm_z.item():+.2f})  nearest: {near}",
+                file=out,
+            )
+
+
+def cmd_compare(args) -> int:
+    from ..analysis.metrics import compare_rows
+    from ..record.run import progress_bar
+    from ..store.shards import connect, open_shards
+
+    client = connect(args.scheduler) if args.scheduler else contextlib.nullcontext()
+    with client:
+        tree = open_shards(args.store, chunks={} if args.lazy or args.scheduler else None)
+        from .. import store as st
+
+        models = st.models(tree)
+        if args.model:
+            bad = [m for m in args.model if m not in models]
+            if bad:
+                raise ProbeError(f"no model {bad[0]!r} in the store", "choose among: " + ", ".join(models))
+        bar = progress_bar(1, "compare", not args.no_progress and not args.json)
+        bar.unit = "array"
+        stages = [s for s in STAGES if not args.stage or s in args.stage]
+        rows = compare_rows(tree, stages=stages, progress=bar)
+        bar.close()
+    rows = filter_rows(rows, args)
+    for w in store_warnings(tree):
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        json.dump([{k: json_safe(v) for k, v in r.items()} for r in rows], sys.stdout, indent=1)
+        print()
+    else:
+        print_table(rows, tree)
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = subparser(sub, "compare", "distances of each model to the baseline, per stage, layer and role")
+    p.add_argument("store", nargs="+", help="a store, or every shard of one (read together as one store)")
+    p.add_argument("--json", action="store_true", help="print tidy JSON rows")
+    p.add_argument("--stage", nargs="+", choices=STAGES + ("attention_map",), help="only these stages")
+    p.add_argument("--role", nargs="+", choices=ROLES, help="only these roles")
+    p.add_argument("--metric", nargs="+", choices=METRICS + ATTENTION_METRICS, help="only these metrics")
+    p.add_argument("--model", nargs="+", metavar="NAME", help="only these models (branches)")
+    p.add_argument("--lazy", action="store_true", help="compute on dask-backed arrays (large stores)")
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="compute on this dask.distributed scheduler (e.g. tcp://host:8786); implies --lazy",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compare)

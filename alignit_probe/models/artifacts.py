@@ -1,0 +1,279 @@
+"""Customization files, read safely and recognized by content: what kind, which tokens, which weights.
+
+Formats are the ones diffusers' official training scripts write (plus the common community ones):
+
+* Textual Inversion (``textual_inversion.py``): ``learned_embeds.safetensors|.bin`` = {placeholder: (n, dim) or (dim,)};
+  a folder holding such a file is accepted too.
+* A1111 embedding ``.pt``: {"string_to_param": {"*": (n, dim)}, "name": ...}; or ``.safetensors``: {"emb_params": ...}.
+  The token is the "name" field if present, else the file stem, used verbatim: diffusers' own loader takes "name"
+  as is and never wraps it in ``<...>``, so neither do we.
+* Custom Diffusion (``train_custom_diffusion.py``): a folder with ``pytorch_custom_diffusion_weights.safetensors|.bin``
+  (keys ``<layer>.processor.to_k_custom_diffusion.weight`` ...) and one ``<token>.safetensors|.bin`` per modifier
+  token ({token: (dim,)}); the weights file alone is accepted too (no tokens then; in a folder, with a warning). The
+  script has written token files as ``<token>.bin`` holding safetensors bytes, so files are recognized by content,
+  never by extension. A folder of token files without the weights file is refused, naming the missing file.
+* LoRA: ``pytorch_lora_weights.safetensors`` (diffusers/peft keys, ``save_lora_weights``) or kohya keys
+  (``lora_unet_..._attn2_to_k.lora_down.weight``, ``.alpha``) that diffusers can convert.
+
+Pickle-based files (.bin/.pt/.ckpt) are opened only with ``torch.load(..., weights_only=True)``: anything beyond
+tensors and plain containers is refused with a ``ProbeError``, never executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ProbeError
+
+KINDS = ("textual_inversion", "a1111_embedding", "custom_diffusion", "lora")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+TI_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
+CD_NAMES = ("pytorch_custom_diffusion_weights.safetensors", "pytorch_custom_diffusion_weights.bin")
+LORA_NAMES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
+KNOWN = "a Textual Inversion / A1111 embedding, Custom Diffusion or LoRA file or folder, or a full pipeline directory"
+RETRAINED = "use weights trained for this baseline"
+
+
+@dataclass
+class Parsed:
+    """One customization as read from disk, before it touches a model."""
+
+    path: str
+    kind: str
+    files: list[Path]
+    sha256: str
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # token -> (n, dim) or (dim,)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)  # Custom Diffusion / LoRA tensors
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> list[str]:
+        return list(self.embeddings)
+
+
+def is_pipeline_dir(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "model_index.json").is_file()
+
+
+def sha256_files(files: list[Path]) -> str:
+    """sha256 of the files' bytes concatenated in sorted order."""
+    digest = hashlib.sha256()
+    for f in sorted(files, key=lambda p: p.name):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 0 < n <= size - 8
+
+
+def read_weights(path: str | Path) -> dict:
+    """A weights file's dict, read without executing anything. Format by content: safetensors or torch pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProbeError(f"weights file {path} does not exist", "check the path")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if _is_safetensors(head, size):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # SafetensorError: bad header, truncated data
+            raise ProbeError(
+                f"{path} is a corrupt or truncated safetensors file ({first_line(e)})",
+                "download or export the file again",
+            ) from e
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip archive / legacy pickle
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "weights only" not in str(e).lower():
+                raise ProbeError(
+                    f"{path} is a corrupt torch file ({first_line(e)})", "download or export the file again"
+                ) from e
+            raise ProbeError(
+                f"{path} holds pickled objects beyond tensors; refused to unpickle it (it could run code)",
+                "get a .safetensors version of this file, or re-save only its tensors in a trusted environment",
+            ) from e
+        except Exception as e:  # truncated zip, bad pickle stream
+            raise ProbeError(
+                f"{path} is a corrupt or truncated torch file ({first_line(e)})", "download or export the file again"
+            ) from e
+        if not isinstance(state, dict):
+            raise ProbeError(f"{path} holds a {type(state).__name__}, not a dict of weights", f"give {KNOWN}")
+        return state
+    raise ProbeError(f"{path} is not a weights file (neither safetensors nor a torch file)", f"give {KNOWN}")
+
+
+def first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:160]
+
+
+def check_finite(state: dict, path, prefix: str = "") -> None:
+    for key, value in state.items():
+        if isinstance(value, dict):
+            check_finite(value, path, f"{prefix}{key}.")
+        elif torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise ProbeError(
+                f"weights in {path} contain NaN or inf (tensor {prefix}{key})",
+                "the file is damaged or training diverged: use an earlier checkpoint or retrain",
+            )
+
+
+# ---------------------------------------------------------------------------------------------------- recognition
+def _is_lora(state: dict) -> bool:
+    return any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_")) or ".lora" in k or "_lora." in k for k in state)
+
+
+def _is_custom_diffusion(state: dict) -> bool:
+    return any("custom_diffusion" in k for k in state)
+
+
+def _token_dict(state: dict) -> dict[str, torch.Tensor] | None:
+    """{token: tensor} if ``state`` looks like a Textual Inversion dict, else None."""
+    if not state or len(state) > 64:
+        return None
+    for key, value in state.items():
+        if not (isinstance(key, str) and torch.is_tensor(value) and value.ndim in (1, 2) and value.numel() > 0):
+            return None
+        if key.endswith((".weight", ".bias", ".alpha")):
+            return None
+    return {k: v.detach() for k, v in state.items()}
+
+
+def classify(state: dict, path: Path) -> tuple[str, dict, dict]:
+    """(kind, embeddings, weights) of one file's dict."""
+    if "string_to_param" in state:
+        params = state["string_to_param"]
+        if not isinstance(params, dict) or not params or not torch.is_tensor(next(iter(params.values()))):
+            raise ProbeError(f"{path} has an empty or malformed string_to_param", "export the embedding again")
+        name = state.get("name")
+        token = name if isinstance(name, str) and name.strip() else path.stem
+        return "a1111_embedding", {token: next(iter(params.values())).detach()}, {}
+    if set(state) == {"emb_params"} and torch.is_tensor(state["emb_params"]):
+        return "a1111_embedding", {path.stem: state["emb_params"].detach()}, {}
+    if _is_custom_diffusion(state):
+        weights = {}
+        for key, value in state.items():
+            if isinstance(value, dict) and not value and key.endswith(".processor"):
+                continue  # an untrained layer, written as {} in .bin files; it keeps its processor
+            if not torch.is_tensor(value) or ".processor." not in key:
+                raise ProbeError(
+                    f"Custom Diffusion weights in {path} have an unexpected entry {key!r}",
+                    "export them again with unet.save_attn_procs",
+                )
+            weights[key] = value
+        return "custom_diffusion", {}, weights
+    if _is_lora(state):
+        if not all(torch.is_tensor(v) for v in state.values()):
+            raise ProbeError(f"LoRA file {path} holds non-tensor entries", "export it again as safetensors")
+        return "lora", {}, dict(state)
+    tokens = _token_dict(state)
+    if tokens is not None:
+        return "textual_inversion", tokens, {}
+    keys = ", ".join(list(map(str, state))[:3])
+    raise ProbeError(f"{path} is no customization this tool knows (keys: {keys})", f"give {KNOWN}")
+
+
+def _pick(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def parse_artifact(path: str | Path) -> Parsed:
+    """Locate, read (safely), recognize and sanity-check one customization file or folder."""
+    p = Path(path)
+    if not p.exists():
+        raise ProbeError(f"customization {path} does not exist", "check the path")
+    if is_pipeline_dir(p):
+        raise ProbeError(f"{path} is a full pipeline, not an artifact", "pass it as a custom model of load_pair")
+    if p.is_dir():
+        found = {
+            kind: _pick(p, names)
+            for kind, names in (("custom_diffusion", CD_NAMES), ("textual_inversion", TI_NAMES), ("lora", LORA_NAMES))
+        }
+        found = {k: v for k, v in found.items() if v is not None}
+        if len(found) > 1:
+            names = ", ".join(f.name for f in found.values())
+            raise ProbeError(f"folder {path} holds several customizations ({names})", "pass each file as its own SPEC")
+        if found:
+            main = next(iter(found.values()))
+        else:
+            tokens = [f for f in sorted(p.iterdir()) if _is_modifier_token_file(f)]
+            if tokens:
+                names = ", ".join(f.name for f in tokens)
+                raise ProbeError(
+                    f"folder {path} holds Custom Diffusion modifier-token file(s) {names} but its Custom Diffusion "
+                    f"weights file {CD_NAMES[0]} (or .bin) is missing",
+                    f"copy {CD_NAMES[0]} that train_custom_diffusion.py wrote into the folder, or pass a token file "
+                    "itself to load it as a Textual Inversion embedding",
+                )
+            candidates = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+            if len(candidates) != 1:
+                raise ProbeError(
+                    f"folder {path} has no customization weights (looked for {TI_NAMES[0]}, {CD_NAMES[0]}, "
+                    f"{LORA_NAMES[0]}; found {len(candidates)} other weights files)",
+                    "pass the weights file itself",
+                )
+            main = candidates[0]
+    else:
+        main = p
+    state = read_weights(main)
+    check_finite(state, main)
+    kind, embeddings, weights = classify(state, main)
+    parsed = Parsed(str(path), kind, [main], "", embeddings, weights)
+    if kind == "custom_diffusion" and p.is_dir():
+        _add_modifier_tokens(parsed, p, main)
+        if not parsed.embeddings:
+            parsed.warnings.append(
+                f"no modifier-token file <token>.safetensors (or .bin) found next to {main}: only the Custom "
+                "Diffusion K/V projections are applied, no new token is added"
+            )
+    parsed.sha256 = sha256_files(parsed.files)
+    return parsed
+
+
+_TOKEN_STEM = re.compile(r"<[^<>]+>")
+
+
+def _is_modifier_token_file(f: Path) -> bool:
+    """A ``<token>.safetensors|.bin`` file as train_custom_diffusion.py writes it: one {token: (dim,)} entry whose
+    key is the file's stem."""
+    if not (f.is_file() and f.suffix in (".safetensors", ".bin") and _TOKEN_STEM.fullmatch(f.stem)):
+        return False
+    tokens = _token_dict(read_weights(f))
+    return tokens is not None and list(tokens) == [f.stem] and tokens[f.stem].ndim == 1
+
+
+def _add_modifier_tokens(parsed: Parsed, folder: Path, main: Path) -> None:
+    """The ``<token>.safetensors|.bin`` files next to Custom Diffusion weights (safetensors preferred)."""
+    files = sorted(
+        (f for f in folder.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES and f != main),
+        key=lambda f: (f.stem, f.suffix != ".safetensors"),
+    )
+    for f in files:
+        state = read_weights(f)
+        check_finite(state, f)
+        tokens = _token_dict(state)
+        if tokens is None or len(tokens) != 1:
+            parsed.warnings.append(f"ignored {f}: not a modifier-token embedding")
+            continue
+        token = next(iter(tokens))
+        if token in parsed.embeddings:
+            continue  # the same token saved twice (.safetensors and .bin): the first, safetensors, wins
+        parsed.embeddings[token] = tokens[token]
+        parsed.files.append(f)

@@ -1,0 +1,328 @@
+"""Load a baseline and its customized models: ``load_models(baseline, customs) -> ModelSet`` (any number of
+customized models, each a branch of the store), ``load_pair(baseline, customs) -> ModelPair`` (exactly one).
+
+A custom SPEC is either a full pipeline directory (has ``model_index.json``: DreamBooth or any fine-tune; loaded
+whole, and it must come first) or an artifact file/folder (see ``artifacts``) applied to a fresh load of the
+baseline. Several SPECs apply in order onto the same custom pipeline, e.g. a TI embedding and then a LoRA.
+
+``--custom NAME=SPEC`` names the model a SPEC belongs to (default ``custom``); SPECs of one NAME stack. "Did it
+load?": each artifact is checked to change something (``verify``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..capture import sites
+from ..errors import ProbeError
+from ..schema import DEFAULT_CUSTOM
+from .artifacts import is_pipeline_dir, parse_artifact
+from .install import build_custom_diffusion, check_embeddings, check_lora, set_processors
+from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec
+from .verify import PROBE, differs, stages, verify
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+METHODS = {
+    "textual_inversion": "textual_inversion",
+    "a1111_embedding": "textual_inversion",
+    "custom_diffusion": "custom_diffusion",
+    "lora": "lora",
+}
+
+
+@dataclass
+class Artifact:
+    """One applied customization file/folder.
+
+    ``tokens`` are the placeholder/modifier tokens as written in prompts (a multi-vector token ``<tok>`` is also
+    added as ``<tok>_1`` ... which ``pipe.maybe_convert_prompt`` inserts); empty for LoRA.
+    """
+
+    path: str
+    kind: str
+    sha256: str
+    tokens: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelPair:
+    """A baseline and one customized model (``name``: its branch in the store)."""
+
+    baseline: StableDiffusionPipeline
+    custom: StableDiffusionPipeline
+    baseline_id: str
+    custom_ids: list[str]
+    method: str
+    artifacts: list[Artifact] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    name: str = DEFAULT_CUSTOM
+
+
+@dataclass
+class ModelSet:
+    """One baseline and any number of customized models of it (checkpoints of one run, or several methods)."""
+
+    baseline: StableDiffusionPipeline
+    baseline_id: str
+    pairs: list[ModelPair]
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.pairs]
+
+    def pair(self, name: str | None = None) -> ModelPair:
+        """The customized model ``name`` with the baseline (the only one when ``name`` is None)."""
+        if name is None:
+            if len(self.pairs) != 1:
+                raise ProbeError(
+                    f"{len(self.pairs)} customized models are loaded ({', '.join(self.names)})", "name the one to use"
+                )
+            return self.pairs[0]
+        for p in self.pairs:
+            if p.name == name:
+                return p
+        raise ProbeError(f"no customized model named {name!r}", "choose among: " + ", ".join(self.names))
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for p in self.pairs for w in p.warnings]
+
+
+SUPPORTED = ("StableDiffusionPipeline",)
+
+
+def check_pipeline_path(model) -> str:
+    """``model`` as given, checked without loading anything: an existing diffusers directory of a supported
+    pipeline class, or something shaped like a hub id (org/name)."""
+    model = str(model)
+    p = Path(model).expanduser()
+    if p.exists():
+        if not is_pipeline_dir(p):
+            raise ProbeError(
+                f"{model} is not a diffusers pipeline directory (no model_index.json)",
+                "give a directory written by save_pretrained, or a hub id",
+            )
+        import json
+
+        try:
+            cls = json.loads((p / "model_index.json").read_text()).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            raise ProbeError(f"{p / 'model_index.json'} is not valid JSON", "save the pipeline again") from None
+        if cls not in SUPPORTED:
+            raise ProbeError(
+                f"not supported: {model} is a {cls}",
+                "alignit-probe works on Stable Diffusion 1.x pipelines (StableDiffusionPipeline)",
+            )
+        return str(p)
+    if model.startswith((".", "/", "~")) or model.count("/") != 1 or model.endswith("/"):
+        raise ProbeError(f"model {model} does not exist", "check the path, or give a hub id like org/name")
+    return model
+
+
+def load_pipeline(model: str, device="cpu", dtype=torch.float32) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` from a diffusers directory or hub id (no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    model = check_pipeline_path(model)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    except Exception as e:
+        text = str(e).strip().splitlines()
+        raise ProbeError(
+            f"cannot load pipeline {model} ({text[0][:160] if text else type(e).__name__})",
+            "give a local diffusers pipeline directory, or a hub id that is cached or reachable",
+        ) from e
+    return pipe.to(device)
+
+
+# ------------------------------------------------------------------------------------------------------- applying
+def apply_artifact(pipe, path: str) -> Artifact:
+    """Validate one artifact, apply it to ``pipe`` in place, and check that it changed something."""
+    return _apply(pipe, parse_artifact(path))
+
+
+def _apply(pipe, parsed) -> Artifact:
+    art = Artifact(parsed.path, parsed.kind, parsed.sha256, parsed.tokens, list(parsed.warnings))
+    if parsed.embeddings:
+        check_embeddings(parsed, pipe.tokenizer, pipe.text_encoder)
+    if parsed.kind == "lora":
+        check_lora(pipe, parsed)
+    cd = build_custom_diffusion(pipe.unet, parsed) if parsed.kind == "custom_diffusion" else {}
+    added_before = set(pipe.tokenizer.added_tokens_encoder)
+    before = stages(pipe)
+
+    if parsed.embeddings:
+        _load_tokens(pipe, parsed)
+    if parsed.kind == "custom_diffusion":
+        set_processors(pipe.unet, cd)
+    elif parsed.kind == "lora":
+        _load_lora(pipe, parsed)
+
+    new_ids = [i for t, i in pipe.tokenizer.added_tokens_encoder.items() if t not in added_before]
+    art.warnings += verify(
+        art.path, before, stages(pipe), pipe.text_encoder.get_input_embeddings().weight.detach(), new_ids
+    )
+    _check_tokenizable(pipe, art)
+    return art
+
+
+def _load_tokens(pipe, parsed) -> None:
+    """Delegate to diffusers' ``load_textual_inversion`` (multi-vector tokens become <tok>, <tok>_1, ...).
+
+    transformers' ``resize_token_embeddings`` samples the new rows (then overwritten) from the global RNG: keep
+    the caller's RNG state untouched.
+    """
+    for token, tensor in parsed.embeddings.items():
+        with torch.random.fork_rng(devices=[]):
+            try:
+                pipe.load_textual_inversion({token: tensor}, token=token)
+            except ValueError as e:
+                raise ProbeError(
+                    f"diffusers refused token {token!r} from {parsed.path} ({e})",
+                    "rename the token or drop the duplicate SPEC",
+                ) from e
+
+
+def _load_lora(pipe, parsed) -> None:
+    """Delegate to diffusers' ``load_lora_weights``; keep every LoRA loaded so far active (diffusers activates
+    only the newest adapter)."""
+    names = list(dict.fromkeys(n for v in pipe.get_list_adapters().values() for n in v))
+    name = f"artifact_{len(names)}"
+    try:
+        pipe.load_lora_weights(dict(parsed.weights), adapter_name=name)
+    except Exception as e:
+        raise ProbeError(
+            f"diffusers could not load the LoRA in {parsed.path} ({str(e).strip()[:160]})",
+            "use a LoRA trained for this baseline, saved with save_lora_weights or by kohya",
+        ) from e
+    if names:
+        pipe.set_adapters(names + [name], adapter_weights=[1.0] * (len(names) + 1))
+
+
+def _check_tokenizable(pipe, art: Artifact) -> None:
+    if not art.tokens:
+        return
+    prompt = pipe.maybe_convert_prompt(f"{PROBE} of {' '.join(art.tokens)}", pipe.tokenizer)
+    ids = set(pipe.tokenizer(prompt).input_ids)
+    for token in art.tokens:
+        if pipe.tokenizer.convert_tokens_to_ids(token) not in ids:
+            art.warnings.append(
+                f"artifact {art.path}: token {token!r} is never produced by the tokenizer, so prompts cannot use it"
+            )
+
+
+# ----------------------------------------------------------------------------------------------------------- models
+def _parse_specs(name: str, customs: list[str]) -> list:
+    """The artifacts among one model's SPECs, read and recognized (a pipeline directory may only come first)."""
+    kinds = [resolve_spec(c) for c in customs]
+    if "pipeline" in kinds[1:]:
+        bad = customs[kinds.index("pipeline", 1)]
+        raise ProbeError(
+            f"full pipeline {bad} must be the first SPEC of model {name} (it replaces the whole model)",
+            "put it first, followed by the artifacts to apply onto it",
+        )
+    return [parse_artifact(spec) for spec in (customs[1:] if kinds[0] == "pipeline" else customs)]
+
+
+def _custom_model(
+    name: str, customs: list[str], parsed: list, base, baseline: str, device, dtype, progress: bool
+) -> ModelPair:
+    kinds = [resolve_spec(c) for c in customs]
+    custom = load_pipeline(customs[0] if kinds[0] == "pipeline" else baseline, device, dtype)
+    if sites.layout(base.unet) != sites.layout(custom.unet):
+        raise ProbeError(
+            f"{customs[0]} and baseline {baseline} have different cross-attention layouts (attn2 paths/heads/widths)",
+            "compare a customized model with the baseline it was trained from",
+        )
+    methods = ["dreambooth"] if kinds[0] == "pipeline" else []
+    warnings = []
+    if kinds[0] == "pipeline" and not differs(stages(base), after := stages(custom), after.keys()):
+        warnings.append(f"custom model {customs[0]} changed nothing: every stage is bit-identical to the baseline")
+    artifacts = []
+    from tqdm.auto import tqdm
+
+    for one in tqdm(parsed, desc=f"applying customizations ({name})", disable=not progress or len(parsed) < 2):
+        art = _apply(custom, one)
+        artifacts.append(art)
+        warnings.extend(art.warnings)
+        if METHODS[art.kind] not in methods:
+            methods.append(METHODS[art.kind])
+    custom.to(device)
+    return ModelPair(base, custom, str(baseline), customs, "+".join(methods), artifacts, warnings, name)
+
+
+def load_models(baseline: str, customs, device=None, dtype=torch.float32, progress: bool = True) -> ModelSet:
+    """The baseline and every customized model. ``customs``: ``--custom`` values (``[NAME=]SPEC``), or a dict
+    {name: SPEC or SPECs}. Every path and artifact file is checked before any model is loaded."""
+    if isinstance(customs, (str, Path)):
+        customs = [customs]
+    by_name = (
+        {str(k): [str(x) for x in ([v] if isinstance(v, (str, Path)) else v)] for k, v in customs.items()}
+        if isinstance(customs, dict)
+        else parse_custom_specs([str(c) for c in customs])
+    )
+    if not by_name:
+        raise ProbeError("no customized model given", "pass --custom SPEC (a pipeline directory or an artifact)")
+    for name, specs in by_name.items():
+        check_model_name(name)
+        for spec in specs:
+            resolve_spec(spec)
+    parsed = {name: _parse_specs(name, specs) for name, specs in by_name.items()}  # bad files fail before any load
+    device = check_device(device)
+    check_pipeline_path(baseline)
+    base = load_pipeline(baseline, device, dtype)
+    pairs = [
+        _custom_model(name, specs, parsed[name], base, str(baseline), device, dtype, progress)
+        for name, specs in by_name.items()
+    ]
+    return ModelSet(base, str(baseline), pairs)
+
+
+def load_pair(baseline: str, customs, device=None, dtype=torch.float32, progress: bool = True) -> ModelPair:
+    """Baseline and one customized pipeline, every custom SPEC applied in order, each artifact verified."""
+    models = load_models(baseline, customs, device, dtype, progress)
+    if len(models.pairs) != 1:
+        raise ProbeError(
+            f"{len(models.pairs)} customized models given where one is expected",
+            "pass SPECs of one model (no different NAME= prefixes)",
+        )
+    return models.pairs[0]
+
+
+def models_from_pipelines(baseline, customs: dict, baseline_id: str = "in-memory baseline") -> ModelSet:
+    """A ``ModelSet`` of pipelines already in memory (a user's own modified pipeline: the debugging case).
+    ``customs``: {name: pipeline}. Each is checked to differ from the baseline on the text path or the UNet."""
+    pairs = []
+    for name, pipe in customs.items():
+        check_model_name(name)
+        if pipe is baseline:
+            raise ProbeError(
+                f"customized model {name} is the baseline pipeline object itself",
+                "modify a copy (e.g. load the baseline twice) and pass that",
+            )
+        if sites.layout(baseline.unet) != sites.layout(pipe.unet):
+            raise ProbeError(
+                f"customized model {name} has a different cross-attention layout than the baseline",
+                "compare a customized model with the baseline it was made from",
+            )
+        warnings = []
+        same_vocab = len(pipe.tokenizer) == len(baseline.tokenizer) and torch.equal(
+            pipe.text_encoder.get_input_embeddings().weight, baseline.text_encoder.get_input_embeddings().weight
+        )
+        if same_vocab and not differs(stages(baseline), after := stages(pipe), after.keys()):
+            warnings.append(f"custom model {name} changed nothing: every stage is bit-identical to the baseline")
+        pairs.append(
+            ModelPair(
+                baseline, pipe, baseline_id, [f"<in-memory {type(pipe).__name__}>"], "in-memory", [], warnings, name
+            )
+        )
+    return ModelSet(baseline, baseline_id, pairs)

@@ -1,0 +1,79 @@
+"""What the user names before anything loads: customized-model SPECs (``[NAME=]SPEC``), model names, devices.
+Everything here is checked at once, so a typo never waits for a model to load."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import ProbeError
+from ..schema import DEFAULT_CUSTOM
+from .artifacts import is_pipeline_dir
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+RESERVED = ("baseline", "alignit")
+
+
+def resolve_spec(spec: str) -> str:
+    """'pipeline' or 'artifact', checked before any model is loaded."""
+    p = Path(spec).expanduser()
+    if is_pipeline_dir(p):
+        return "pipeline"
+    if p.exists():
+        return "artifact"
+    if not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and not p.suffix and not spec.endswith("/"):
+        return "pipeline"  # a hub id
+    raise ProbeError(
+        f"customization {spec} does not exist", "check the path (a pipeline directory, or an artifact file or folder)"
+    )
+
+
+def parse_custom_specs(specs: list[str]) -> dict[str, list[str]]:
+    """``--custom [NAME=]SPEC`` values → {model name: SPECs applied in order}. Without ``NAME=`` the model is
+    ``custom``; a repeated NAME stacks SPECs onto one model. A SPEC that exists as a path is never split."""
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        spec = str(spec)
+        name, sep, rest = spec.partition("=")
+        if not sep or Path(spec).exists():
+            name, rest = DEFAULT_CUSTOM, spec
+        else:
+            check_model_name(name)
+            if not rest:
+                raise ProbeError(f"--custom {spec!r} names model {name!r} but no SPEC", f"write --custom {name}=PATH")
+        out.setdefault(name, []).append(rest)
+    return out
+
+
+def check_model_name(name: str) -> None:
+    if not NAME.fullmatch(name) or name in RESERVED or name.startswith("alignit-"):
+        raise ProbeError(
+            f"bad model name {name!r}",
+            "use letters, digits, '_', '.', '+' or '-' (not 'baseline', nor 'alignit…'), e.g. step500=PATH",
+        )
+
+
+def check_device(device) -> torch.device:
+    """The torch device for ``device`` (None: cuda if available), refused at once if this machine lacks it."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ProbeError(f"unknown device {device!r}", "use cpu, cuda, cuda:1, mps …") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ProbeError(
+                f"device {device} asked for, but torch sees no CUDA GPU here",
+                "drop --device (cpu is used), or install a CUDA build of torch on a GPU machine",
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ProbeError(
+                f"device {device}: there are only {torch.cuda.device_count()} CUDA device(s)",
+                f"use cuda:0 … cuda:{torch.cuda.device_count() - 1}",
+            )
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ProbeError(f"device {device} is not available on this machine", "drop --device, or use cpu")
+    return dev

@@ -1,0 +1,224 @@
+"""The embedded default: a tiny Stable-Diffusion-1.x pipeline built offline, saved in diffusers format.
+
+The architecture is SD1.x's (CLIP text encoder with causal mask, UNet2DConditionModel with cross-attention at two
+resolutions and in the mid block, AutoencoderKL, DDIM), only narrow. The tokenizer is the real CLIP BPE tokenizer,
+built from the vocabulary shipped in ``alignit_probe/data`` (see NOTICE.md), so words tokenize exactly as in Stable
+Diffusion. Weights are random but seeded: the same seed gives bit-identical files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+N_MERGES = 49152 - 256 - 2  # as in openai/CLIP's SimpleTokenizer
+MAX_LENGTH = 77
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP reversible byte → printable-unicode table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+@lru_cache(maxsize=1)
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """The CLIP vocabulary (49,408 entries) and BPE merges, derived from the shipped BPE file."""
+    raw = resources.files("alignit_probe.data").joinpath(BPE_FILE).read_bytes()
+    lines = gzip.decompress(raw).decode("utf-8").split("\n")[1 : N_MERGES + 1]
+    merges = [tuple(line.split()) for line in lines]
+    vocab = list(_bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(vocab)}, [" ".join(m) for m in merges]
+
+
+def clip_tokenizer():
+    """A real ``CLIPTokenizer`` (SD1.x settings: 77 tokens, padding with ``<|endoftext|>``)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_vocab_and_merges()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=MAX_LENGTH)
+
+
+TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=MAX_LENGTH,
+    hidden_act="quick_gelu",
+    projection_dim=32,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
+UNET_CONFIG = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    norm_num_groups=16,
+)
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(16, 32),
+    layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    norm_num_groups=8,
+    sample_size=32,
+)
+SCHEDULER_CONFIG = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+
+
+def build_toy_pipeline(seed: int = 0):
+    """A tiny SD1.x ``StableDiffusionPipeline`` with seeded random weights (float32, CPU)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG)).eval()
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(**UNET_CONFIG).eval()
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(**VAE_CONFIG).eval()
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_toy(out: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write the toy pipeline to ``out`` in diffusers format (safetensors). Returns the directory."""
+    from ..errors import ProbeError
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ProbeError(f"output {out} already exists", "pass --overwrite or choose another --out")
+    build_toy_pipeline(seed).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def write_toy_custom_diffusion(
+    baseline_dir: str | Path,
+    out: str | Path,
+    token: str = "<new1>",
+    init_word: str = "cat",
+    seed: int = 0,
+    scale: float = 0.5,
+) -> Path:
+    """A Custom Diffusion output folder for the toy model, in the format of diffusers' train_custom_diffusion.py:
+    ``pytorch_custom_diffusion_weights.safetensors`` (attn2 K/V projections, here the baseline's plus a seeded
+    perturbation standing in for training) and ``<token>.safetensors`` (the modifier token's embedding)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(baseline_dir))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    emb = pipe.text_encoder.get_input_embeddings().weight
+    init = emb[pipe.tokenizer.convert_tokens_to_ids(init_word + "</w>")].detach()
+    vec = init + scale * init.norm() / init.numel() ** 0.5 * torch.randn(init.shape, generator=gen)
+    save_file({token: vec.contiguous()}, str(out / f"{token}.safetensors"))
+    unet, procs = pipe.unet, {}
+    for name in unet.attn_processors:
+        attn = unet.get_submodule(name[: -len(".processor")])
+        cross = name.endswith("attn2.processor")
+        proc = CustomDiffusionAttnProcessor2_0(
+            train_kv=cross,
+            train_q_out=False,
+            hidden_size=attn.to_q.out_features,
+            cross_attention_dim=attn.to_k.in_features if cross else None,
+        )
+        if cross:
+            with torch.no_grad():
+                for mine, base in ((proc.to_k_custom_diffusion, attn.to_k), (proc.to_v_custom_diffusion, attn.to_v)):
+                    w = base.weight
+                    mine.weight.copy_(w + scale * w.std() * torch.randn(w.shape, generator=gen))
+        procs[name] = proc
+    unet.set_attn_processor(procs)
+    unet.save_attn_procs(str(out), safe_serialization=True)
+    return out
+
+
+SD15_TEXT_CONFIG = dict(
+    TEXT_CONFIG,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    projection_dim=768,
+)
+SD15_UNET_CONFIG = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the rest: diffusers' defaults
+
+
+def build_sd15_pipeline(seed: int = 0):
+    """A pipeline of Stable Diffusion 1.5's shapes (CLIP ViT-L/14 text encoder, the 16-site SD1.5 UNet) with random
+    seeded weights, for benchmarks. Its VAE is a narrow stand-in with SD's scale factor 8 (512×512 images ↔ 64×64
+    latents): generate with ``output_type="latent"`` to time the denoising alone."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG)).eval()
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    ).eval()
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

@@ -1,0 +1,74 @@
+"""Did it load? Every stage of the text path, and one UNet call, before and after a customization is applied.
+
+The probe prompt ``PROBE`` is run through token embeddings, every hidden state, the encoder output, K/V at every
+attn2 site (``capture.sites.record_kv``) and one UNet call. Tokens an artifact adds cannot be compared that way
+(without them the prompt tokenizes differently), so their embedding rows are checked instead: a row bit-identical
+to an existing vocabulary row makes the token a mere alias. When nothing differs the artifact gets the warning
+``artifact PATH changed nothing: every stage is bit-identical to the model without it``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..capture import sites
+
+PROBE = "a photo"
+
+
+def stages(pipe, prompt: str = PROBE) -> dict[str, torch.Tensor]:
+    """Every stage of the text path for ``prompt``, plus one UNet output, keyed by stage name."""
+    te, unet = pipe.text_encoder, pipe.unet
+    ids = pipe.tokenizer(
+        prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(te.device)
+    out = {}
+    with torch.no_grad():
+        res = te(ids, output_hidden_states=True)
+        out["token_embeddings"] = te.get_input_embeddings()(ids)
+        for i, h in enumerate(res.hidden_states):
+            out[f"hidden_states.{i}"] = h
+        c = res[0]
+        out["encoder_output"] = c
+        for path, (k, v) in sites.record_kv(unet, c.to(unet.dtype)).items():
+            out[f"{path}.key"], out[f"{path}.value"] = k, v
+        size = max(8, 2 ** (len(unet.config.block_out_channels) - 1))
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(1, unet.config.in_channels, size, size, generator=gen).to(unet.device, unet.dtype)
+        out["unet_output"] = unet(x, 500, encoder_hidden_states=c.to(unet.dtype)).sample
+    return out
+
+
+def differs(before: dict, after: dict, names) -> bool:
+    return any(n not in before or n not in after or not torch.equal(before[n], after[n]) for n in names)
+
+
+def nothing_warning(path: str) -> str:
+    return f"artifact {path} changed nothing: every stage is bit-identical to the model without it"
+
+
+def _aliases_only(weight: torch.Tensor, new_ids: list[int]) -> bool:
+    """Whether every new token's row is bit-identical to some other (pre-existing) vocabulary row."""
+    for i in new_ids:
+        same = (weight == weight[i]).all(dim=1)
+        same[new_ids] = False
+        if not same.any():
+            return False
+    return True
+
+
+def verify(path: str, before: dict, after: dict, weight: torch.Tensor, new_ids: list[int]) -> list[str]:
+    """Warnings for the artifact at ``path`` from the stages ``before`` and ``after`` it was applied (``weight``:
+    the embedding matrix after; ``new_ids``: the tokens it added)."""
+    text_path = [n for n in after if n != "unet_output"]
+    text_changed = differs(before, after, text_path)
+    unet_changed = differs(before, after, ["unet_output"])
+    tokens_matter = bool(new_ids) and not _aliases_only(weight, new_ids)
+    if not (text_changed or unet_changed or tokens_matter):
+        return [nothing_warning(path)]
+    if not (text_changed or tokens_matter):
+        return [
+            f"artifact {path} leaves the text path unchanged (token embeddings, encoder, attn2 K/V are "
+            "bit-identical): only the UNet outside attn2 K/V differs"
+        ]
+    return []

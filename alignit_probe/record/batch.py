@@ -1,0 +1,87 @@
+"""Recording every stage of the text path for one batch of prompts: one text-encoder forward per model, then the
+K/V projection at every attn2 site, no denoising (stage names: ``schema``).
+
+``token_embedding``, ``encoder_layer`` and ``encoder_output`` come from ``text.encoder.encode_stages``; ``key`` /
+``value`` at every attn2 site are computed by each site's active attention processor (``capture.sites.project_kv``).
+``stage_tensors`` leaves them on the device (``summary`` reduces them there); ``record_batch`` moves them to the host.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+
+from ..capture.sites import record_kv
+from ..store.batch import Batch, token_coords
+from ..text.concepts import TokenizedPrompt
+from ..text.encoder import encode_stages
+
+
+def to_host(t: torch.Tensor, dtype) -> np.ndarray:
+    """To host memory in the store's dtype, converted on the device (one copy, no float32 detour)."""
+    return t.detach().to(TORCH_DTYPES[np.dtype(dtype).name]).cpu().numpy()
+
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def stage_tensors(pipe, tokenized: list[TokenizedPrompt], *, clip_skip=None, kv_sites: list[str] | None = None):
+    """Every stage of one batch on the model's device: ``token_embedding``, ``encoder_layer``, ``encoder_output``
+    (``text.encoder.encode_stages``) and ``kv`` ({attn2 path: (key, value)}), each (prompt, [layer,] token, channel)
+    over all token positions."""
+    ids = torch.tensor([t.ids for t in tokenized])
+    mask = torch.tensor([[r != "padding" for r in t.role] for t in tokenized], dtype=torch.long)
+    st = encode_stages(pipe, ids, mask, clip_skip)
+    c = st["encoder_output"].to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+    return {**st, "kv": record_kv(pipe.unet, c, kv_sites)}
+
+
+def record_batch(
+    pipe,
+    tokenized: list[TokenizedPrompt],
+    start: int,
+    *,
+    clip_skip=None,
+    store_dtype=np.float32,
+    kv_sites: list[str] | None = None,
+    n_tokens: int | None = None,
+) -> Batch:
+    """Record all stages for one batch of tokenized prompts (global prompt indices start at ``start``).
+
+    ``n_tokens`` keeps the first token positions only (``--drop-padding``): every stage is computed on all positions,
+    exactly as without it, and cut before it leaves the device."""
+    st = stage_tensors(pipe, tokenized, clip_skip=clip_skip, kv_sites=kv_sites)
+    coords = token_coords(tokenized, start, n_tokens)
+    cut = slice(0, coords.sizes["token"])
+    ptc = ("prompt", "token", "channel")
+    index = {"prompt": coords.prompt.values, "token": coords.token.values}
+    text = xr.Dataset(
+        {
+            "token_embedding": (ptc, to_host(st["token_embedding"][:, cut], store_dtype)),
+            "encoder_layer": (
+                ("prompt", "layer", "token", "channel"),
+                to_host(st["encoder_layer"][:, :, cut], store_dtype),
+            ),
+            "encoder_output": (ptc, to_host(st["encoder_output"][:, cut], store_dtype)),
+        },
+        coords={**index, "layer": np.arange(st["encoder_layer"].shape[1])},
+    )
+    groups = {"text": text}
+    for path, (k, v) in st["kv"].items():
+        groups[f"kv/{path}"] = xr.Dataset(
+            {"key": (ptc, to_host(k[:, cut], store_dtype)), "value": (ptc, to_host(v[:, cut], store_dtype))},
+            coords=index,
+            attrs={"site": path},
+        )
+    return Batch(coords, groups)
+
+
+def iter_record(
+    pipe, tokenized: list[TokenizedPrompt], *, start: int = 0, batch_size: int = 8, progress=None, **kwargs
+):
+    """Record prompts batch by batch (a generator: callers stream batches to disk)."""
+    for i in range(0, len(tokenized), batch_size):
+        yield record_batch(pipe, tokenized[i : i + batch_size], start + i, **kwargs)
+        if progress is not None:
+            progress.update(len(tokenized[i : i + batch_size]))

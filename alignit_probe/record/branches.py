@@ -1,0 +1,121 @@
+"""Branches beyond the recorded models: AlignIT's infused K/V per prompt (``alignit`` / ``alignit-<model>``, token
+labels aligned to the baseline) and the cross-attention maps of generations (``/<model>/attention``)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+
+import numpy as np
+import xarray as xr
+
+from ..alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv
+from ..alignit.generation import generate_images
+from ..alignit.plan import alignit_plan, tokenize_dummies
+from ..capture.attention import AttentionSlices, capture_attention
+from ..capture.sites import attn2_paths
+from ..schema import ALIGNIT, BASELINE
+from ..store.batch import Batch, token_coords
+from ..text.concepts import Concept, tokenize_pair
+from .batch import to_host
+
+
+def alignit_batch(akv: AlignITKV, start: int, store_dtype=np.float32) -> Batch:
+    """The infused K/V of one batch of prompts (global indices from ``start``) as a store batch."""
+    coords = token_coords([p.tokens for p in akv.plans], start)
+    index = {"prompt": coords.prompt.values, "token": coords.token.values}
+    ptc = ("prompt", "token", "channel")
+    groups = {}
+    for path, (k, v) in akv.kv.items():
+        groups[f"kv/{path}"] = xr.Dataset(
+            {"key": (ptc, to_host(k, store_dtype)), "value": (ptc, to_host(v, store_dtype))},
+            coords=index,
+            attrs={"site": path},
+        )
+    return Batch(coords, groups)
+
+
+def alignit_length(pair, concepts: list[Concept], prompts: list[str], options: AlignITOptions) -> int:
+    """The most token positions an AlignIT sequence of ``prompts`` fills (start and end token included): what
+    ``--drop-padding`` must keep for the alignit branch. Tokenization only, no model."""
+    dummies = tokenize_dummies(pair.custom, pair.baseline.tokenizer, concepts, options.template)
+    n = 1
+    for p in prompts:
+        plan = alignit_plan(*tokenize_pair(p, pair.custom, pair.baseline.tokenizer, concepts), dummies)
+        n = max(n, sum(r != "padding" for r in plan.tokens.role))
+    return n
+
+
+def alignit_attrs(pair, options: AlignITOptions, extra_attrs: dict | None = None) -> dict:
+    """The attributes of an AlignIT branch (``/<alignit branch>``)."""
+    return {
+        "model_id": pair.baseline_id,
+        "custom_ids": pair.custom_ids,
+        "method": "alignit",
+        "custom_model": pair.name,
+        "options": asdict(options),
+        "sites": attn2_paths(pair.custom.unet),
+        "warnings": [],
+        **(extra_attrs or {}),
+    }
+
+
+def write_alignit_branch(
+    writer,
+    pair,
+    concepts: list[Concept],
+    prompts: list[str],
+    options: AlignITOptions,
+    *,
+    branch: str = ALIGNIT,
+    span: range | None = None,
+    batch_size: int = 8,
+    store_dtype=np.float32,
+    progress=None,
+    extra_attrs: dict | None = None,
+) -> list[str]:
+    """Compute AlignIT K/V batch by batch for ``prompts[span]`` (default all) and append them as branch ``branch``,
+    continuing after what ``writer`` already holds (a resumed job). Returns this run's warnings, which are also added
+    to the branch's ``warnings`` attribute (prompts numbered globally)."""
+    span = range(len(prompts)) if span is None else span
+    warnings = []
+    attrs = alignit_attrs(pair, options, extra_attrs)
+    done = writer.written(branch)
+    if progress is not None:
+        progress.update(done)
+    for i in range(span.start + done, span.stop, batch_size):
+        j = min(i + batch_size, span.stop)
+        akv = alignit_kv(pair, concepts, prompts[i:j], options, first=i)
+        warnings += akv.warnings
+        writer.append(branch, alignit_batch(akv, i, store_dtype), attrs)
+        if progress is not None:
+            progress.update(j - i)
+    writer.add_warnings(branch, warnings)
+    return warnings
+
+
+def generation_maps(
+    pair,
+    akv: AlignITKV,
+    *,
+    include_alignit: bool,
+    alignit_name: str = ALIGNIT,
+    slices: AttentionSlices = AttentionSlices(),
+    **gen,
+) -> dict[str, tuple[xr.Dataset, list]]:
+    """{branch: (maps Dataset, images)} for the baseline, the customized model (``pair.name``) and, optionally,
+    AlignIT (``alignit_name``): same seed and settings (``gen``: ``generate_images``' keywords)."""
+    runs = [
+        (BASELINE, akv.baseline_embeds, contextlib.nullcontext(pair.baseline)),
+        (pair.name, akv.custom_embeds, contextlib.nullcontext(pair.custom)),
+    ]
+    if include_alignit:
+        runs.append((alignit_name, akv.cond_embeds, alignit(pair, akv)))
+    out = {}
+    for name, embeds, ctx in runs:
+        with ctx as pipe, capture_attention(pipe, embeds, slices=slices) as collector:
+            images = generate_images(pipe, embeds, **gen)
+        ds = collector.to_dataset()
+        ds = ds.drop_vars([v for v in ("token_text",) if v in ds.coords])
+        out[name] = (ds.assign_coords(prompt=np.arange(ds.sizes["prompt"])), images)
+    return out

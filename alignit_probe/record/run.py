@@ -1,0 +1,258 @@
+"""The recording job as one call: tokenize with role alignment, record every stage of the baseline and of each
+customized model batch by batch, add the AlignIT branches if asked, stream it all into one store.
+
+``record_store(models, concepts, prompts, out, RecordOptions(...))``: the job's fingerprint (what makes a rerun
+resume rather than start afresh) is computed here from the models, prompts and every option, so a caller cannot
+resume a store recorded differently.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ..alignit.engine import AlignITOptions, validate
+from ..capture.sites import attn2_paths
+from ..errors import ProbeError, ProbeWarning
+from ..models.load import ModelPair, ModelSet
+from ..schema import BASELINE, alignit_branch
+from ..store.shards import shard_name, shard_range
+from ..store.writer import StoreWriter
+from ..text.concepts import Concept, modifier_ids
+from ..text.embeddings import embedding_diagnostics
+from ..text.tables import tokenize_table
+from . import jobs
+from .batch import record_batch
+from .branches import alignit_length, write_alignit_branch
+from .summary import record_summary
+
+STORE_DTYPES = ("float32", "float16")
+
+
+@dataclass
+class RecordOptions:
+    """What a recording job keeps, and how (all part of the job's fingerprint).
+
+    ``shard=(i, n)`` records shard i of n (``store.shards.shard_range``); ``drop_padding`` keeps the first T token
+    positions, T the longest tokenized prompt of the whole prompt set (AlignIT sequences included); ``alignit``
+    adds one AlignIT branch per customized model; ``summary`` stores per-token distances to the baseline instead of
+    the activations (``record.summary``)."""
+
+    batch_size: int = 8
+    clip_skip: int | None = None
+    seed: int = 0
+    store_dtype: str = "float32"
+    drop_padding: bool = False
+    shard: tuple[int, int] | None = None
+    alignit: AlignITOptions | None = None
+    summary: bool = False
+    extra: dict = field(default_factory=dict)  # caller's options that must match on resume (e.g. generation)
+
+    def check(self) -> None:
+        if np.dtype(self.store_dtype).name not in STORE_DTYPES:
+            raise ProbeError(f"store dtype {self.store_dtype} is not supported", "use float32 or float16")
+        if self.clip_skip is not None and self.clip_skip < 0:
+            raise ProbeError(f"clip skip {self.clip_skip} is negative", "pass --clip-skip 0 or more")
+
+
+def versions() -> dict:
+    import diffusers
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "alignit_probe": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "xarray": xr.__version__,
+    }
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled or total == 0, file=sys.stderr)
+
+
+def model_attrs(models, name: str, device, dtype, seed, clip_skip) -> dict:
+    common = dict(dtype=str(dtype).replace("torch.", ""), device=str(device), seed=seed, clip_skip=clip_skip)
+    if name == BASELINE:
+        return {"model_id": models.baseline_id, "method": "baseline", "artifacts": [], "warnings": [], **common}
+    pair = models.pair(name)
+    return {
+        "model_id": models.baseline_id,
+        "custom_ids": pair.custom_ids,
+        "method": pair.method,
+        "artifacts": [asdict(a) for a in pair.artifacts],
+        "warnings": list(pair.warnings),
+        **common,
+    }
+
+
+def as_model_set(models) -> ModelSet:
+    """A ``ModelSet``, or a ``ModelPair`` as the set of its one customized model."""
+    if isinstance(models, ModelPair):
+        return ModelSet(models.baseline, models.baseline_id, [models])
+    return models
+
+
+def check_job(models, concepts: list[Concept], prompts: list[str], options: RecordOptions) -> None:
+    """Every option checked against the models before any work (a bad option never leaves a partial store)."""
+    options.check()
+    models = as_model_set(models)
+    shard_range(len(prompts), options.batch_size, options.shard)
+    if options.alignit is not None:
+        for pair in models.pairs:
+            validate(pair, concepts, options.alignit)
+
+
+def record_models(writer, branches, tables, span: range, options, *, n_tokens, attrs: dict, progress) -> None:
+    """Record every stage of each (name, pipeline) of ``branches`` on ``prompts[span]`` batch by batch, continuing
+    after what ``writer`` already holds for each."""
+    done = min(writer.written(name) for name, _ in branches)
+    progress.update(done)
+    for start in range(span.start + done, span.stop, options.batch_size):
+        stop = min(start + options.batch_size, span.stop)
+        for name, pipe in branches:
+            if span.start + writer.written(name) < stop:
+                batch = record_batch(
+                    pipe,
+                    tables[name][start:stop],
+                    start,
+                    clip_skip=options.clip_skip,
+                    store_dtype=np.dtype(options.store_dtype),
+                    n_tokens=n_tokens,
+                )
+                writer.append(name, batch, attrs[name])
+        progress.update(stop - start)
+
+
+def record_store(
+    models,
+    concepts: list[Concept],
+    prompts: list[str],
+    out: str | os.PathLike,
+    options: RecordOptions | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: list[str] | None = None,
+    nodes: dict[str, xr.Dataset] | None = None,
+) -> Path:
+    """Record the baseline and every customized model of ``models`` (a ``ModelSet``) on ``prompts`` into the
+    store at ``out``; returns its path. ``nodes`` are extra groups written as they are (attention maps).
+
+    Batches stream into ``<out>.partial``; rerunning the same job after a crash resumes it (``jobs`` says what "the
+    same job" is). With ``options.summary`` the branches hold per-token distances to the baseline instead of the
+    activations (``record.summary``)."""
+    options = options or RecordOptions()
+    models = as_model_set(models)
+    check_job(models, concepts, prompts, options)
+    span = shard_range(len(prompts), options.batch_size, options.shard)
+    first = models.pairs[0]
+    tables = {}
+    notes: list[str] = []
+    for pair in models.pairs:
+        custom_tp, base_tp, w = tokenize_table(prompts, span, pair.custom, models.baseline.tokenizer, concepts)
+        tables[pair.name] = custom_tp
+        tables[BASELINE] = base_tp
+        notes += [x for x in w if x not in notes]
+    for note in notes:
+        warnings.warn(note, ProbeWarning, stacklevel=2)
+    n_full = first.custom.tokenizer.model_max_length
+    n_tokens = n_full
+    if options.drop_padding:
+        kept = max(jobs.kept_tokens(prompts, p.custom, models.baseline.tokenizer, concepts) for p in models.pairs)
+        if options.alignit is not None:
+            kept = max([kept] + [alignit_length(p, concepts, prompts, options.alignit) for p in models.pairs])
+        n_tokens = min(n_full, kept)
+    device, dtype = first.custom.unet.device, first.custom.unet.dtype
+    plain = dict(
+        batch_size=options.batch_size,
+        clip_skip=options.clip_skip,
+        seed=options.seed,
+        store_dtype=np.dtype(options.store_dtype).name,
+        drop_padding=bool(options.drop_padding),
+        n_tokens=n_tokens,
+        dtype=str(dtype).replace("torch.", ""),
+        device_type=device.type,
+        alignit=None if options.alignit is None else asdict(options.alignit),
+        **({"summary": True} if options.summary else {}),  # full jobs keep the fingerprints they had
+        **options.extra,
+    )
+    vers = versions()
+    attrs = dict(
+        concepts=[asdict(c) for c in concepts],
+        versions=vers,
+        command=command,
+        warnings=notes + models.warnings,
+        n_prompts=len(prompts),
+        options=plain,
+        n_tokens=n_tokens,
+        n_tokens_full=n_full,
+        shard=shard_name(options.shard),
+        prompt_range=[span.start, span.stop],
+        custom_models=models.names,
+        fingerprint=jobs.job_fingerprint(models, concepts, prompts, plain, vers),
+        summary=1 if options.summary else None,
+    )
+    keep = n_tokens if options.drop_padding else None
+    store_dtype = np.dtype(options.store_dtype)
+    # writes overlap the next batch's compute in a thread where a GPU computes; on CPU that thread would only take
+    # cores from torch's own threads, so they write in between batches
+    with StoreWriter(
+        out,
+        overwrite=overwrite,
+        attrs=attrs,
+        chunk_prompts=min(options.batch_size, len(span)),
+        n_prompts=len(span),
+        n_tokens=keep,
+        first_prompt=span.start,
+        background=device.type != "cpu",
+    ) as writer:
+        branches = [(BASELINE, models.baseline)] + [(p.name, p.custom) for p in models.pairs]
+        m_attrs = {}
+        for name, pipe in branches:
+            m_attrs[name] = model_attrs(models, name, device, dtype, options.seed, options.clip_skip)
+            m_attrs[name]["warnings"] = m_attrs[name]["warnings"] + notes
+            m_attrs[name]["sites"] = attn2_paths(pipe.unet)
+        bar = progress_bar(len(span), "record (summary)" if options.summary else "record", progress)
+        if options.summary:
+            record_summary(
+                writer, models, concepts, prompts, tables, span, options, n_tokens=keep, attrs=m_attrs, progress=bar
+            )
+        else:
+            record_models(writer, branches, tables, span, options, n_tokens=keep, attrs=m_attrs, progress=bar)
+        bar.close()
+        for pair in models.pairs:
+            ids = sorted({i for c in concepts for i in modifier_ids(pair.custom, c)})
+            writer.put(f"{pair.name}/embedding", embedding_diagnostics(pair.custom, models.baseline, ids))
+        if options.alignit is not None and not options.summary:
+            for pair in models.pairs:
+                branch = alignit_branch(pair.name, len(models.pairs))
+                abar = progress_bar(len(span), f"record {branch}", progress)
+                write_alignit_branch(
+                    writer,
+                    pair,
+                    concepts,
+                    prompts,
+                    options.alignit,
+                    branch=branch,
+                    span=span,
+                    batch_size=options.batch_size,
+                    store_dtype=store_dtype,
+                    progress=abar,
+                )
+                abar.close()
+        for path, ds in (nodes or {}).items():
+            writer.put(path, ds)
+        return writer.commit()

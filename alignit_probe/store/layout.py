@@ -1,0 +1,141 @@
+"""The store: an xarray DataTree with one branch per model, written to zarr (default) or netCDF (``.nc``).
+
+Layout (every branch has the same shape)::
+
+    /                       attrs: format, complete, concepts, n_prompts, versions, command, warnings, options,
+                            n_tokens (kept token positions) / n_tokens_full, fingerprint, shard, prompt_range,
+                            written ({model: prompts}) (lists and dicts as JSON strings)
+    /<model>                coords (prompt, token): prompt_text, token_id, token_str, role, concept, ref_index
+                            attrs: model_id, method, artifacts, dtype, device, seed, warnings, ...
+    /<model>/text           token_embedding (prompt, token, channel), encoder_layer (prompt, layer, token, channel),
+                            encoder_output (prompt, token, channel)
+    /<model>/kv/<attn2 path>  key, value (prompt, token, channel)
+
+``<model>`` is ``baseline``, each customized model's name (``custom`` by default; ``--custom NAME=SPEC``), and
+``alignit`` (one customized model) or ``alignit-<name>`` (several). ``ref_index`` is the position of
+each token's partner in the baseline's tokens of the same prompt (-1: none), so metrics compare role-aligned tokens.
+Writes stream into ``<out>.partial`` (zarr) and are renamed into place when complete: a failed run leaves nothing
+at ``<out>``, and rerunning the same job resumes the partial store (``writer.StoreWriter``). Chunks: one batch of
+prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import xarray as xr
+
+from ..errors import ProbeError
+from ..schema import ALIGNIT, BASELINE, unet_order_key
+
+FORMAT = "alignit-probe/1"
+JSON_ATTRS = (
+    "artifacts",
+    "warnings",
+    "concepts",
+    "versions",
+    "command",
+    "sites",
+    "options",
+    "written",
+    "custom_ids",
+    "prompt_range",
+    "custom_models",
+)
+TOKEN_COORDS = ("prompt_text", "token_id", "token_str", "role", "concept", "ref_index")
+
+
+def is_netcdf(path: str | os.PathLike) -> bool:
+    return str(path).endswith(".nc")
+
+
+def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail early (before any work) if ``out`` exists and may not be replaced."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ProbeError(f"output {out} already exists", "pass --overwrite to replace it, or choose another --out")
+    if not out.parent.exists():
+        raise ProbeError(f"output folder {out.parent} does not exist", "create it first or choose another --out")
+    return out
+
+
+def encode_attrs(attrs: dict) -> dict:
+    return {k: json.dumps(v) if k in JSON_ATTRS else v for k, v in attrs.items() if v is not None}
+
+
+def decode_attrs(attrs: dict) -> dict:
+    return {k: json.loads(v) if k in JSON_ATTRS and isinstance(v, str) else v for k, v in attrs.items()}
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def open_store(path: str | os.PathLike, chunks: dict | None = None) -> xr.DataTree:
+    """Open a store lazily (dask-backed with ``chunks={}``; in memory-mapped numpy otherwise)."""
+    path = Path(path)
+    if not path.exists():
+        partial = path.with_name(path.name + ".partial")
+        hint = "rerun the same record command to finish it" if partial.exists() else "run `alignit-probe record` first"
+        raise ProbeError(f"store {path} does not exist", hint)
+    try:
+        if is_netcdf(path):
+            tree = xr.open_datatree(path, engine="h5netcdf", chunks=chunks)
+        else:
+            tree = xr.open_datatree(path, engine="zarr", chunks=chunks)
+    except Exception as e:  # noqa: BLE001 - any backend failure is a bad input here
+        raise ProbeError(
+            f"cannot open store {path}: {type(e).__name__}", "pass a store written by `alignit-probe record`"
+        ) from None
+    if tree.attrs.get("format") != FORMAT or not tree.attrs.get("complete"):
+        if path.name.endswith(".partial") and tree.attrs.get("format") == FORMAT:
+            final = path.name[: -len(".partial")]
+            raise ProbeError(
+                f"{path} is an unfinished recording", f"rerun the same record command to resume it, then pass {final}"
+            )
+        raise ProbeError(
+            f"{path} is not a complete alignit-probe store", "rerun `alignit-probe record` with --overwrite"
+        )
+    return tree
+
+
+def models(tree: xr.DataTree) -> list[str]:
+    """Branches that hold a recorded model: the baseline, the customized models in the order they were given
+    (root attribute ``custom_models``), then their AlignIT branches in the same order, then any other."""
+    names = [n for n, node in tree.children.items() if "token_id" in node.coords]
+    given = [BASELINE] + list(store_attrs(tree).get("custom_models") or [])
+    given += [ALIGNIT] + [f"{ALIGNIT}-{m}" for m in given[1:]]
+    rank = {n: i for i, n in enumerate(given)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def model_attrs(tree: xr.DataTree, model: str) -> dict:
+    return decode_attrs(dict(tree[model].attrs))
+
+
+def store_attrs(tree: xr.DataTree) -> dict:
+    return decode_attrs(dict(tree.attrs))
+
+
+def token_labels(tree: xr.DataTree, model: str) -> xr.Dataset:
+    """The per-token coordinates of one branch."""
+    return tree[model].to_dataset(inherit=False)[list(TOKEN_COORDS)]
+
+
+def group(tree: xr.DataTree, model: str, name: str) -> xr.Dataset:
+    """One group of a branch (``text``, ``kv/<path>``, …) with the branch's token labels as coordinates."""
+    ds = tree[f"{model}/{name}"].to_dataset(inherit=True)
+    return ds.assign_coords({k: v for k, v in token_labels(tree, model).coords.items() if k in TOKEN_COORDS})
+
+
+def kv_paths(tree: xr.DataTree, model: str) -> list[str]:
+    """attn2 paths recorded for a branch, in UNet order (down blocks, mid block, up blocks)."""
+    node = tree[model]
+    present = list(node["kv"].children) if "kv" in node.children else []
+    return sorted(present, key=unet_order_key)

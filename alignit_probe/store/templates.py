@@ -1,0 +1,46 @@
+"""Laying a new group out like one already in the store, at the file level.
+
+Every branch of a store has the same shape, and a branch has many K/V groups of the same variables: creating each
+through xarray (``to_zarr``) costs far more than a batch's write, so only the first of a kind is; the others copy
+its ``zarr.json`` files with their own sizes (``zarr_chunks.create_like``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import xarray as xr
+
+from . import zarr_chunks as zc
+from .arrays import PartialArrays
+
+
+def templates(group: str, started: set[str]) -> Iterator[str]:
+    """Groups already in the store (``started``) that ``group`` may copy its layout from: the same group of another
+    model (``custom/kv/x`` ← ``baseline/kv/x``), then its siblings (``baseline/kv/y`` ← ``baseline/kv/x``)."""
+    model, _, rest = group.partition("/")
+    parent = group.rpartition("/")[0]
+    for other in sorted({g.partition("/")[0] for g in started} - {model}):
+        if f"{other}/{rest}" in started and rest:
+            yield f"{other}/{rest}"
+        elif not rest and other in started:
+            yield other
+    if parent:
+        rel = parent.partition("/")[2]
+        for other in sorted(g for g in started if g.rpartition("/")[0].partition("/")[2] == rel):
+            if other != group and other.count("/") == group.count("/"):
+                yield other
+
+
+def create_like(arrays: PartialArrays, group: str, ds: xr.Dataset, template: str, n_prompts: int | None) -> bool:
+    """Lay ``group`` out like ``template`` (``zarr_chunks.create_like``); False if their variables differ.
+
+    The template's index values (token, layer) are known for groups of this run only: a group of a resumed run is
+    no template, since its index values would have to be read back to be compared."""
+    if template not in arrays.index:
+        return False
+    created = zc.create_like(arrays.root, group, ds, template, n_prompts, arrays.index[template])
+    if created is None:
+        return False
+    axes = {k: list(ds.variables[k].dims).index("prompt") for k in created}
+    arrays.add(group, arrays.index[template], created, axes)
+    return True

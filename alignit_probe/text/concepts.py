@@ -1,0 +1,260 @@
+"""Concepts in prompts, and token alignment between the customized prompt and the baseline prompt.
+
+A concept is its placeholder/modifier token plus an optional class word (``cat``). The token is anything the
+customized model's tokenizer knows: an added token (``<new1>``; a multi-vector Textual Inversion token expands to
+several ids, as diffusers' ``maybe_convert_prompt`` does) or plain text it encodes to one or more ids (a DreamBooth /
+LoRA instance word like ``sks``, or a word BPE splits into pieces). In the customized prompt the concept span is the
+modifier's ids plus the class word right after them; the baseline prompt is the prompt with the modifier removed, or
+replaced by the class word where none follows. A token that starts (ends) with a word character matches only on a
+word boundary there (``sks`` not inside ``asksy``); ``<new1>``-style tokens match anywhere, as the tokenizer splits
+them out anywhere.
+
+Prompts are tokenized chunk by chunk (CLIP's BPE never merges across whitespace, and added tokens are split out
+first), so every token knows its role — ``special`` (start/end), ``padding``, ``concept``, ``context`` — and its
+partner in the other prompt by construction. The chunked result is checked against the tokenizer on the whole prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..errors import ProbeError
+from ..schema import ROLES  # noqa: F401  (re-exported: roles are a property of tokens)
+
+
+@dataclass(frozen=True)
+class Concept:
+    token: str
+    class_word: str | None = None
+
+
+@dataclass
+class TokenizedPrompt:
+    """One prompt as one model sees it: 77 positions with ids, strings, roles and alignment labels."""
+
+    text: str
+    ids: list[int]
+    tokens: list[str]
+    role: list[str]
+    concept: list[int]  # concept index, -1 outside concept spans
+    label: list[tuple]  # alignment label: equal labels in two prompts are partner tokens
+    dropped: int = 0  # tokens cut by truncation
+    ref_index: list[int] = field(default_factory=list)  # partner position in the reference prompt, -1 if none
+
+    @property
+    def spans(self) -> dict[int, list[int]]:
+        """Positions of each concept occurrence, keyed by occurrence number."""
+        out: dict[int, list[int]] = {}
+        for pos, lab in enumerate(self.label):
+            if lab[0] == "concept":
+                out.setdefault(lab[1], []).append(pos)
+        return out
+
+
+def align_positions(dst: TokenizedPrompt, src: TokenizedPrompt) -> list[int]:
+    """For every position of ``dst``, its partner position in ``src`` (-1: none).
+
+    Context, start/end and padding tokens pair by label (the k-th context token with the k-th, …). Concept spans pair
+    occurrence by occurrence, right-aligned (class word with class word); extra ``dst`` tokens pair with the first
+    token of the ``src`` span, and with nothing where that span is empty."""
+    where = {lab: j for j, lab in enumerate(src.label) if lab[0] != "concept"}
+    out = [where.get(lab, -1) for lab in dst.label]
+    src_spans = src.spans
+    for occ, d in dst.spans.items():
+        s = src_spans.get(occ, [])
+        for k, pos in enumerate(reversed(d)):
+            out[pos] = s[len(s) - 1 - k] if k < len(s) else (s[0] if s else -1)
+    return out
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, truncation=False).input_ids if text.strip() else []
+
+
+_ADDED_LOOKING = re.compile(r"<[^<>\s]+>")  # <new1>, <cat-toy>: placeholder tokens an artifact adds
+
+
+def _unknown(tok, token: str) -> ProbeError:
+    """The error for a token the tokenizer cannot encode, naming the tokens it added (not ``<x>_1`` expansions)."""
+    special = set(tok.all_special_tokens)
+    added = [t for t in tok.get_added_vocab() if t not in special]
+    expansion = re.compile("|".join(re.escape(t) + r"_\d+" for t in added) or "(?!)")  # <new1>_1, <new1>_2, …
+    added = [t for t in added if not expansion.fullmatch(t)]
+    if added:
+        fix = f"use one of its added tokens: {', '.join(added)}, or an instance word it knows (sks)"
+    else:
+        fix = "it added no tokens: use an instance word it knows (sks), or load the artifact that defines the token"
+    return ProbeError(f"concept token {token!r} is unknown to the customized model's tokenizer", fix)
+
+
+def modifier_ids(pipe, concept: Concept) -> list[int]:
+    """The ids ``pipe``'s tokenizer produces for the concept's token in a prompt (after ``maybe_convert_prompt``):
+    one or several for an added token (multi-vector embeddings), one or several for plain text (``sks`` →
+    ``sks</w>``; a word BPE splits into pieces)."""
+    tok = pipe.tokenizer
+    token = concept.token
+    if not token.strip():
+        raise _unknown(tok, token)
+    if _ADDED_LOOKING.fullmatch(token.strip()):
+        tid = tok.convert_tokens_to_ids(token.strip())  # (not get_vocab(): it builds a 49k-entry dict per call)
+        if tid is None or (tid == tok.unk_token_id and token.strip() != tok.unk_token):
+            raise _unknown(tok, token)
+    text = token
+    if hasattr(pipe, "maybe_convert_prompt"):
+        text = pipe.maybe_convert_prompt(text, tok)
+    ids = _encode(tok, text)
+    if not ids or (tok.unk_token_id in ids and tok.unk_token not in token):
+        raise _unknown(tok, token)
+    return ids
+
+
+def _token_pattern(token: str) -> str:
+    """``token`` as a regex: word-bounded at edges that are word characters (``sks``), bare elsewhere (``<new1>``)."""
+    pattern = re.escape(token)
+    if re.match(r"\w", token):
+        pattern = r"(?<!\w)" + pattern
+    if re.search(r"\w$", token):
+        pattern += r"(?!\w)"
+    return pattern
+
+
+def _occurs(prompt: str, concept: Concept) -> bool:
+    return bool(concept.token) and re.search(_token_pattern(concept.token), prompt) is not None
+
+
+def _split(prompt: str, concepts: list[Concept]) -> list[tuple[str, int | None]]:
+    """The prompt as alternating (text chunk, None) and (modifier, concept index) pieces."""
+    order = sorted((i for i in range(len(concepts)) if concepts[i].token), key=lambda i: -len(concepts[i].token))
+    if not order:
+        return [(prompt, None)]
+    pattern = re.compile("|".join(_token_pattern(concepts[i].token) for i in order))
+    pieces, last = [], 0
+    for m in pattern.finditer(prompt):
+        pieces.append((prompt[last : m.start()], None))
+        pieces.append((m.group(0), next(i for i in order if concepts[i].token == m.group(0))))
+        last = m.end()
+    pieces.append((prompt[last:], None))
+    return pieces
+
+
+def _take_class_word(chunk: str, word: str | None) -> tuple[bool, str]:
+    if word:
+        m = re.match(r"\s*" + re.escape(word) + r"(?=\W|$)", chunk, flags=re.IGNORECASE)
+        if m:
+            return True, chunk[m.end() :]
+    return False, chunk
+
+
+def baseline_text(prompt: str, concepts: list[Concept]) -> str:
+    """The prompt without modifier tokens (the class word stands in where none follows)."""
+    out = []
+    pieces = _split(prompt, concepts)
+    for i, (text, c) in enumerate(pieces):
+        if c is None:
+            out.append(text)
+            continue
+        follows, _ = _take_class_word(pieces[i + 1][0], concepts[c].class_word)
+        if not follows and concepts[c].class_word:
+            out.append(" " + concepts[c].class_word + " ")
+        else:
+            out.append(" ")
+    return re.sub(r"\s+", " ", "".join(out)).strip()
+
+
+def _assemble(pieces, tokenizer, max_length: int) -> TokenizedPrompt:
+    """pieces: (ids, role, concept, labels) runs → 77 positions with start/end/padding."""
+    ids, role, concept, label = [], [], [], []
+    for run_ids, run_role, run_concept, run_labels in pieces:
+        ids += run_ids
+        role += [run_role] * len(run_ids)
+        concept += [run_concept] * len(run_ids)
+        label += run_labels
+    room = max_length - 2
+    dropped = max(0, len(ids) - room)
+    ids, role, concept, label = ids[:room], role[:room], concept[:room], label[:room]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    n_pad = room - len(ids)
+    ids = [bos] + ids + [eos] + [pad] * n_pad
+    role = ["special"] + role + ["special"] + ["padding"] * n_pad
+    concept = [-1] + concept + [-1] + [-1] * n_pad
+    label = [("bos",)] + label + [("eos",)] + [("pad", j) for j in range(n_pad)]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    return TokenizedPrompt("", ids, tokens, role, concept, label, dropped)
+
+
+def tokenize_pair(prompt: str, custom_pipe, baseline_tokenizer, concepts: list[Concept], allow_absent=False):
+    """(customized TokenizedPrompt with ref_index into the baseline one, baseline TokenizedPrompt)."""
+    mods = [modifier_ids(custom_pipe, c) for c in concepts]
+    if not allow_absent and not any(_occurs(prompt, c) for c in concepts):
+        names = ", ".join(c.token for c in concepts)
+        raise ProbeError(
+            f"concept token {names} is absent from prompt {prompt!r}",
+            "put the token in the prompt as a word of its own",
+        )
+    ctok = custom_pipe.tokenizer
+    max_length = ctok.model_max_length
+    pieces = _split(prompt, concepts)
+    custom, base = [], []
+    n_ctx, occurrence, skip_class = 0, 0, False
+    for i, (text, c) in enumerate(pieces):
+        if c is None:
+            if skip_class:
+                _, text = _take_class_word(text, concepts[pieces[i - 1][1]].class_word)
+            cids, bids = _encode(ctok, text), _encode(baseline_tokenizer, text)
+            if cids != bids:
+                raise ProbeError(
+                    f"text {text.strip()!r} tokenizes differently in the customized and baseline tokenizers",
+                    "remove other placeholder tokens from the prompt or name them as concepts too",
+                )
+            labels = [("ctx", n_ctx + j) for j in range(len(cids))]
+            n_ctx += len(cids)
+            custom.append((cids, "context", -1, labels))
+            base.append((bids, "context", -1, labels))
+            continue
+        word = concepts[c].class_word
+        follows, _ = _take_class_word(pieces[i + 1][0], word)
+        skip_class = follows
+        b_ids = _encode(baseline_tokenizer, word) if word else []
+        c_ids = mods[c] + (_encode(ctok, word) if follows else [])
+        b_labels = [("concept", occurrence, j) for j in range(len(b_ids))]
+        c_labels = [("concept", occurrence, j) for j in range(len(c_ids))]
+        custom.append((c_ids, "concept", c, c_labels))
+        base.append((b_ids, "concept", c, b_labels))
+        occurrence += 1
+    ct = _assemble(custom, ctok, max_length)
+    bt = _assemble(base, baseline_tokenizer, max_length)
+    ct.text, bt.text = prompt, baseline_text(prompt, concepts)
+    _check_against_tokenizer(ct, ctok, custom_pipe, ct.text)
+    _check_against_tokenizer(bt, baseline_tokenizer, None, bt.text)
+    ct.ref_index = align_positions(ct, bt)
+    bt.ref_index = list(range(len(bt.ids)))
+    return ct, bt
+
+
+def _check_against_tokenizer(tp: TokenizedPrompt, tokenizer, pipe, text: str) -> None:
+    if pipe is not None and hasattr(pipe, "maybe_convert_prompt"):
+        text = pipe.maybe_convert_prompt(text, tokenizer)
+    whole = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    if whole != tp.ids:
+        raise ProbeError(
+            f"cannot align tokens of prompt {text!r}: chunked tokenization differs from the tokenizer's",
+            "separate the concept token from neighbouring text with spaces",
+        )
+
+
+def tokenize_prompts(prompts, custom_pipe, baseline_tokenizer, concepts, allow_absent=False, first=0):
+    """Tokenize every prompt; returns (customized list, baseline list, warnings; prompts numbered from ``first``)."""
+    customs, bases, warnings = [], [], []
+    for k, p in enumerate(prompts, first):
+        ct, bt = tokenize_pair(p, custom_pipe, baseline_tokenizer, concepts, allow_absent)
+        for name, tp in (("customized", ct), ("baseline", bt)):
+            if tp.dropped:
+                warnings.append(
+                    f"prompt {k} truncated for the {name} model: {tp.dropped} token(s) beyond the encoder's "
+                    f"{len(tp.ids)} dropped"
+                )
+        customs.append(ct)
+        bases.append(bt)
+    return customs, bases, warnings

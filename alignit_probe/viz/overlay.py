@@ -1,0 +1,63 @@
+"""Attention maps drawn over their images: one figure per prompt and model (matplotlib imported when drawing)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ProbeError
+
+
+def plot_overlay(image, maps, tokens: Sequence[int | str], path, *, alpha: float = 0.5, cmap: str = "jet"):
+    """Save the image and one overlay per token (index, or text of the ``token_text``/``word_text`` coord).
+
+    ``image``: PIL image or (H, W, 3) array; ``maps``: a DataArray (token|word, y, x) of one prompt.
+    """
+    from matplotlib.figure import Figure  # imported when drawing, never at import time
+    from PIL import Image
+
+    img = np.asarray(image, dtype=np.float32)
+    img = img / 255.0 if img.max() > 1.5 else img
+    dim = "word" if "word" in maps.dims else "token"
+    if "prompt" in maps.dims:
+        if maps.sizes["prompt"] != 1:
+            raise ProbeError("plot_overlay draws one prompt", "select it first: maps.isel(prompt=i)")
+        maps = maps.isel(prompt=0)
+    texts = next((maps.coords[c].values.tolist() for c in ("word_text", "token_text") if c in maps.coords), None)
+    fig = Figure(figsize=(2.5 * (len(tokens) + 1), 2.8))
+    axes = fig.subplots(1, len(tokens) + 1, squeeze=False)[0]
+    axes[0].imshow(img)
+    axes[0].set_title("image")
+    for ax, tok in zip(axes[1:], tokens):
+        j = (
+            next((j for j, t in enumerate(texts or []) if t in (tok, f"{tok}</w>")), None)
+            if isinstance(tok, str)
+            else int(tok)
+        )
+        if j is None:
+            raise ProbeError(
+                f"no token or word {tok!r} in the maps", "pass an index, or maps with token_text/word_text"
+            )
+        m = np.nan_to_num(maps.isel({dim: j}).values.astype(np.float32))
+        m = np.asarray(Image.fromarray(m, mode="F").resize(img.shape[1::-1], Image.BILINEAR))
+        ax.imshow(img)
+        ax.imshow(m, cmap=cmap, alpha=alpha)
+        ax.set_title(str(texts[j] if texts else tok).replace("</w>", ""))
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def write_overlays(maps: dict, tokenized: dict, prompts: list[str], folder: Path, max_tokens: int = 8) -> None:
+    """One overlay figure per prompt and model: the image and the maps of its non-padding tokens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (ds, images) in maps.items():
+        for k in range(len(prompts)):
+            tp = tokenized[name][k]
+            keep = [i for i, r in enumerate(tp.role) if r in ("concept", "context")][:max_tokens]
+            m = ds["map"].isel(prompt=k).assign_coords(token_text=("token", tp.tokens))
+            plot_overlay(images[k], m, keep, folder / f"{k:03d}-{name}.png")
