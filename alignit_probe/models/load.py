@@ -11,6 +11,7 @@ load?": each artifact is checked to change something (``verify``).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,6 +97,21 @@ class ModelSet:
 
 
 SUPPORTED = ("StableDiffusionPipeline",)
+
+
+def show_progress(enabled: bool) -> None:
+    """diffusers' and transformers' own progress bars (loading, denoising) on or off, as ours."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        (lib.enable_progress_bar if enabled else lib.disable_progress_bar)()
+
+
+def note(enabled: bool, text: str) -> None:
+    """A progress line on stderr (which model the loading bars that follow belong to)."""
+    if enabled:
+        print(text, file=sys.stderr)
 
 
 def check_pipeline_path(model) -> str:
@@ -237,6 +253,7 @@ def _custom_model(
     name: str, customs: list[str], parsed: list, base, baseline: str, device, dtype, progress: bool
 ) -> ModelPair:
     kinds = [resolve_spec(c) for c in customs]
+    note(progress, f"loading customized model {name}: {' + '.join(customs)}")
     custom = load_pipeline(customs[0] if kinds[0] == "pipeline" else baseline, device, dtype)
     if sites.layout(base.unet) != sites.layout(custom.unet):
         raise ProbeError(
@@ -279,6 +296,8 @@ def load_models(baseline: str, customs, device=None, dtype=torch.float32, progre
     parsed = {name: _parse_specs(name, specs) for name, specs in by_name.items()}  # bad files fail before any load
     device = check_device(device)
     check_pipeline_path(baseline)
+    show_progress(progress)
+    note(progress, f"loading baseline {baseline}")
     base = load_pipeline(baseline, device, dtype)
     pairs = [
         _custom_model(name, specs, parsed[name], base, str(baseline), device, dtype, progress)

@@ -1,0 +1,189 @@
+"""What a new user meets first, table-driven: every bad invocation ends in exit 2 and one line naming the problem
+and the fix (``error: … — …``), no traceback, nothing written; warnings print once each."""
+
+import pytest
+import torch
+
+from alignit_probe.cli import main
+
+
+def run(argv, capsys):
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        rc = e.code
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def base_args(toy_dir, cd_dir, out):
+    return [
+        "record",
+        "--baseline",
+        toy_dir,
+        "--custom",
+        cd_dir,
+        "--concept",
+        "<new1>",
+        "--class-word",
+        "cat",
+        "--prompt",
+        "photo of a <new1> cat",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+
+
+def swap(args, old, new):
+    args = list(args)
+    args[args.index(old)] = new
+    return args
+
+
+CASES = [
+    # (id, how to change the valid record invocation, message part)
+    ("cuda-without-gpu", lambda a, t: a + ["--device", "cuda"], "no CUDA GPU"),
+    ("bad-device", lambda a, t: a + ["--device", "tpu9"], "unknown device"),
+    ("missing-baseline", lambda a, t: swap(a, a[2], str(t / "nope")), "does not exist"),
+    ("baseline-not-a-pipeline", lambda a, t: swap(a, a[2], str(t)), "not a diffusers pipeline directory"),
+    ("missing-custom-folder", lambda a, t: swap(a, a[4], "nope/"), "customization nope/ does not exist"),
+    ("bad-model-name", lambda a, t: swap(a, a[4], "baseline=" + a[4]), "bad model name"),
+    ("unknown-concept", lambda a, t: a + ["--concept", "<new9>", "--prompt", "a <new9> dog"], "<new1>"),
+    ("concept-absent", lambda a, t: swap(a, "photo of a <new1> cat", "photo of a dog"), "absent from prompt"),
+    ("too-many-placeholders", lambda a, t: swap(a, "photo of a <new1> cat", "{} and {}"), "placeholders"),
+    ("class-words-exceed", lambda a, t: a + ["--class-word", "dog"], "more --class-word"),
+    ("bad-shard", lambda a, t: a + ["--shard", "3/2"], "shard index"),
+    ("bad-batch", lambda a, t: a + ["--batch-size", "0"], "batch size"),
+    ("bad-alpha", lambda a, t: a + ["--alignit", "--alpha", "1.5"], "outside [0, 1]"),
+    ("bad-template", lambda a, t: a + ["--alignit", "--template", "a photo"], "placeholder"),
+    ("bad-layer", lambda a, t: a + ["--alignit", "--layers", "up_blocks.9.attn2"], "valid layers"),
+    ("missing-prompts-file", lambda a, t: a + ["--prompts", str(t / "none.txt")], "prompts file"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_record_invocation(case, toy_dir, cd_dir, tmp_path, capsys):
+    _, change, message = case
+    if case[0] == "cuda-without-gpu" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = tmp_path / "s.zarr"
+    rc, err = run(change(base_args(toy_dir, cd_dir, out), tmp_path), capsys)
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert rc == 2 and len(errors) == 1 and message in errors[0] and " — " in errors[0], err
+    assert "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "s.zarr.partial").exists()
+
+
+def test_cd_folder_without_weights_names_the_missing_file(toy_dir, cd_dir, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "cd"
+    shutil.copytree(cd_dir, broken)
+    for f in broken.glob("pytorch_custom_diffusion_weights.*"):
+        f.unlink()
+    rc, err = run(swap(base_args(toy_dir, cd_dir, tmp_path / "s.zarr"), cd_dir, str(broken)), capsys)
+    assert rc == 2 and "pytorch_custom_diffusion_weights.safetensors" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # no abbreviations: --concep is not --concept, --overw is not --overwrite
+        (["record", "--baseline", "b", "--custom", "c", "--concept", "t", "--out", "o", "--overw"], "unrecognized"),
+        (["compare"], "required"),
+        (["compare", "s.zarr", "--jso"], "unrecognized arguments: --jso"),
+    ],
+)
+def test_argparse_refuses_abbreviations_and_missing_arguments(argv, message, capsys):
+    rc, err = run(argv, capsys)
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_compare_on_partial_and_missing_store(tmp_path, capsys):
+    rc, err = run(["compare", str(tmp_path / "nope.zarr")], capsys)
+    assert rc == 2 and "does not exist" in err
+    (tmp_path / "x.zarr.partial").mkdir()
+    rc, err = run(["compare", str(tmp_path / "x.zarr")], capsys)
+    assert rc == 2 and "rerun the same record command" in err
+    rc, err = run(["compare", str(tmp_path / "x.zarr.partial")], capsys)
+    assert rc == 2 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_generation_arguments_are_checked_before_loading(toy_dir, cd_dir, tmp_path, capsys):
+    argv = [
+        "alignit",
+        "--baseline",
+        toy_dir,
+        "--custom",
+        cd_dir,
+        "--concept",
+        "<new1>",
+        "--class-word",
+        "cat",
+        "--prompt",
+        "a <new1> cat",
+        "--out",
+        str(tmp_path / "al"),
+        "--no-progress",
+    ]
+    for extra, message in ((["--steps", "0"], "--steps"), (["--height", "30"], "multiple of 8")):
+        rc, err = run(argv + extra, capsys)
+        assert rc == 2 and message in err and not (tmp_path / "al").exists()
+
+
+def test_warnings_print_once_and_missing_class_word_is_said(toy_dir, cd_dir, tmp_path, capsys):
+    long = "photo of a <new1> cat " + "on a very long sunny beach " * 16
+    argv = [
+        "record",
+        "--baseline",
+        toy_dir,
+        "--custom",
+        cd_dir,
+        "--concept",
+        "<new1>",
+        "--prompt",
+        long,
+        "--prompt",
+        "a <new1> cat",
+        "--out",
+        str(tmp_path / "s.zarr"),
+        "--no-progress",
+    ]
+    rc, err = run(argv, capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("warning: ")]
+    assert rc == 0
+    assert any("no --class-word" in ln for ln in lines), err
+    truncated = [ln for ln in lines if "truncated" in ln]
+    assert truncated and len(truncated) == len(set(truncated)), lines
+
+
+def test_artifact_that_changes_nothing_is_said_on_stderr(toy_dir, tmp_path, capsys):
+    from tests.integration.artifact_files import write_lora
+
+    write_lora(toy_dir, tmp_path / "zero", zero=True)
+    argv = [
+        "record",
+        "--baseline",
+        toy_dir,
+        "--custom",
+        str(tmp_path / "zero"),
+        "--concept",
+        "cat",
+        "--prompt",
+        "a photo of a cat",
+        "--out",
+        str(tmp_path / "s.zarr"),
+        "--no-progress",
+    ]
+    rc, err = run(argv, capsys)
+    lines = [ln for ln in err.splitlines() if "changed nothing" in ln]
+    assert rc == 0 and len(lines) == 1 and lines[0].startswith("warning: "), err
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["alignit", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 30)", "(default: 7.5)", "(default: 1.0)", "(default: photo of a {concept})"):
+        assert default in out, default
