@@ -124,3 +124,43 @@ def test_record_store_fingerprint_is_computed_inside(cd_pair, tmp_path):
         cd_pair, concepts, PROMPTS[:2], out, RecordOptions(batch_size=1, clip_skip=1), overwrite=True, progress=False
     )
     assert st.store_attrs(open_store(out))["fingerprint"] != a
+
+
+def test_instance_word_with_lora_and_dreambooth(toy_dir, tmp_path, capsys):
+    """DreamBooth / LoRA models are probed with their own instance word (``sks`` is ``sks</w>`` in CLIP's vocab)."""
+    from tests.integration.artifact_files import write_dreambooth, write_lora
+
+    write_lora(toy_dir, tmp_path / "lora")
+    write_dreambooth(toy_dir, tmp_path / "db")
+    out = tmp_path / "sks.zarr"
+    argv = [
+        "record",
+        "--baseline",
+        toy_dir,
+        "--custom",
+        f"lora={tmp_path / 'lora'}",
+        "--custom",
+        f"db={tmp_path / 'db'}",
+        "--concept",
+        "sks",
+        "--class-word",
+        "dog",
+        "--prompt",
+        "a photo of sks dog on the beach",
+        "--prompt",
+        "sks dog in the snow",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    tree = open_store(out)
+    custom = st.token_labels(tree, "lora")
+    concept = custom.token_str.values[0][custom.role.values[0] == "concept"].tolist()
+    assert concept == ["sks</w>", "dog</w>"]
+    base = st.token_labels(tree, "baseline")
+    assert base.prompt_text.values[0] == "a photo of dog on the beach"
+    capsys.readouterr()
+    assert main(["compare", str(out), "--json", "--no-progress", "--role", "concept", "--stage", "key"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["model"] for r in rows} == {"lora", "db"} and all(r["n"] == 2 for r in rows)
