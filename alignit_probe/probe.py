@@ -8,6 +8,7 @@ report work through.
     rows = compare(store)                                    # a pandas DataFrame, one row per compare --json row
     images = probe.alignit(["photo of a <new1> cat on the beach"], steps=30)   # baseline / cd / alignit
     maps = probe.attention(["photo of a <new1> cat on the beach"])          # {branch: (maps Dataset, images)}
+    maps = Probe("path/to/sd15").baseline_attention(["a cat on the beach"])  # the baseline alone (DAAM's use)
     images = probe.swap("a dog on the grass", "a cat in the snow", tokens=["dog"])
 
 Models load on first use. ``baseline`` and each customized model may be a path, a hub id, artifact SPECs
@@ -30,7 +31,7 @@ from .alignit.swap import Source, generate_swap
 from .capture.attention import AttentionSlices
 from .errors import ProbeError, ProbeWarning
 from .models.load import ModelSet, check_device, load_models, load_pipeline, models_from_pipelines
-from .record.branches import generation_maps
+from .record.branches import baseline_maps, generation_maps
 from .record.run import RecordOptions, record_store
 from .schema import ALIGNIT, BASELINE, DEFAULT_CUSTOM, alignit_branch
 from .text.concepts import Concept
@@ -67,6 +68,7 @@ class Probe:
         self.device = device
         self.progress = progress
         self._models: ModelSet | None = None
+        self._baseline_pipe = None  # the baseline alone, loaded by baseline_only() when no ModelSet is loaded
         if isinstance(baseline, (str, os.PathLike)):
             check_device(device)  # at once, before anything loads
 
@@ -111,7 +113,9 @@ class Probe:
             return self._models.baseline
         if not isinstance(self.baseline, (str, os.PathLike)):
             return self.baseline
-        return load_pipeline(self.baseline, check_device(self.device), self.dtype)
+        if self._baseline_pipe is None:
+            self._baseline_pipe = load_pipeline(self.baseline, check_device(self.device), self.dtype)
+        return self._baseline_pipe
 
     # ----------------------------------------------------------------------------------------------- record
     def record(
@@ -126,12 +130,15 @@ class Probe:
         drop_padding: bool = False,
         shard: tuple[int, int] | None = None,
         alignit: bool | AlignITOptions = False,
+        summary: bool = False,
         overwrite: bool = False,
         command: list[str] | None = None,
         nodes: dict[str, xr.Dataset] | None = None,
     ) -> Path:
         """Record every stage of the baseline and each customized model on ``prompts`` into a store at ``out``
-        (zarr, or netCDF for ``.nc``); ``alignit`` adds the AlignIT branches. Rerunning after a crash resumes."""
+        (zarr, or netCDF for ``.nc``); ``alignit`` adds the AlignIT branches; ``summary`` stores per-token distances
+        to the baseline (computed on the device) instead of the activations, for ``compare`` on large prompt sets.
+        Rerunning after a crash resumes."""
         options = RecordOptions(
             batch_size=batch_size,
             clip_skip=clip_skip,
@@ -140,6 +147,7 @@ class Probe:
             drop_padding=drop_padding,
             shard=shard,
             alignit=(AlignITOptions() if alignit is True else alignit or None),
+            summary=summary,
         )
         return record_store(
             self.models,
@@ -212,7 +220,16 @@ class Probe:
         width: int | None = None,
     ) -> dict[str, tuple[xr.Dataset, list]]:
         """Cross-attention maps (and images) of the baseline, the customized model and, with ``alignit``, AlignIT:
-        {branch: (Dataset with ``map`` (prompt, token, y, x), images)}; same seed for all."""
+        {branch: (Dataset with ``map`` (prompt, token, y, x), images)}; same seed for all. ``slices``: aggregation
+        (``AttentionSlices(aggregation="daam", layers="daam")`` for DAAM's maps) and extra maps. Without customized
+        models (``custom=None``): the baseline's maps alone (``baseline_attention``)."""
+        gen = dict(seed=seed, steps=steps, guidance_scale=guidance_scale, height=height, width=width)
+        if self.custom is None:
+            if alignit or model is not None or options is not None:
+                raise ProbeError(
+                    "alignit=, model= and options= need a customized model", "pass custom=SPEC to the Probe"
+                )
+            return self.baseline_attention(prompts, slices=slices, **gen)
         pair = self.models.pair(model)
         akv = self.alignit_kv(prompts, options, model=pair.name)
         return generation_maps(
@@ -220,6 +237,28 @@ class Probe:
             akv,
             include_alignit=alignit,
             alignit_name=alignit_branch(pair.name, len(self.models.pairs)),
+            slices=slices or AttentionSlices(),
+            progress=self.progress,
+            **gen,
+        )
+
+    def baseline_attention(
+        self,
+        prompts: list[str],
+        *,
+        slices: AttentionSlices | None = None,
+        seed: int = 0,
+        steps: int = 30,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> dict[str, tuple[xr.Dataset, list]]:
+        """Cross-attention maps (and images) of the baseline alone, no customized model needed (DAAM's use):
+        {``baseline``: (Dataset with ``map`` (prompt, token, y, x), images)}. Every token of the prompts is context
+        (no concept)."""
+        return baseline_maps(
+            self.baseline_only(),
+            list(prompts),
             slices=slices or AttentionSlices(),
             seed=seed,
             steps=steps,

@@ -11,10 +11,13 @@ Measured side by side in one run, all per prompt and per model (the store holds 
 * record: ``probe.record_store`` end to end (tokenization and role alignment, every stage of both models, the zarr
   store written, embedding diagnostics, commit) — target ≤ 1.2× the floor;
 * naive: one UNet forward at 64×64 latents per prompt batch with forward hooks on every attn2 ``to_k``/``to_v``
-  copying K/V to the host (plus the text encoder) — record must be ≥ 35× faster.
+  copying K/V to the host (plus the text encoder) — record must be ≥ 35× faster;
+* summary (``--summary``): ``record_store`` with ``RecordOptions(summary=True)`` end to end (every stage of both
+  models computed, the per-token distances of the customized model to the baseline computed on the device and
+  written instead of the activations) — target ≤ 1.5× the floor. Its runs alternate with the floor's too.
 
-Floor and record runs alternate (after one warm-up of each); ms/prompt are medians, record/floor is the median of the
-ratios of adjacent runs (on a shared machine, load comes and goes between runs).
+Floor and record (and summary) runs alternate (after one warm-up of each); ms/prompt are medians, record/floor is the
+median of the ratios of adjacent runs (on a shared machine, load comes and goes between runs).
 
 SD1.5: ``UNet2DConditionModel()``'s default config (320/640/1280/1280 channels, cross-attention 768, 16 attn2
 sites), CLIP ViT-L/14's text encoder (768 wide, 12 layers, 12 heads) with the real CLIP tokenizer; the customized
@@ -31,7 +34,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -42,8 +44,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 from alignit_probe.capture.sites import record_kv  # noqa: E402
+from alignit_probe.models.load import ModelPair  # noqa: E402
 from alignit_probe.models.toy import clip_tokenizer  # noqa: E402
-from alignit_probe.record.run import record_store  # noqa: E402
+from alignit_probe.record.run import RecordOptions, record_store  # noqa: E402
 from alignit_probe.text.concepts import Concept  # noqa: E402
 
 SUBJECTS = ["cat", "dog", "teapot", "backpack", "robot", "castle", "bicycle", "owl"]
@@ -122,7 +125,7 @@ def build_pair(device: str, dtype: torch.dtype):
         {"<new1>": torch.randn(768, generator=torch.Generator().manual_seed(1))}, token="<new1>"
     )
     custom.text_encoder.to(device, dtype)
-    return types.SimpleNamespace(
+    return ModelPair(
         baseline=base,
         custom=custom,
         baseline_id="sd15-random",
@@ -148,9 +151,10 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=6, help="floor/record runs, alternated; medians reported")
     ap.add_argument("--naive-batch", type=int, default=2, help="prompts per hooked UNet forward")
     ap.add_argument("--out", default=None, help="folder for the stores (default: a temporary folder)")
+    ap.add_argument(
+        "--summary", action="store_true", help="also time record --summary (distances on the device), alternated"
+    )
     args = ap.parse_args(argv)
-
-    import numpy as np
 
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
     cuda = args.device.startswith("cuda")
@@ -188,26 +192,24 @@ def main(argv=None) -> None:
         return time.perf_counter() - t
 
     tmp = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_record-"))
-    store_dtype = np.float16 if args.store_dtype == "float16" else np.float32
+    sizes, summary_sizes = [], []
 
-    sizes = []
-
-    def record(k: int) -> float:
+    def record(k: int, summary: bool = False) -> float:
+        options = RecordOptions(batch_size=args.batch_size, store_dtype=args.store_dtype, summary=summary)
         sync()
         t = time.perf_counter()
         out = record_store(
             pair,
             concepts,
             texts,
-            tmp / f"store{k}.zarr",
+            tmp / f"{'summary' if summary else 'store'}{k}.zarr",
+            options,
             overwrite=True,
-            batch_size=args.batch_size,
-            store_dtype=store_dtype,
             progress=False,
         )
         sync()
         seconds = time.perf_counter() - t
-        sizes.append(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
+        (summary_sizes if summary else sizes).append(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
         shutil.rmtree(out)  # every run starts from the same disk and page-cache state
         return seconds
 
@@ -234,10 +236,14 @@ def main(argv=None) -> None:
                 h.remove()
 
     floor(), record(-1)  # warm-up (allocator, lazy imports, first zarr write)
-    floors, records = [], []
+    if args.summary:
+        record(-1, summary=True)
+    floors, records, summaries = [], [], []
     for k in range(args.repeats):
         floors.append(floor())
         records.append(record(k))
+        if args.summary:
+            summaries.append(record(k, summary=True))
     naive_s = naive()
 
     per = 2 * args.prompts  # prompt x model
@@ -267,6 +273,22 @@ def main(argv=None) -> None:
         f"fastest record / fastest floor {min(records) / min(floors):.3f}x)"
     )
     print(f"  naive / record = {n_ms / r_ms:.1f}x   (target >= 35x)")
+    if args.summary:
+        s_ms = statistics.median(summaries) / per * 1e3
+        s_ratio = statistics.median(s / f for s, f in zip(summaries, floors))
+        s_size = summary_sizes[-1]
+        print(
+            f"  summary store: {s_size / 2**20:.2f} MiB on disk, {s_size / per / 2**10:.1f} KiB per prompt and model "
+            f"({size / s_size:.0f}x smaller)"
+        )
+        print(
+            f"  summary (record_store --summary to zarr)       {s_ms:9.1f} ms/prompt   runs (s): "
+            f"{' '.join(f'{t:.2f}' for t in summaries)}"
+        )
+        print(
+            f"  summary / floor = {s_ratio:.3f}x   (median of the {args.repeats} adjacent pairs; target <= 1.5x; "
+            f"fastest summary / fastest floor {min(summaries) / min(floors):.3f}x)"
+        )
 
 
 if __name__ == "__main__":

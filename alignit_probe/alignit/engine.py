@@ -21,7 +21,16 @@ from ..errors import ProbeError
 from ..text.concepts import Concept, TokenizedPrompt, tokenize_prompts
 from ..text.encoder import encoder_states
 from .generation import generate_images
-from .plan import DEFAULT_TEMPLATE, Plan, alignit_plan, blend, check_alpha, gather_onto, infuse, tokenize_dummies
+from .plan import (
+    DEFAULT_TEMPLATE,
+    Plan,
+    alignit_plan,
+    blend,
+    check_alpha,
+    infuse_batch,
+    partners_batch,
+    tokenize_dummies,
+)
 
 
 @dataclass
@@ -107,16 +116,12 @@ def alignit_kv(
     kv = {}
     for path in sites:
         out = []
-        for which in (0, 1):
-            rows = []
-            for p, plan in enumerate(plans):
-                aligned = infuse(
-                    plan, base_kv[path][which][p], {c: dummy_kv[path][which][i] for i, c in enumerate(order)}
-                )
-                own, has = gather_onto(plan, ct[p], custom_kv[path][which][p])
-                use = options.keys if which == 0 else options.values
-                rows.append(blend(aligned, own, has, options.alpha) if use else own)
-            out.append(torch.stack(rows).to(device))
+        for which, use in ((0, options.keys), (1, options.values)):
+            own, has = partners_batch(plans, ct, custom_kv[path][which])
+            if use:
+                dummy = {c: dummy_kv[path][which][i] for i, c in enumerate(order)}
+                own = blend(infuse_batch(plans, base_kv[path][which], dummy), own, has, options.alpha)
+            out.append(own.to(device))
         kv[path] = (out[0], out[1])
     cond = custom_c if options.denoiser == "custom" else base_c
     return AlignITKV(plans, ct, bt, kv, cond.to(device), base_c, custom_c, options, warnings)

@@ -10,10 +10,12 @@ Divergences (0 = same map):
 * ``one_minus_pearson``: 1 − Pearson r of the pixel values, in [0, 2]; NaN where a map is constant.
 * ``jensen_shannon``: maps normalized to sum 1, JS divergence in bits (base 2), in [0, 1], symmetric;
   NaN where a map sums to 0. Maps must be non-negative (attention maps are).
-* ``one_minus_iou``: 1 − IoU of the two maps thresholded at a *relative* level: a pixel is in the mask when its
-  value is ≥ ``level`` × that map's own max (default 0.5, DAAM's usual binarization for segmentation).
-  ``iou`` is the similarity itself (1 = same mask). A map whose max is ≤ 0 has an empty mask; two empty masks
-  give NaN.
+* ``one_minus_iou``: 1 − IoU of the two maps' binary masks, DAAM's convention (``expand_image(...,
+  threshold=level)``): each map is min–max normalized over the spatial dims, (m − min) / (max − min), and a pixel is
+  in the mask when that is > ``level`` (default 0.5). Normalizing the range, not only the scale, is what makes the
+  masks say something about real attention maps, which are flat (min/max 0.7–0.9): thresholding at ``level`` × max
+  kept every pixel of both maps and gave IoU 1 almost always. ``iou`` is the similarity itself (1 = same mask). A
+  constant map (max == min, all-zero included) has an empty mask; two empty masks give NaN.
 """
 
 from __future__ import annotations
@@ -57,13 +59,26 @@ def jensen_shannon(a: xr.DataArray, b: xr.DataArray, dims: Sequence[str] = SPATI
     return js.clip(0.0, 1.0).rename("jensen_shannon")
 
 
+def minmax(a: xr.DataArray, dims: Sequence[str] = SPATIAL) -> xr.DataArray:
+    """(a − min) / (max − min) over ``dims``; NaN for constant maps."""
+    lo, hi = a.min(dims), a.max(dims)
+    span = hi - lo
+    return (a - lo) / span.where(span > 0)
+
+
 def _mask(a: xr.DataArray, level: float, dims: Sequence[str]) -> xr.DataArray:
-    top = a.max(dims)
-    return (a >= level * top) & (top > 0)
+    return minmax(a, dims) > level  # NaN (constant map) > level is False: an empty mask
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 <= level < 1.0:
+        raise ValueError(f"level must be in [0, 1), not {level!r} (a fraction of each map's min–max range)")
 
 
 def iou(a: xr.DataArray, b: xr.DataArray, level: float = 0.5, dims: Sequence[str] = SPATIAL) -> xr.DataArray:
-    """Intersection over union of ``a ≥ level·max(a)`` and ``b ≥ level·max(b)`` (a similarity: 1 = same mask)."""
+    """Intersection over union of the masks (a − min a)/(max a − min a) > ``level`` and the same of ``b``
+    (a similarity: 1 = same mask; NaN when both masks are empty)."""
+    _check_level(level)
     a, b = _pair(a, b)
     ma, mb = _mask(a, level, dims), _mask(b, level, dims)
     union = (ma | mb).sum(dims)
@@ -78,7 +93,7 @@ def one_minus_iou(a: xr.DataArray, b: xr.DataArray, level: float = 0.5, dims: Se
 def divergences(a: xr.DataArray, b: xr.DataArray, level: float = 0.5, dims: Sequence[str] = SPATIAL) -> xr.Dataset:
     """All three divergences as one Dataset (variables ``one_minus_pearson``, ``jensen_shannon``, ``one_minus_iou``)."""
     out = xr.merge([one_minus_pearson(a, b, dims), jensen_shannon(a, b, dims), one_minus_iou(a, b, level, dims)])
-    out.attrs.update(iou_level=level, js_base=2, dims=list(dims))
+    out.attrs.update(iou_level=level, iou_mask="minmax > level", js_base=2, dims=list(dims))
     return out
 
 

@@ -13,17 +13,34 @@ softmax(Q Kᵀ · scale + mask) are recomputed in float32 for the *conditional r
 (``guidance.CondRows``), never as the second half of the batch; ``scale`` is what SDPA used (the ``scale``
 argument if given, else 1/√head_dim, which is ``attn.scale`` for SD layers).
 
-Aggregation is streaming (memory does not grow with steps): per call, mean over heads, bilinear upsampling
-(``align_corners=False``, non-negative and mass-preserving in shape, unlike bicubic) from the layer's native h×w to
-the latent grid, summed over layers and steps. The native h×w is inferred from the number of queries and the
-latent shape of the first UNet call (a forward pre-hook on the UNet, removed on exit), so non-square images work.
-A *step* is one UNet forward inside the block. Rows of several images of the same prompt are summed.
+Aggregation is streaming (memory does not grow with steps): per call, each layer's maps are brought to the latent
+grid and added, summed over layers and steps. ``AttentionSlices(aggregation=...)``:
+
+* ``"bilinear"`` (default): mean over heads, then bilinear upsampling (``align_corners=False``, non-negative and
+  mass-preserving in shape) from the layer's native h×w to the latent grid.
+* ``"daam"`` (DAAM, Tang et al. 2023, ``daam/trace.py``): each head's map upsampled with bicubic interpolation
+  (``align_corners=False``) to the latent grid, clamped at 0 (bicubic undershoots), then the mean over heads.
+  DAAM sums each (layer, head) map over steps *before* it upsamples and clamps, and takes the mean over all
+  (layer, head) pairs; here each step is upsampled and clamped as it comes (memory flat in steps) and layers are
+  summed. Both agree exactly for one step, and for more wherever bicubic does not undershoot; with the same number
+  of heads in every layer (SD1.x: 8) the sum over layers is DAAM's mean times the number of layers, so the
+  normalized ``map`` is DAAM's global heat map (on the latent grid: 64×64 for SD1.5 at 512 px, like DAAM's).
+
+``AttentionSlices(layers=...)``: None (every attn2 layer), a list of attn2 paths, or ``"daam"``: the layers DAAM
+aggregates by default — every attn2 layer outside the UNet's mid block (DAAM's ``UNetCrossAttentionLocator`` with
+``locate_middle_block=False``) whose map is not downsampled 8× from the latent grid at the UNet's default sample
+size (DAAM skips ``factor == 8``); for SD1.x/SD2.x that is all down- and up-block layers (maps 64/32/16 at 512 px),
+the mid block's 8×8 excluded. Only the chosen layers are wrapped and captured (``layers`` attribute).
+
+The native h×w is inferred from the number of queries and the latent shape of the first UNet call (a forward
+pre-hook on the UNet, removed on exit), so non-square images work. A *step* is one UNet forward inside the block.
+Rows of several images of the same prompt are summed.
 
 Slices (``AttentionSlices``): ``per_layer`` (``map_layer``), ``step_windows`` [start, stop) (``map_window``),
 ``per_head`` (``map_head``, latent grid), ``native`` (``map_native_<k>`` per layer, dims ``y_<h>``/``x_<w>``;
-with ``per_head`` also ``map_native_head_<k>``). Enter ``capture_attention`` after (inside) any context that swaps
-processors, so it wraps them. During capture, a customized processor's weights sit one level deeper
-(``...attn2.processor.inner``) in the UNet's state dict.
+with ``per_head`` also ``map_native_head_<k>``; native maps are never upsampled). Enter ``capture_attention`` after
+(inside) any context that swaps processors, so it wraps them. During capture, a customized processor's weights sit
+one level deeper (``...attn2.processor.inner``) in the UNet's state dict. ``maps_dataset`` builds the Dataset.
 """
 
 from __future__ import annotations
@@ -37,29 +54,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..analysis.maps import normalize
 from ..capture import sites
 from ..errors import ProbeError
 from .guidance import CondRows
+from .map_options import AttentionSlices, daam_layers, select_layers
+from .maps_dataset import maps_dataset
 from .sdpa import intercept_sdpa
 
-__all__ = ["AttentionSlices", "AttentionCollector", "capture_attention", "token_strings"]
-
-
-@dataclass(frozen=True)
-class AttentionSlices:
-    """Optional extra maps, all streaming sums (see module docstring)."""
-
-    per_layer: bool = False
-    per_head: bool = False
-    step_windows: Sequence[tuple[int, int]] | None = None
-    native: bool = False
-
-    def __post_init__(self):
-        windows = tuple((int(a), int(b)) for a, b in (self.step_windows or ()))
-        if any(b <= a or a < 0 for a, b in windows):
-            raise ProbeError(f"bad step window in {windows}", "give [start, stop) pairs with 0 <= start < stop")
-        object.__setattr__(self, "step_windows", windows)
+__all__ = ["AttentionSlices", "AttentionCollector", "capture_attention", "daam_layers", "token_strings"]
 
 
 @dataclass
@@ -152,9 +154,11 @@ class AttentionCollector:
         self.cond = CondRows(prompt_embeds)
         self.slices = slices
         self.prompts, self.tokens = prompt_embeds.shape[:2]
-        self.layers = sites.attn2_paths(unet)
-        if not self.layers:
+        if not sites.attn2_paths(unet):
             raise ProbeError("the UNet has no cross-attention (attn2) layers", "pass a text-conditioned pipeline")
+        self.layers = select_layers(unet, slices.layers)
+        if not self.layers:
+            raise ProbeError("no attn2 layer matches the chosen map layers", "pass layers=None for all")
         self.heads = [unet.get_submodule(p).heads for p in self.layers]
         self.processors = [""] * len(self.layers)
         self.latent_hw: tuple[int, int] | None = None
@@ -164,7 +168,7 @@ class AttentionCollector:
         self.rows_captured = 0  # conditional rows captured, over all layers and steps
         self._counted = -1
         self._acc: dict[str, torch.Tensor] = {}
-        self._native: dict[int, tuple[int, int]] = {}
+        self.native_hw: dict[int, tuple[int, int]] = {}  # layer index → its maps' native (h, w)
         self._index: dict[tuple, torch.Tensor] = {}
 
     # -- hooks ---------------------------------------------------------------------------------------------------
@@ -223,20 +227,28 @@ class AttentionCollector:
         if self._counted != self.unet_calls:
             self._counted, self.steps = self.unet_calls, self.steps + 1
         r, heads, n, t = probs.shape
-        h, w = self._native[i] if i in self._native else self._native.setdefault(i, self._grid(n))
+        h, w = self.native_hw[i] if i in self.native_hw else self.native_hw.setdefault(i, self._grid(n))
         lh, lw = self.latent_hw
         dev, sl = probs.device, self.slices
         idx = self._index.get((tuple(which), dev))
         if idx is None:
             idx = self._index[(tuple(which), dev)] = torch.tensor(which, device=dev)
-        maps = probs.mean(1).transpose(-1, -2).reshape(r, t, h, w)  # head mean first: 1/heads of the copying
-        head_maps = probs.transpose(-1, -2).reshape(r, heads, t, h, w) if sl.per_head else None
-        up = lambda m: m if (h, w) == (lh, lw) else F.interpolate(m, (lh, lw), mode="bilinear", align_corners=False)
+        maps = probs.mean(1).transpose(-1, -2).reshape(r, t, h, w)  # native head mean
+        same = (h, w) == (lh, lw)
         P, L, H = self.prompts, len(self.layers), max(self.heads)
+        if sl.aggregation == "daam":  # per head: bicubic, clamped at 0 (DAAM's), then the head mean
+            heads_up = probs.transpose(-1, -2).reshape(r, heads * t, h, w)
+            if not same:
+                heads_up = F.interpolate(heads_up, (lh, lw), mode="bicubic", align_corners=False).clamp_(min=0)
+            heads_up = heads_up.reshape(r, heads, t, lh, lw)
+            maps_up = heads_up.mean(1)
+        else:  # head mean first (1/heads of the copying), then bilinear
+            up = lambda m: m if same else F.interpolate(m, (lh, lw), mode="bilinear", align_corners=False)
+            maps_up = up(maps)
+            if sl.per_head:
+                heads_up = up(probs.transpose(-1, -2).reshape(r, heads * t, h, w)).reshape(r, heads, t, lh, lw)
         if sl.per_head:
-            heads_up = up(head_maps.reshape(r, heads * t, h, w)).reshape(r, heads, t, lh, lw)
             self._get("map_head", (P, L, H, t, lh, lw), dev)[:, i, :heads].index_add_(0, idx, heads_up)
-        maps_up = up(maps)
         self._get("map_raw", (P, t, lh, lw), dev).index_add_(0, idx, maps_up)
         if sl.per_layer:
             self._get("map_layer", (P, L, t, lh, lw), dev)[:, i].index_add_(0, idx, maps_up)
@@ -248,6 +260,7 @@ class AttentionCollector:
         if sl.native:
             self._get(f"map_native_{i}", (P, t, h, w), dev).index_add_(0, idx, maps)
             if sl.per_head:
+                head_maps = probs.transpose(-1, -2).reshape(r, heads, t, h, w)
                 self._get(f"map_native_head_{i}", (P, H, t, h, w), dev)[:, :heads].index_add_(0, idx, head_maps)
 
     def _get(self, name: str, shape: tuple, device) -> torch.Tensor:
@@ -267,84 +280,19 @@ class AttentionCollector:
     def to_dataset(
         self, token_strings: Sequence[str] | Sequence[Sequence[str]] | None = None, normalize_maps: str | None = "max"
     ):
-        """The maps as an ``xr.Dataset``.
+        """The maps as an ``xr.Dataset`` (built by ``maps_dataset.maps_dataset``).
 
         ``map`` (prompt, token, y, x): the global map, each (prompt, token) map divided by its max over (y, x)
         (``normalize_maps="sum"``: by its sum; None: raw); ``map_raw``: the raw sum over layers and steps of
-        head-mean probabilities. Slices, normalized the same way per map: ``map_layer`` (prompt, layer, token, y, x),
-        ``map_window`` (prompt, window, token, y, x), ``map_head`` (prompt, layer, head, token, y, x; NaN for heads
-        a layer lacks), ``map_native_<k>`` (prompt, token, y_<h>, x_<w>) and ``map_native_head_<k>``
-        (prompt, head, token, y_<h>, x_<w>) with attr ``layer``. ``token_strings`` (one list, or one per prompt)
-        becomes the ``token_text`` coord.
+        head-mean probabilities (``aggregation="daam"``: of head means of clamped bicubic per-head maps). Slices,
+        normalized the same way per map: ``map_layer`` (prompt, layer, token, y, x), ``map_window``
+        (prompt, window, token, y, x), ``map_head`` (prompt, layer, head, token, y, x; NaN for heads a layer lacks),
+        ``map_native_<k>`` (prompt, token, y_<h>, x_<w>) and ``map_native_head_<k>`` (prompt, head, token, y_<h>,
+        x_<w>) with attr ``layer``. ``token_strings`` (one list, or one per prompt) becomes the ``token_text``
+        coord. Attributes: ``aggregation`` (bilinear/daam), ``upsampling``, ``layers`` (the captured ones),
+        ``layer_selection`` (all/daam/given), ``steps``, ``latent_size``, ``heads``, ``processors``, ...
         """
-        import numpy as np
-        import xarray as xr
-
-        if not self._acc:
-            raise ProbeError(
-                "no cross-attention was captured",
-                "call the pipeline inside the block with prompt_embeds= the tensor given to capture_attention",
-            )
-        lh, lw = self.latent_hw
-        P, L, H, T = self.prompts, len(self.layers), max(self.heads), self.tokens
-        coords = {"prompt": range(P), "token": range(T), "y": range(lh), "x": range(lw)}
-        data = {}
-        for name, acc in self._acc.items():
-            arr = acc.detach().cpu().numpy().copy()
-            if name == "map_raw":
-                data[name] = (("prompt", "token", "y", "x"), arr)
-                data["map"] = (("prompt", "token", "y", "x"), arr)
-            elif name in ("map_layer", "map_window", "map_head"):
-                mid = {"map_layer": ("layer",), "map_window": ("window",), "map_head": ("layer", "head")}[name]
-                data[name] = (("prompt", *mid, "token", "y", "x"), arr)
-            else:
-                k = int(name.rsplit("_", 1)[1])
-                h, w = self._native[k]
-                dims = ("prompt", "head", "token", f"y_{h}", f"x_{w}")
-                data[name] = (dims if "head" in name else dims[:1] + dims[2:], arr, {"layer": self.layers[k]})
-        for k, n in enumerate(self.heads):  # heads a layer does not have
-            for name, sel in (("map_head", (slice(None), k, slice(n, None))), (f"map_native_head_{k}", np.s_[:, n:])):
-                if n < H and name in data:
-                    data[name][1][sel] = np.nan
-        order = ["map", "map_raw", "map_layer", "map_window", "map_head"]
-        order += [f"map_native{h}_{k}" for k in range(L) for h in ("", "_head")]
-        ds = xr.Dataset({k: xr.Variable(*data[k]) for k in order if k in data}, coords=coords)
-        if "map_layer" in ds or "map_head" in ds:
-            ds = ds.assign_coords(layer=self.layers)
-        if "map_head" in ds or any("native_head" in k for k in ds):
-            ds = ds.assign_coords(head=range(H))
-        if "map_window" in ds:
-            ws = self.slices.step_windows
-            ds = ds.assign_coords(
-                window=[f"{a}:{b}" for a, b in ws],
-                window_start=("window", [a for a, _ in ws]),
-                window_stop=("window", [b for _, b in ws]),
-            )
-        for name in list(ds.data_vars):
-            if name != "map_raw":
-                spatial = [d for d in ds[name].dims if d[0] in "yx"]
-                ds[name] = normalize(ds[name], normalize_maps, spatial).assign_attrs(ds[name].attrs)
-        if token_strings is not None:
-            per_prompt = len(token_strings) > 0 and not isinstance(token_strings[0], str)
-            pad = lambda ts: [*ts[:T], *[""] * (T - len(ts))]
-            ds = ds.assign_coords(
-                token_text=(("prompt", "token"), [pad(list(t)) for t in token_strings])
-                if per_prompt
-                else ("token", pad(list(token_strings)))
-            )
-        ds.attrs.update(
-            steps=self.steps,
-            unet_calls=self.unet_calls,
-            layers=list(self.layers),
-            normalization=str(normalize_maps),
-            upsampling="bilinear (align_corners=False), head mean before upsampling",
-            latent_size=[lh, lw],
-            heads=list(self.heads),
-            processors=list(self.processors),
-            calls_per_layer=list(self.calls),
-            aggregation="sum over layers and steps of head-mean softmax(Q K^T * scale) of the conditional rows",
-        )
-        return ds
+        return maps_dataset(self, token_strings, normalize_maps)
 
 
 @contextlib.contextmanager

@@ -9,28 +9,36 @@ receives, as ``sdpa``, the function the outer block installed.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch.nn.functional as F
 
 Handler = Callable[..., object]  # handler(sdpa, query, key, value, *args, **kwargs) -> attention output
 
 
-@contextlib.contextmanager
-def intercept_sdpa(handler: Handler) -> Iterator[None]:
+class intercept_sdpa:  # noqa: N801 - used as a function-like context manager
     """Route every SDPA call made inside the block through ``handler(sdpa, query, key, value, *args, **kwargs)``;
-    ``sdpa`` is the function in place before (call it to attend). Restored on exit, also on error."""
-    sdpa = F.scaled_dot_product_attention
+    ``sdpa`` is the function in place before (call it to attend). Restored on exit, also on error.
 
-    def routed(*args, **kwargs):
-        return handler(sdpa, *args, **kwargs)
+    A class rather than a generator-based context manager: it runs once per attn2 call in AlignIT's hot path."""
 
-    F.scaled_dot_product_attention = routed
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = sdpa
+    __slots__ = ("handler", "sdpa")
+
+    def __init__(self, handler: Handler):
+        self.handler = handler
+        self.sdpa = None
+
+    def __enter__(self) -> None:
+        sdpa = self.sdpa = F.scaled_dot_product_attention
+        handler = self.handler
+
+        def routed(*args, **kwargs):
+            return handler(sdpa, *args, **kwargs)
+
+        F.scaled_dot_product_attention = routed
+
+    def __exit__(self, *exc) -> None:
+        F.scaled_dot_product_attention = self.sdpa
 
 
 def recording(sink: list) -> Handler:

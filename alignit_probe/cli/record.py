@@ -1,5 +1,6 @@
 """``alignit-probe record``: every stage of the baseline and each customized model (``--custom [NAME=]SPEC``) on
-a prompt set, streamed into one store; ``--alignit`` adds the AlignIT branches."""
+a prompt set, streamed into one store; ``--alignit`` adds the AlignIT branches; ``--summary`` stores per-token
+distances to the baseline instead of the activations."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def cmd_record(args) -> int:
         drop_padding=args.drop_padding,
         shard=shard,
         alignit=alignit_options(args) if args.alignit else None,
+        summary=args.summary,
     )
     options.check()
     probe = make_probe(args)
@@ -49,6 +51,7 @@ def cmd_record(args) -> int:
         drop_padding=options.drop_padding,
         shard=shard,
         alignit=options.alignit or False,
+        summary=options.summary,
         overwrite=args.overwrite,
         command=sys.argv,
     )
@@ -72,5 +75,11 @@ def add_parser(sub) -> None:
     )
     g.add_argument("--shard", metavar="I/N", help="record only shard I of N (0-based; contiguous runs of batches)")
     g.add_argument("--alignit", action="store_true", help="also write the AlignIT branch of each model (no images)")
+    g.add_argument(
+        "--summary",
+        action="store_true",
+        help="store per-token distances to the baseline (computed on the device; kilobytes per prompt) instead of "
+        "the activations: compare gives the same rows, nothing else can be read back",
+    )
     add_alignit_args(rec)
     rec.set_defaults(func=cmd_record)

@@ -1,24 +1,32 @@
-"""``alignit-probe report``: a diagnostic report folder for a store — drift figures (per model, and against model
-for several customized models), tidy rows (JSON) and a markdown summary."""
+"""``alignit-probe report``: the diagnostic report of a store (or every shard of one). ``--out FILE.html``: one
+self-contained HTML page (``viz.report``: figures embedded, nothing fetched). ``--out FOLDER``: drift figures (per
+model, and against model for several customized models), tidy rows (JSON), a markdown summary and the same
+``report.html``. Either is written whole or not at all."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from ..errors import ProbeError
 from ..schema import STAGES
-from .common import json_safe, out_dir, subparser
+from .common import json_safe, out_dir, staged_folder, subparser
 
 
-def cmd_report(args) -> int:
-    from .. import compare, open_shards
+def html_path(path: str, overwrite: bool) -> Path:
+    from ..store.layout import check_output
+
+    out = Path(path)
+    if out.is_dir():
+        raise ProbeError(f"output {out} is a folder", "pass a file name ending in .html, or a folder without .html")
+    return check_output(out, overwrite)
+
+
+def write_folder(tree, frame, rows: list[dict], out: Path, stores) -> list[Path]:
+    """rows.json, the drift (and checkpoint) figures and summary.md into ``out``."""
     from .. import store as st
     from ..viz.drift import checkpoint_figure, drift_figure
 
-    tree = open_shards(args.store)
-    out = out_dir(args.out, args.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    frame = compare(tree)
-    rows = [{k: json_safe(v) for k, v in r.items()} for r in frame.astype(object).to_dict("records")]
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
     figures = [drift_figure(rows, out / f"drift_{m}.png", m) for m in ("relative_l2", "cosine_distance")]
     customs = st.store_attrs(tree).get("custom_models") or []
@@ -26,7 +34,7 @@ def cmd_report(args) -> int:
         figures += [
             checkpoint_figure(rows, out / f"checkpoints_{m}.png", m) for m in ("relative_l2", "cosine_distance")
         ]
-    lines = [f"# alignit-probe report: {', '.join(map(str, args.store))}", ""]
+    lines = [f"# alignit-probe report: {', '.join(map(str, stores))}", ""]
     for model in st.models(tree):
         a = st.model_attrs(tree, model)
         lines.append(f"- **{model}**: {a.get('method')} — {a.get('custom_ids') or a.get('model_id')}")
@@ -47,15 +55,53 @@ def cmd_report(args) -> int:
                         f"| {model} | {stage} | {role} | {sel.value.mean():.4f} | "
                         f"[{sel.ci_low.mean():.4f}, {sel.ci_high.mean():.4f}] |"
                     )
-    lines += [""] + [f"![{f.stem}]({f.name})" for f in figures]
+    lines += ["", "Everything in one page: [report.html](report.html)", ""]
+    lines += [f"![{f.stem}]({f.name})" for f in figures]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return figures
+
+
+def cmd_report(args) -> int:
+    from .. import compare, open_shards
+    from ..viz.report import report_html, write_html
+
+    single = str(args.out).lower().endswith(".html")
+    out = html_path(args.out, args.overwrite) if single else out_dir(args.out, args.overwrite)
+    tree = open_shards(args.store)
+    frame = compare(tree)
+    rows = [{k: json_safe(v) for k, v in r.items()} for r in frame.astype(object).to_dict("records")]
+    images = {}
+    for spec in args.image or []:
+        title, sep, path = spec.partition("=")
+        title, path = (title, path) if sep else (Path(spec).stem, spec)
+        if not Path(path).is_file():
+            raise ProbeError(f"image {path} does not exist", "pass --image [TITLE=]PATH of a PNG (e.g. a grid.png)")
+        images[title] = path
+    page = report_html(tree, rows, title=", ".join(map(str, args.store)), images=images)
+    if single:
+        write_html(page, out)
+    else:
+        with staged_folder(out) as tmp:
+            write_folder(tree, frame, rows, tmp, args.store)
+            write_html(page, tmp / "report.html")
     print(f"report written to {out}")
     return 0
 
 
 def add_parser(sub) -> None:
-    p = subparser(sub, "report", "drift figures, rows.json and summary.md for a store")
+    p = subparser(sub, "report", "one self-contained report.html, or a folder with figures, rows.json and summary.md")
     p.add_argument("store", nargs="+", help="a store, or every shard of one")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="FILE.html: one self-contained HTML page; otherwise a folder (rows.json, figures, summary.md, "
+        "report.html)",
+    )
+    p.add_argument(
+        "--image",
+        action="append",
+        metavar="[TITLE=]PATH",
+        help="a PNG to embed in the report (repeatable), e.g. the grid.png of `alignit` or `swap`",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_report)

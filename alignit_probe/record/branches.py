@@ -1,5 +1,6 @@
 """Branches beyond the recorded models: AlignIT's infused K/V per prompt (``alignit`` / ``alignit-<model>``, token
-labels aligned to the baseline) and the cross-attention maps of generations (``/<model>/attention``)."""
+labels aligned to the baseline) and the cross-attention maps of generations (``/<model>/attention``), also of the
+baseline alone (``baseline_maps``, ``write_maps_store``: a store with the baseline's token labels and maps only)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from ..capture.attention import AttentionSlices, capture_attention
 from ..capture.sites import attn2_paths
 from ..schema import ALIGNIT, BASELINE
 from ..store.batch import Batch, token_coords
-from ..text.concepts import Concept, tokenize_pair
+from ..store.writer import StoreWriter
+from ..text.concepts import Concept, TokenizedPrompt, tokenize_pair
+from ..text.encoder import encoder_states
 from .batch import to_host
 
 
@@ -115,7 +118,38 @@ def generation_maps(
     for name, embeds, ctx in runs:
         with ctx as pipe, capture_attention(pipe, embeds, slices=slices) as collector:
             images = generate_images(pipe, embeds, **gen)
-        ds = collector.to_dataset()
-        ds = ds.drop_vars([v for v in ("token_text",) if v in ds.coords])
-        out[name] = (ds.assign_coords(prompt=np.arange(ds.sizes["prompt"])), images)
+        out[name] = (branch_maps(collector), images)
     return out
+
+
+def branch_maps(collector) -> xr.Dataset:
+    """A collector's maps as a store node: no ``token_text`` (the branch's token labels say it), prompts 0…P−1."""
+    ds = collector.to_dataset()
+    ds = ds.drop_vars([v for v in ("token_text",) if v in ds.coords])
+    return ds.assign_coords(prompt=np.arange(ds.sizes["prompt"]))
+
+
+def baseline_tokens(pipe, prompts: list[str]) -> list[TokenizedPrompt]:
+    """The prompts as the baseline alone sees them: no concept, every word ``context`` (labels of the store)."""
+    return [tokenize_pair(p, pipe, pipe.tokenizer, [], allow_absent=True)[1] for p in prompts]
+
+
+def baseline_maps(
+    pipe, prompts: list[str], *, slices: AttentionSlices = AttentionSlices(), **gen
+) -> dict[str, tuple[xr.Dataset, list]]:
+    """{``baseline``: (maps Dataset, images)} of the baseline pipeline alone (DAAM's use; ``gen``:
+    ``generate_images``' keywords)."""
+    embeds = encoder_states(pipe, baseline_tokens(pipe, prompts))
+    with capture_attention(pipe, embeds, slices=slices) as collector:
+        images = generate_images(pipe, embeds, **gen)
+    return {BASELINE: (branch_maps(collector), images)}
+
+
+def write_maps_store(out, tokenized: list[TokenizedPrompt], maps: xr.Dataset, *, attrs: dict, model_attrs: dict):
+    """A store holding the baseline branch's token labels and ``baseline/attention`` only (no recorded stages);
+    ``attrs``: root attributes (``concepts``, ``versions``, ``command``, …), ``model_attrs``: the branch's."""
+    root = {"concepts": [], "custom_models": [], "warnings": [], "n_prompts": len(tokenized), **attrs}
+    with StoreWriter(out, attrs=root, chunk_prompts=len(tokenized), n_prompts=len(tokenized), background=False) as w:
+        w.append(BASELINE, Batch(token_coords(tokenized, 0), {}), model_attrs)
+        w.put(f"{BASELINE}/attention", maps)
+        return w.commit()

@@ -64,12 +64,13 @@ def kv_distances(kv: dict, base_kv: dict, ref: torch.Tensor, store_dtype, n_tok:
     out = {}
     for which, name in enumerate(("key", "value")):
         d = [partner_distances(kv[p][which][:, :n_tok], base_kv[p][which], ref, store_dtype) for p in sites]
-        out[name] = (("prompt", "site", "token", "metric"), to_numpy(torch.stack(d, dim=1)))
+        values = to_numpy(torch.stack(d, dim=1)) if d else np.empty((ref.shape[0], 0, n_tok, len(METRICS)))
+        out[name] = (("prompt", "site", "token", "metric"), values)
     return out, sites
 
 
 def distance_group(variables: dict, coords: xr.Dataset, sites: list[str], layers: int | None = None) -> xr.Dataset:
-    index = {"prompt": coords.prompt.values, "token": coords.token.values, "metric": list(METRICS)}
+    index = {"prompt": coords.prompt.values, "token": coords.token.values, "metric": np.array(METRICS, dtype=object)}
     index["site"] = np.array(sites, dtype=object)
     if layers is not None:
         index["layer"] = np.arange(layers)
@@ -125,11 +126,13 @@ def record_summary(
     done = min(writer.written(b) for b in branches)
     if progress is not None:
         progress.update(done)
+    kw = dict(clip_skip=options.clip_skip)
     for start in range(span.start + done, span.stop, options.batch_size):
         stop = min(start + options.batch_size, span.stop)
         todo = [b for b in branches if span.start + writer.written(b) < stop]
-        kw = dict(clip_skip=options.clip_skip)
-        base = stage_tensors(models.baseline, tables[BASELINE][start:stop], **kw)
+        base = None  # the baseline's stages, computed once per batch where another branch needs them
+        if todo != [BASELINE]:
+            base = stage_tensors(models.baseline, tables[BASELINE][start:stop], **kw)
         for name in todo:
             if name == BASELINE:
                 batch = Batch(token_coords(tables[BASELINE][start:stop], start, n_tokens), {})

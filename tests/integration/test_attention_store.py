@@ -78,3 +78,43 @@ def test_attention_command(toy_dir, cd_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(out / "store.zarr"), "--json"]) == 0
     assert '"stage": "attention_map"' in capsys.readouterr().out
+
+
+def test_attention_command_without_custom(toy_dir, tmp_path, capsys):
+    """DAAM's use: the baseline's maps alone; a store with the baseline's token labels and baseline/attention."""
+    out = tmp_path / "att"
+    prompts = ["a photo of a cat", "a dog on the beach"]
+    argv = ["attention", "--baseline", toy_dir, "--prompt", prompts[0], "--prompt", prompts[1], "--steps", "2"]
+    argv += ["--aggregation", "daam", "--map-layers", "daam", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (out / "images").glob("*.png")) == ["000-baseline.png", "001-baseline.png"]
+    assert sorted(p.name for p in (out / "overlays").glob("*.png")) == ["000-baseline.png", "001-baseline.png"]
+    tree = st.open_store(out / "store.zarr")
+    assert st.models(tree) == ["baseline"] and list(tree["baseline"].children) == ["attention"]
+    labels = st.token_labels(tree, "baseline")
+    assert labels.prompt_text.values.tolist() == prompts
+    assert set(labels.role.values.ravel()) == {"special", "context", "padding"}  # no concept without --custom
+    assert labels.token_str.values[0, 5] == "cat</w>"
+    ds = tree["baseline/attention"].to_dataset()
+    assert ds["map"].dims == ("prompt", "token", "y", "x") and ds.sizes["token"] == labels.sizes["token"]
+    assert float(ds["map_raw"].min()) >= 0 and ds.attrs["aggregation"] == "daam"
+    assert ds.attrs["layer_selection"] == "daam" and not any(p.startswith("mid_block") for p in ds.attrs["layers"])
+    assert st.model_attrs(tree, "baseline")["method"] == "baseline"
+    assert attention_rows(tree) == []  # nothing to compare against
+    capsys.readouterr()
+
+
+def test_attention_command_refuses_customized_flags_without_custom(toy_dir, tmp_path, capsys):
+    base = ["attention", "--baseline", toy_dir, "--prompt", "a cat", "--steps", "1", "--no-progress"]
+    for extra, flag in (
+        (["--alignit"], "--alignit"),
+        (["--concept", "sks"], "--concept"),
+        (["--alpha", "0.5"], "--alpha"),
+    ):
+        assert main(base + extra + ["--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {flag} needs a customized model") and "\n" not in err
+        assert not (tmp_path / "x").exists()
+    custom = ["--custom", str(tmp_path), "--out", str(tmp_path / "y")]
+    assert main(base + custom) == 2
+    assert "--custom needs --concept" in capsys.readouterr().err

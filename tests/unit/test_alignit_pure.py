@@ -87,3 +87,26 @@ def test_several_concepts_each_take_their_own_dummy_span(base_tok):
         "chasing</w>",
         "a</w>",
     ]
+
+
+def test_batched_infusion_equals_infusion_per_prompt(base_tok):
+    from alignit_probe.alignit.plan import gather_onto, infuse_batch, partners_batch
+
+    pipe = FakePipe({"<new1>": 2, "<new2>": 1})
+    cs = [Concept("<new1>", "cat"), Concept("<new2>", "dog")]
+    prompts = ["photo of a <new1> cat and a <new2> dog", "a <new2> on the beach", "<new1> cat"]
+    pairs = [tokenize_pair(p, pipe, base_tok, cs) for p in prompts]
+    plans, dummies = [], None
+    for ct, _ in pairs:
+        plan, _, _, dummies = plan_for(ct.text, cs, pipe, base_tok)
+        plans.append(plan)
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(len(prompts), 77, 6, generator=gen)
+    dummy = {c: torch.randn(77, 6, generator=gen) for c in dummies}
+    custom = torch.randn(len(prompts), 77, 6, generator=gen)
+    one = torch.stack([infuse(plan, base[p], dummy) for p, plan in enumerate(plans)])
+    assert torch.equal(infuse_batch(plans, base, dummy), one)
+    got, has = partners_batch(plans, [ct for ct, _ in pairs], custom)
+    for p, plan in enumerate(plans):
+        want, want_has = gather_onto(plan, pairs[p][0], custom[p])
+        assert torch.equal(got[p], want) and torch.equal(has[p], want_has)

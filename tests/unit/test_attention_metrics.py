@@ -53,9 +53,47 @@ def test_hand_made_cases():
     assert scalar(one_minus_pearson(maps([[1, 2], [3, 4]]), maps([[4, 3], [2, 1]]))) == pytest.approx(2.0)
     assert scalar(one_minus_pearson(maps([[1, 2], [3, 4]]), maps([[10, 20], [30, 40]]))) == pytest.approx(0.0)
     a, b = maps([[1.0, 0.6], [0.4, 0.0]]), maps([[1.0, 0.4], [0.6, 0.0]])
-    assert scalar(iou(a, b)) == pytest.approx(1 / 3)  # level 0.5 of each max: {0, 1} vs {0, 2}
+    assert scalar(iou(a, b)) == pytest.approx(1 / 3)  # min-max range 0..1, > 0.5: {0, 1} vs {0, 2}
     assert scalar(iou(a, b, level=0.3)) == pytest.approx(1.0)
-    assert scalar(iou(maps([[2.0, 1.2], [0, 0]]), maps([[1.0, 0.6], [0, 0]]))) == 1.0  # relative to own max
+    assert scalar(iou(maps([[2.0, 1.2], [0, 0]]), maps([[1.0, 0.6], [0, 0]]))) == 1.0  # scale-free
+    assert scalar(iou(maps([[7.0, 6.2], [5, 5]]), maps([[1.0, 0.6], [0, 0]]))) == 1.0  # and offset-free
+
+
+def test_iou_on_min_max_normalized_maps_exact_values():
+    # a = 2, 4, …, 18 row-major: (a - 2) / 16 = 0, 1/8, …, 1; b the same pixels in reverse order
+    a = maps(np.arange(2.0, 20.0, 2.0).reshape(3, 3))
+    b = maps(np.arange(2.0, 20.0, 2.0)[::-1].reshape(3, 3))
+    # level 0.5 (strictly above, DAAM's `im > threshold`): a keeps pixels 5..8, b pixels 0..3: disjoint
+    assert scalar(iou(a, b)) == 0.0 and scalar(one_minus_iou(a, b)) == 1.0
+    # level 0.2: a keeps 2..8, b keeps 0..6 → 5 shared of 9
+    assert scalar(iou(a, b, level=0.2)) == pytest.approx(5 / 9)
+    assert scalar(one_minus_iou(a, b, level=0.2)) == pytest.approx(4 / 9)
+    # level 0.5 on a vs a shifted and scaled copy with one pixel moved: {5, 6, 7, 8} vs {4, 6, 7, 8}
+    c = np.arange(2.0, 20.0, 2.0)
+    c[4], c[5] = 11.0, 9.0  # pixel 4 at (11-2)/16 = 0.5625 > 0.5, pixel 5 at 0.4375
+    assert scalar(iou(a, maps(3.0 * c.reshape(3, 3) + 100.0))) == pytest.approx(3 / 5)
+    out = divergences(a, b, level=0.2)
+    assert out.attrs["iou_level"] == 0.2
+    assert float(out["one_minus_iou"][0, 0]) == pytest.approx(4 / 9)
+    with pytest.raises(ValueError, match="level"):
+        iou(a, b, level=1.0)
+
+
+def test_flat_maps_with_different_peaks_are_told_apart():
+    """Real attention maps are flat (min/max 0.7-0.9): a mask at 0.5 x max kept every pixel of both maps."""
+    base = np.full((4, 4), 0.8)
+    pa, pb = base.copy(), base.copy()
+    pa[0, 0], pa[0, 1] = 1.0, 0.95  # peak top left
+    pb[3, 3], pb[3, 2] = 1.0, 0.95  # peak bottom right
+    a, b = maps(pa), maps(pb)
+    old = lambda m: m >= 0.5 * m.max()  # the previous convention
+    assert (old(pa) & old(pb)).sum() / (old(pa) | old(pb)).sum() == 1.0  # said "same map"
+    assert scalar(iou(a, b)) == 0.0  # {(0,0), (0,1)} vs {(3,3), (3,2)}: (0.95-0.8)/0.2 = 0.75 > 0.5
+    assert scalar(one_minus_iou(a, b)) == 1.0
+    pc = base.copy()
+    pc[0, 0], pc[1, 0] = 1.0, 0.95  # same top-left peak, spread downwards instead of right
+    assert scalar(iou(a, maps(pc))) == pytest.approx(1 / 3)
+    assert scalar(iou(a, maps(pc), level=0.8)) == 1.0  # only the peak pixel above 0.8 in both
 
 
 def test_js_symmetric_and_bounded():
@@ -72,6 +110,8 @@ def test_degenerate_maps_are_nan():
     assert np.isnan(scalar(jensen_shannon(zero, some)))
     assert np.isnan(scalar(iou(zero, zero)))
     assert scalar(iou(zero, some)) == 0.0
+    assert np.isnan(scalar(iou(flat, 2.0 * flat)))  # constant maps (max == min): empty masks
+    assert scalar(iou(flat, some)) == 0.0
 
 
 def test_vectorized_over_extra_dims_and_named_spatial_dims():

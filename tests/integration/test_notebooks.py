@@ -1,0 +1,65 @@
+"""Every notebook runs, top to bottom, on the embedded toy model: each jupytext percent file (notebooks/*.py) is
+converted to a notebook and executed with nbclient on the venv's own ``python3`` kernel (ipykernel installed in the
+venv; nothing registered globally) in a scratch working folder. Any cell error fails the test."""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+jupytext = pytest.importorskip("jupytext")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.py"))
+TIMEOUT_S = 120  # per cell; each notebook takes well under a minute on 2 cores
+
+
+def kernel_env() -> dict:
+    """The kernel's environment: offline, quiet, a non-GUI matplotlib backend (inline: figures become outputs), and
+    one torch thread (tiny matmuls on a shared 2-core machine: extra threads only spin)."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        DIFFUSERS_VERBOSITY="error",
+        TQDM_DISABLE="1",
+        MPLBACKEND="module://matplotlib_inline.backend_inline",
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+    )
+    return env
+
+
+def test_there_are_notebooks():
+    names = {p.stem for p in NOTEBOOKS}
+    assert {"01_quickstart", "02_debug_new_method", "03_kv_control", "04_alignit_before_after"} <= names, names
+    assert not list(NOTEBOOKS[0].parent.glob("*.ipynb")), "keep notebooks as percent .py files only"
+
+
+def test_kernel_is_this_venv(tmp_path):
+    nb = jupytext.reads("# %%\nimport sys\nprint(sys.executable)\n", fmt="py:percent")
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": tmp_path}})
+    client.execute(env=kernel_env())
+    out = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert Path(out.strip()).resolve() == Path(sys.executable).resolve(), out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path, tmp_path):
+    nb = jupytext.read(path)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=TIMEOUT_S, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    start = time.perf_counter()
+    client.execute(env=kernel_env())  # raises CellExecutionError on the first failing cell
+    seconds = time.perf_counter() - start
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images, f"{path.name} shows no figure or image inline"
+    print(f"{path.name}: {seconds:.1f} s")
+    assert seconds < 90, f"{path.name} took {seconds:.0f} s (budget: under 60 s on 2 cores)"
