@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import xarray as xr
@@ -36,10 +38,13 @@ from .record.run import RecordOptions, record_store
 from .schema import ALIGNIT, BASELINE, DEFAULT_CUSTOM, alignit_branch
 from .text.concepts import Concept
 
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def as_concepts(concepts) -> list[Concept]:
+def as_concepts(concepts: Concept | str | Iterable[Concept | str] | None) -> list[Concept]:
     """``Concept``, token string, or a list of either → list of ``Concept``."""
     if concepts is None:
         return []
@@ -48,7 +53,7 @@ def as_concepts(concepts) -> list[Concept]:
     return [c if isinstance(c, Concept) else Concept(str(c)) for c in concepts]
 
 
-def as_dtype(dtype) -> torch.dtype:
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if str(dtype) not in DTYPES:
@@ -107,7 +112,7 @@ class Probe:
             warnings.warn(w, ProbeWarning, stacklevel=3)
         return models
 
-    def baseline_only(self):
+    def baseline_only(self) -> StableDiffusionPipeline:
         """The baseline pipeline alone (no customized model needed: swaps and maps of the baseline)."""
         if self._models is not None:
             return self._models.baseline

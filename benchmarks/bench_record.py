@@ -192,7 +192,7 @@ def main(argv=None) -> None:
         return time.perf_counter() - t
 
     tmp = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_record-"))
-    sizes, summary_sizes = [], []
+    sizes, summary_sizes, file_sizes = [], [], []
 
     def record(k: int, summary: bool = False) -> float:
         options = RecordOptions(batch_size=args.batch_size, store_dtype=args.store_dtype, summary=summary)
@@ -209,8 +209,25 @@ def main(argv=None) -> None:
         )
         sync()
         seconds = time.perf_counter() - t
-        (summary_sizes if summary else sizes).append(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
+        files = [f.stat().st_size for f in out.rglob("*") if f.is_file()]
+        (summary_sizes if summary else sizes).append(sum(files))
+        if not summary:
+            file_sizes[:] = files
         shutil.rmtree(out)  # every run starts from the same disk and page-cache state
+        return seconds
+
+    def io_floor(k: int) -> float:
+        """The I/O floor: the bytes the last full recording wrote, in files of the same sizes, written as plain files
+        to the same filesystem (no compute, no zarr, no metadata), then removed like the stores."""
+        folder = tmp / f"io{k}"
+        folder.mkdir()
+        payload = memoryview(bytes(max(file_sizes)))
+        t = time.perf_counter()
+        for i, n in enumerate(file_sizes):
+            with open(folder / f"f{i}", "wb") as fh:
+                fh.write(payload[:n])
+        seconds = time.perf_counter() - t
+        shutil.rmtree(folder)
         return seconds
 
     def naive() -> float:
@@ -238,10 +255,11 @@ def main(argv=None) -> None:
     floor(), record(-1)  # warm-up (allocator, lazy imports, first zarr write)
     if args.summary:
         record(-1, summary=True)
-    floors, records, summaries = [], [], []
+    floors, records, summaries, ios = [], [], [], []
     for k in range(args.repeats):
         floors.append(floor())
         records.append(record(k))
+        ios.append(io_floor(k))
         if args.summary:
             summaries.append(record(k, summary=True))
     naive_s = naive()
@@ -273,6 +291,16 @@ def main(argv=None) -> None:
         f"fastest record / fastest floor {min(records) / min(floors):.3f}x)"
     )
     print(f"  naive / record = {n_ms / r_ms:.1f}x   (target >= 35x)")
+    io_ms = statistics.median(ios) / per * 1e3
+    io_share = statistics.median(i / r for i, r in zip(ios, records))
+    print(
+        f"  io floor (same bytes, {len(file_sizes)} plain files, same filesystem) {io_ms:7.1f} ms/prompt "
+        f"({size / statistics.median(ios) / 2**30:.2f} GiB/s)   runs (s): {' '.join(f'{t:.2f}' for t in ios)}"
+    )
+    print(
+        f"  record reaches {100 * io_share:.0f}% of the I/O floor's speed (io floor / record, median of adjacent "
+        f"pairs; target on a GPU >= 80%; on a CPU the compute floor bounds it)"
+    )
     if args.summary:
         s_ms = statistics.median(summaries) / per * 1e3
         s_ratio = statistics.median(s / f for s, f in zip(summaries, floors))

@@ -17,9 +17,9 @@
 # there. `Probe.swap` denoises prompt A with A's keys but B's values — at every token or only at chosen words, at
 # every attn2 layer or only in chosen UNet blocks — with one seed for all images, so any difference is the swap's.
 #
-# On a real model (`--baseline runwayml/stable-diffusion-v1-5`), swapping the values at `dog` for those of a cat
-# paints a cat where the dog was. The embedded toy model used here has random weights (its images are noise), so
-# the notebook also measures *how much* each swap changes the image.
+# This is the manipulation behind the paper's K/V control figure: on a real model (e.g.
+# `runwayml/stable-diffusion-v1-5`) it puts B's content into A's layout. The embedded toy model used here has random
+# weights (its images are noise), so the notebook also measures *how much* each swap changes the image.
 
 # %%
 import tempfile

@@ -4,14 +4,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import xarray as xr
 
 from ..schema import BASELINE, ROW_COLUMNS, STAGES
 from .metrics import compare_rows
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from tqdm import tqdm
 
-def open_any(store) -> xr.DataTree:
+
+def open_any(store: xr.DataTree | str | os.PathLike | Iterable[str | os.PathLike]) -> xr.DataTree:
     """A DataTree as given, or the store(s) at a path / list of paths (shards read as one store)."""
     if isinstance(store, xr.DataTree):
         return store
@@ -20,7 +26,15 @@ def open_any(store) -> xr.DataTree:
     return open_shards([store] if isinstance(store, (str, os.PathLike)) else list(store))
 
 
-def compare(store, *, reference: str = BASELINE, stages=STAGES, n_boot: int = 1000, seed: int = 0, progress=None):
+def compare(
+    store: xr.DataTree | str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    reference: str = BASELINE,
+    stages: Sequence[str] = STAGES,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: tqdm | None = None,
+) -> pd.DataFrame:
     """Distances of every model to ``reference`` per (model, stage, layer, role, metric), with percentile-bootstrap
     95% CIs over prompts: a ``pandas.DataFrame`` whose columns are those of ``compare --json``."""
     import pandas as pd

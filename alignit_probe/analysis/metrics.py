@@ -11,6 +11,9 @@ them, and summarises them the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 import xarray as xr
 
@@ -18,6 +21,9 @@ from .. import store as st
 from ..errors import ProbeError
 from ..schema import BASELINE, KV_STAGES, METRICS, ROLES, STAGES, TEXT_STAGES, unet_order_key
 from .stats import bootstrap_ci, gather_partners, role_means
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 DISTANCE = "distance"  # a summary branch's group of per-token distances (``record.summary``)
 
@@ -54,7 +60,7 @@ def token_distances(a: xr.DataArray, b: xr.DataArray, ref_index: xr.DataArray) -
     return xr.Dataset({m: out.sel(metric=m, drop=True) for m in METRICS})
 
 
-def stage_arrays(tree: xr.DataTree, model: str, stage: str):
+def stage_arrays(tree: xr.DataTree, model: str, stage: str) -> Iterator[tuple[int | str | None, xr.DataArray]]:
     """(layer label, DataArray) pairs of one stage: ``layer`` is the encoder layer index, the attn2 path, or None."""
     if stage in TEXT_STAGES and "text" not in tree[model].children:
         return
@@ -69,7 +75,7 @@ def stage_arrays(tree: xr.DataTree, model: str, stage: str):
             yield path, st.group(tree, model, f"kv/{path}")[stage]
 
 
-def summary_arrays(tree: xr.DataTree, model: str, stage: str):
+def summary_arrays(tree: xr.DataTree, model: str, stage: str) -> Iterator[tuple[int | str | None, xr.DataArray]]:
     """(layer label, per-token distances (prompt, token, metric)) pairs of one stage of a summary branch (its
     ``distance`` group, ``record --summary``), labelled and ordered as ``stage_arrays``."""
     ds = st.group(tree, model, DISTANCE)
@@ -86,7 +92,9 @@ def summary_arrays(tree: xr.DataTree, model: str, stage: str):
         yield None, da
 
 
-def distance_jobs(tree: xr.DataTree, model: str, reference: str, stage: str, ref_index: xr.DataArray):
+def distance_jobs(
+    tree: xr.DataTree, model: str, reference: str, stage: str, ref_index: xr.DataArray
+) -> Iterator[tuple[int | str | None, Callable[[], xr.Dataset]]]:
     """(layer, a function returning its per-token distances {metric: (prompt, token)}) of one model and stage:
     computed from the recorded activations (each layer paired with the reference's layer of the same label), or
     read from a summary branch's ``distance`` group. Functions, so that nothing is computed before it is needed."""
@@ -101,7 +109,12 @@ def distance_jobs(tree: xr.DataTree, model: str, reference: str, stage: str, ref
 
 
 def compare_rows(
-    tree: xr.DataTree, reference: str = BASELINE, stages=STAGES, n_boot: int = 1000, seed: int = 0, progress=None
+    tree: xr.DataTree,
+    reference: str = BASELINE,
+    stages: Sequence[str] = STAGES,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: tqdm | None = None,
 ) -> list[dict]:
     """Tidy rows: one per (model, stage, layer, role, metric), the documented ``compare --json`` schema, in
     data-flow order (stages as in ``schema.STAGES``, attn2 layers in UNet order). ``progress`` (a tqdm bar) counts

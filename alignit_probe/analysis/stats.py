@@ -3,7 +3,10 @@ Pure numpy (the read side imports no torch)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
+import numpy.typing as npt
 
 
 def gather_partners(b: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -33,7 +36,7 @@ def bootstrap_ci(
     return float(v.mean()), float(lo), float(hi), int(v.size)
 
 
-def role_means(dist, role, roles) -> dict[str, np.ndarray]:
+def role_means(dist: npt.ArrayLike, role: npt.ArrayLike, roles: Iterable[str]) -> dict[str, np.ndarray]:
     """Per prompt: the mean over the tokens (last axis) of each role (NaN where a prompt has none). ``dist`` and
     ``role`` are array-likes of the same shape (prompt, token)."""
     d = np.asarray(dist)

@@ -9,6 +9,7 @@ Each map's divergence from the baseline's map of the column is 1 − Pearson r (
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,14 +47,17 @@ def branch_words(tree: xr.DataTree, branch: str, prompt: int) -> list[tuple[str,
     return out
 
 
-def word_map(maps: np.ndarray, idx) -> np.ndarray:
+def word_map(maps: np.ndarray, idx: Iterable[int]) -> np.ndarray:
     """The sum of the maps of tokens ``idx`` (token, y, x → y, x), divided by its max (all-zero stays 0)."""
     total = maps[list(idx)].astype(np.float64).sum(axis=0)
     top = np.nanmax(total) if total.size else 0.0
     return total / top if top > 0 else total
 
 
-def matching_words(words, reference) -> list[list[int] | None]:
+def matching_words(
+    words: Sequence[tuple[str, list[int], tuple[int, ...], str]],
+    reference: Iterable[tuple[str, list[int], tuple[int, ...], str]],
+) -> list[list[int] | None]:
     """For each reference word (text, _, partners, _), the token indices of ``words``' first unused word of the
     same text and partners (else of the same text), or None."""
     used, out = set(), []

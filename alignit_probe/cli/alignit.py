@@ -3,10 +3,13 @@ labeled grid, and a store with the recorded stages and the AlignIT branches."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from .common import (
+    Subparsers,
     add_alignit_args,
     add_generation_args,
     add_model_args,
@@ -22,8 +25,11 @@ from .common import (
     subparser,
 )
 
+if TYPE_CHECKING:
+    from ..alignit.engine import AlignITOptions
 
-def cmd_alignit(args) -> int:
+
+def cmd_alignit(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from ..record.run import RecordOptions, check_job
@@ -53,7 +59,7 @@ def cmd_alignit(args) -> int:
     return 0
 
 
-def caption(options, gen: dict) -> str:
+def caption(options: AlignITOptions, gen: dict) -> str:
     what = "K+V" if options.keys and options.values else ("K only" if options.keys else "V only")
     where = ", ".join(options.blocks or []) or (f"{len(options.layers)} layers" if options.layers else "all layers")
     return (
@@ -62,7 +68,7 @@ def caption(options, gen: dict) -> str:
     )
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = subparser(sub, "alignit", "baseline / customized / AlignIT images, a grid, and a store with the AlignIT branch")
     add_model_args(p)
     add_alignit_args(p)

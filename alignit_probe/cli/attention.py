@@ -5,11 +5,14 @@ baseline's maps alone (DAAM's use), in a store with the baseline's token labels 
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import ProbeError
 from .common import (
     DEFAULT_TEMPLATE,
+    Subparsers,
     add_alignit_args,
     add_generation_args,
     add_model_args,
@@ -25,6 +28,9 @@ from .common import (
     subparser,
 )
 
+if TYPE_CHECKING:
+    from ..capture.attention import AttentionSlices
+
 
 def windows(specs: list[str] | None) -> list[tuple[int, int]] | None:
     if not specs:
@@ -39,7 +45,7 @@ def windows(specs: list[str] | None) -> list[tuple[int, int]] | None:
     return out
 
 
-def map_layers(specs: list[str] | None):
+def map_layers(specs: list[str] | None) -> list[str] | Literal["daam"] | None:
     """``--map-layers``: None (all attn2 layers), ``daam``, or attn2 paths."""
     if not specs:
         return None
@@ -50,7 +56,7 @@ def map_layers(specs: list[str] | None):
     return specs
 
 
-def custom_only_flags(args) -> list[str]:
+def custom_only_flags(args: argparse.Namespace) -> list[str]:
     """The flags given that only mean something with a customized model."""
     given = {
         "--alignit": args.alignit,
@@ -68,7 +74,7 @@ def custom_only_flags(args) -> list[str]:
     return [flag for flag, on in given.items() if on]
 
 
-def baseline_only(args, slices) -> int:
+def baseline_only(args: argparse.Namespace, slices: AttentionSlices) -> int:
     """The baseline's maps alone: images/, overlays/ and a store with ``baseline`` labels + ``baseline/attention``."""
     from ..capture.sites import attn2_paths
     from ..record.branches import baseline_tokens, write_maps_store
@@ -96,7 +102,7 @@ def baseline_only(args, slices) -> int:
     return 0
 
 
-def cmd_attention(args) -> int:
+def cmd_attention(args: argparse.Namespace) -> int:
     from ..capture.attention import AttentionSlices
     from ..record.run import RecordOptions, check_job
     from ..viz.overlay import write_overlays
@@ -145,7 +151,7 @@ def cmd_attention(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = subparser(
         sub, "attention", "cross-attention maps of baseline[, customized and AlignIT] generations into a store"
     )

@@ -8,13 +8,27 @@ import contextlib
 import math
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import ProbeError
 
+if TYPE_CHECKING:
+    from ..alignit.engine import AlignITOptions
+    from ..probe import Probe
+    from ..text.concepts import Concept
+
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_TEMPLATE = "photo of a {concept}"
+
+_T = TypeVar("_T")
+
+
+class Subparsers(Protocol):
+    """What ``ArgumentParser.add_subparsers()`` returns, as far as the commands use it."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -27,12 +41,12 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def subparser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+def subparser(sub: Subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help_text, description=help_text, formatter_class=Formatter, allow_abbrev=False)
 
 
 # ------------------------------------------------------------------------------------------------ prompts, concepts
-def read_prompts(args) -> list[str]:
+def read_prompts(args: argparse.Namespace) -> list[str]:
     """Prompts from ``--prompt`` or ``--prompts FILE`` (one per line; ``#`` comments). In each, ``{}`` stands for
     the next concept (``TOKEN CLASS``), ``{0}``, ``{1}`` … for the concept of that index."""
     prompts = list(args.prompt or [])
@@ -52,7 +66,7 @@ def read_prompts(args) -> list[str]:
     return [fill_template(p, concepts_from(args)) for p in prompts]
 
 
-def fill_template(prompt: str, concepts) -> str:
+def fill_template(prompt: str, concepts: Iterable[Concept]) -> str:
     """``{}`` → the next concept's ``TOKEN CLASS`` (in order), ``{k}`` → concept k's."""
     fills = [" ".join(x for x in (c.token, c.class_word) if x) for c in concepts]
     counter = iter(range(len(fills) + prompt.count("{}")))
@@ -69,7 +83,7 @@ def fill_template(prompt: str, concepts) -> str:
     return re.sub(r"\{(\d*)\}", sub, prompt)
 
 
-def concepts_from(args):
+def concepts_from(args: argparse.Namespace) -> list[Concept]:
     from ..text.concepts import Concept
 
     tokens = list(getattr(args, "concept", None) or [])
@@ -131,7 +145,7 @@ def add_alignit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--denoiser", choices=("custom", "baseline"), default="custom", help="which UNet denoises")
 
 
-def alignit_options(args):
+def alignit_options(args: argparse.Namespace) -> AlignITOptions:
     from ..alignit.engine import AlignITOptions
     from ..alignit.plan import check_alpha
 
@@ -156,7 +170,7 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, default=None, help="image width (default: the model's)")
 
 
-def generation_kwargs(args) -> dict:
+def generation_kwargs(args: argparse.Namespace) -> dict:
     if args.steps < 1:
         raise ProbeError(f"--steps {args.steps} is not positive", "pass --steps 1 or more")
     for side in ("height", "width"):
@@ -168,7 +182,7 @@ def generation_kwargs(args) -> dict:
     )
 
 
-def make_probe(args, *, need_custom: bool = True):
+def make_probe(args: argparse.Namespace, *, need_custom: bool = True) -> Probe:
     """The ``Probe`` of the model arguments (nothing loads yet; the device is checked at once)."""
     from ..probe import Probe
 
@@ -180,7 +194,7 @@ def make_probe(args, *, need_custom: bool = True):
     )
 
 
-def check_concepts(args) -> None:
+def check_concepts(args: argparse.Namespace) -> None:
     """A concept is needed to tell concept from context tokens; without --class-word its numbers are lost."""
     import warnings
 
@@ -232,5 +246,5 @@ def save_images(images: dict, folder: Path) -> None:
             img.save(folder / f"{k:03d}-{name.replace(' ', '_').replace('+', 'plus')}.png")
 
 
-def json_safe(x):
+def json_safe(x: _T) -> _T | None:
     return None if isinstance(x, float) and not math.isfinite(x) else x

@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import sys
+from typing import TYPE_CHECKING, TextIO
 
 from ..errors import ProbeError
 from ..schema import ATTENTION_METRICS, METRICS, ROLES, STAGES, short_layer
-from .common import json_safe, subparser
+from .common import Subparsers, json_safe, subparser
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 MIN_CI = 3  # below this many prompts a bootstrap CI says nothing: the table shows the value alone
 
 
-def store_warnings(tree) -> list[str]:
+def store_warnings(tree: xr.DataTree) -> list[str]:
     """Every warning kept in the store (root and branches), each once, labeled with its branch."""
     from .. import store as st
 
@@ -28,7 +33,7 @@ def store_warnings(tree) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def filter_rows(rows: list[dict], args) -> list[dict]:
+def filter_rows(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     keep = {"stage": args.stage, "role": args.role, "metric": args.metric, "model": args.model}
     return [r for r in rows if all(v is None or r[k] in v for k, v in keep.items())]
 
@@ -41,7 +46,7 @@ def cell(r: dict | None) -> str:
     return f"{r['value']:.4f} [{r['ci_low']:.3f},{r['ci_high']:.3f}]"
 
 
-def print_table(rows: list[dict], tree, out=None) -> None:
+def print_table(rows: list[dict], tree: xr.DataTree, out: TextIO | None = None) -> None:
     from .. import store as st
 
     out = out or sys.stdout
@@ -90,7 +95,7 @@ def print_table(rows: list[dict], tree, out=None) -> None:
             )
 
 
-def cmd_compare(args) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     from ..analysis.metrics import compare_rows
     from ..record.run import progress_bar
     from ..store.shards import connect, open_shards
@@ -121,7 +126,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = subparser(sub, "compare", "distances of each model to the baseline, per stage, layer and role")
     p.add_argument("store", nargs="+", help="a store, or every shard of one (read together as one store)")
     p.add_argument("--json", action="store_true", help="print tidy JSON rows")

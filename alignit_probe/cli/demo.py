@@ -4,11 +4,12 @@ their cross-attention maps, a K/V swap, and one self-contained HTML report. Uses
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 
-from .common import save_images, subparser
+from .common import Subparsers, save_images, subparser
 
 PROMPTS = (
     "photo of a <new1> cat on the beach",
@@ -23,7 +24,7 @@ def step(progress: bool, text: str, t0: float) -> None:
         print(f"[{time.perf_counter() - t0:5.1f} s] {text}", file=sys.stderr)
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from .. import AlignITOptions, Concept, Probe, build_toy, compare, open_store, write_toy_custom_diffusion
     from ..viz.grid import image_grid
     from ..viz.overlay import write_overlays
@@ -81,7 +82,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = subparser(sub, "demo", "everything on the embedded toy model, offline: record, AlignIT, maps, swap, report")
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the toy model, artifact and images")

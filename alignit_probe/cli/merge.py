@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from .common import subparser
+import argparse
+
+from .common import Subparsers, subparser
 
 
-def cmd_merge(args) -> int:
+def cmd_merge(args: argparse.Namespace) -> int:
     from ..store.shards import merge_shards
 
     print(f"store written to {merge_shards(args.shards, args.out, overwrite=args.overwrite)}")
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = subparser(sub, "merge", "merge the shards of one job into one store (no recomputation)")
     p.add_argument("shards", nargs="+", help="every shard's store")
     p.add_argument("--out", required=True, help="the merged store (.zarr folder or .nc file)")

@@ -4,9 +4,11 @@ distances to the baseline instead of the activations."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from .common import (
+    Subparsers,
     add_alignit_args,
     add_model_args,
     alignit_options,
@@ -18,7 +20,7 @@ from .common import (
 )
 
 
-def cmd_record(args) -> int:
+def cmd_record(args: argparse.Namespace) -> int:
     from ..record.run import RecordOptions, check_job
     from ..store.layout import check_output
     from ..store.shards import parse_shard, shard_range
@@ -59,7 +61,7 @@ def cmd_record(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subparsers) -> None:
     rec = subparser(sub, "record", "record every text-encoding stage of the baseline and each customized model")
     add_model_args(rec)
     g = rec.add_argument_group("store")

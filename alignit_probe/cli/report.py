@@ -5,12 +5,20 @@ model, and against model for several customized models), tidy rows (JSON), a mar
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ProbeError
 from ..schema import STAGES
-from .common import json_safe, out_dir, staged_folder, subparser
+from .common import Subparsers, json_safe, out_dir, staged_folder, subparser
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
 
 
 def html_path(path: str, overwrite: bool) -> Path:
@@ -22,7 +30,9 @@ def html_path(path: str, overwrite: bool) -> Path:
     return check_output(out, overwrite)
 
 
-def write_folder(tree, frame, rows: list[dict], out: Path, stores) -> list[Path]:
+def write_folder(
+    tree: xr.DataTree, frame: pd.DataFrame, rows: list[dict], out: Path, stores: Iterable[str | os.PathLike]
+) -> list[Path]:
     """rows.json, the drift (and checkpoint) figures and summary.md into ``out``."""
     from .. import store as st
     from ..viz.drift import checkpoint_figure, drift_figure
@@ -61,7 +71,7 @@ def write_folder(tree, frame, rows: list[dict], out: Path, stores) -> list[Path]
     return figures
 
 
-def cmd_report(args) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     from .. import compare, open_shards
     from ..viz.report import report_html, write_html
 
@@ -88,7 +98,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = subparser(sub, "report", "one self-contained report.html, or a folder with figures, rows.json and summary.md")
     p.add_argument("store", nargs="+", help="a store, or every shard of one")
     p.add_argument(

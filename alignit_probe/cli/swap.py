@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from ..errors import ProbeError
 from .common import (
+    Subparsers,
     add_generation_args,
     add_model_args,
     generation_kwargs,
@@ -17,7 +19,7 @@ from .common import (
 )
 
 
-def cmd_swap(args) -> int:
+def cmd_swap(args: argparse.Namespace) -> int:
     from ..viz.grid import image_grid
 
     gen = generation_kwargs(args)
@@ -61,7 +63,7 @@ def cmd_swap(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = subparser(sub, "swap", "keys from prompt A, values from prompt B (K/V semantic control)")
     add_model_args(p, custom_required=False, concept_required=False)
     g = p.add_argument_group("swap")

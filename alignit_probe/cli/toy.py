@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from .common import Formatter, subparser
+import argparse
+
+from .common import Formatter, Subparsers, subparser
 
 
-def cmd_toy_build(args) -> int:
+def cmd_toy_build(args: argparse.Namespace) -> int:
     from ..models.toy import build_toy
 
     out = build_toy(args.out, seed=args.seed, overwrite=args.overwrite)
@@ -13,7 +15,7 @@ def cmd_toy_build(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Subparsers) -> None:
     toy = subparser(sub, "toy", "the embedded tiny SD1.x model")
     cmds = toy.add_subparsers(dest="toy_command", required=True, metavar="COMMAND")
     build = cmds.add_parser(

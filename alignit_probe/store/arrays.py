@@ -8,13 +8,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import xarray as xr
 import zarr
 from zarr.core.sync import sync as zarr_sync
 
 from . import zarr_chunks as zc
+
+if TYPE_CHECKING:
+    import numpy as np
+    from zarr.core.metadata.v3 import ArrayV3Metadata
 
 
 class PartialArrays:
@@ -89,7 +95,7 @@ class PartialArrays:
             self._axes[group] = {k: d.index("prompt") for k, d in dims.items() if "prompt" in d}
         return self._axes[group]
 
-    def metadata(self, group: str, name: str):
+    def metadata(self, group: str, name: str) -> ArrayV3Metadata:
         """An array's current metadata: its open zarr array's, else its ``zarr.json``'s (no zarr open)."""
         if (group, name) in self._arrays:
             return self._arrays[group, name].metadata
@@ -97,14 +103,14 @@ class PartialArrays:
             self._meta[group, name] = zc.array_metadata(self.root / group / name)
         return self._meta[group, name]
 
-    def array(self, group: str, name: str):
+    def array(self, group: str, name: str) -> zarr.AsyncArray:
         """The zarr ``AsyncArray`` (opened once; used where zarr itself must write or resize)."""
         if (group, name) not in self._arrays:
             self._arrays[group, name] = zarr.open_array(str(self.root / group / name), mode="r+").async_array
             self._meta.pop((group, name), None)
         return self._arrays[group, name]
 
-    def resize(self, model: str, n: int, groups=None) -> None:
+    def resize(self, model: str, n: int, groups: Iterable[str] | None = None) -> None:
         """Set the prompt length of ``model``'s arrays (of ``groups``, default all) to ``n`` (chunks beyond it are
         deleted)."""
         jobs = []
@@ -149,12 +155,14 @@ class PartialArrays:
             self._pool = None
 
 
-async def gather(jobs) -> None:
+async def gather(jobs: Iterable[Awaitable[object]]) -> None:
     """Run zarr's coroutines together (one ``zarr_sync`` per batch, not one per array)."""
     await asyncio.gather(*jobs)
 
 
-async def grow_and_set(arr, axis: int, length: int | None, where, values) -> None:
+async def grow_and_set(
+    arr: zarr.AsyncArray, axis: int, length: int | None, where: tuple[slice, ...], values: np.ndarray
+) -> None:
     """Grow ``arr`` along ``axis`` to ``length`` (None: it is long enough), then write ``values`` at ``where``: in
     this order, so the write never lands beyond the array's end."""
     if length is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
+from typing import Any
 
 
 class BackgroundWriter:
@@ -24,7 +26,7 @@ class BackgroundWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._thread: threading.Thread | None = None
 
-    def submit(self, fn, *args) -> None:
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
         """Queue ``fn(*args)`` (waits while the previous job is queued); raises a failed job's error first."""
         self.check()
         if self._thread is None:

@@ -3,6 +3,7 @@ the writer takes batches, whoever made them (``record``, merges, AlignIT)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,7 @@ def token_coords(tokenized: list, start: int, n_tokens: int | None = None) -> xr
     )
 
 
-def select_prompts(batch: Batch, which) -> Batch:
+def select_prompts(batch: Batch, which: np.ndarray | Sequence[int]) -> Batch:
     """The batch restricted to some of its prompts (a boolean mask or indices along ``prompt``)."""
     return Batch(batch.coords.isel(prompt=which), {k: g.isel(prompt=which) for k, g in batch.groups.items()})
 

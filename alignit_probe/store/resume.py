@@ -6,6 +6,8 @@ whole and anything beyond it may be torn. Rerunning the same job keeps the forme
 
 from __future__ import annotations
 
+from typing import TextIO
+
 import zarr
 
 from .arrays import PartialArrays
@@ -14,7 +16,7 @@ from .layout import FORMAT, decode_attrs, remove_path
 SAME_JOB = ("format", "fingerprint", "shard")  # root attributes that must match for a partial store to be resumed
 
 
-def resume(arrays: PartialArrays, attrs: dict, n_prompts: int | None, log) -> dict[str, int] | None:
+def resume(arrays: PartialArrays, attrs: dict, n_prompts: int | None, log: TextIO) -> dict[str, int] | None:
     """Take up the partial store at ``arrays.root`` if this job (``attrs``) left it: groups of models with nothing
     written are removed, every model's arrays are trimmed back to its ``written`` count (then regrown to
     ``n_prompts`` when given, so appends never rewrite metadata) and its groups marked as started in ``arrays``.

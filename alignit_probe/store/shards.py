@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import xarray as xr
 
 from ..errors import ProbeError
 from . import layout as st
 from .writer import StoreWriter
+
+if TYPE_CHECKING:
+    from distributed import Client
+    from tqdm import tqdm
 
 SHARD_HINT = "write --shard I/N with 0 <= I < N, e.g. --shard 0/4 (shards are numbered from 0)"
 
@@ -70,7 +76,7 @@ def _shard_of(path, attrs: dict) -> tuple[int, int]:
     return parse_shard(attrs["shard"])
 
 
-def open_shards(paths, chunks: dict | None = None) -> xr.DataTree:
+def open_shards(paths: str | os.PathLike | Iterable[str | os.PathLike], chunks: dict | None = None) -> xr.DataTree:
     """One store, or all shards of one recording job as one lazily concatenated DataTree (dask-backed).
 
     A single path is opened with ``store.open_store(path, chunks)``."""
@@ -138,7 +144,13 @@ def open_shards(paths, chunks: dict | None = None) -> xr.DataTree:
     return xr.DataTree.from_dict(nodes)
 
 
-def merge_shards(paths, out, *, overwrite: bool = False, progress=None) -> Path:
+def merge_shards(
+    paths: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: tqdm | None = None,
+) -> Path:
     """Write the shards of one job as one store at ``out`` (zarr, or ``.nc``), copying their chunks."""
     paths = list(paths)
     if len(paths) < 2:
@@ -157,7 +169,7 @@ def merge_shards(paths, out, *, overwrite: bool = False, progress=None) -> Path:
         return writer.commit()
 
 
-def connect(address: str):
+def connect(address: str) -> Client:
     """A ``distributed.Client`` for ``address`` (a context manager; metrics computed inside it run there)."""
     from distributed import Client
 

@@ -15,9 +15,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from zarr.core.metadata.v3 import ArrayV3Metadata
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 CHUNK_KEYS = {"name": "default", "separator": "."}  # chunk files c.<i>.<j>… side by side: no folder per chunk
 GROUP_META = {"attributes": {}, "zarr_format": 3, "node_type": "group"}  # what xarray writes for a bare group
@@ -81,7 +85,7 @@ def chunk_files(folder: Path, meta: ArrayV3Metadata, axis: int, n0: int, values:
     return out
 
 
-def write_file(item) -> None:
+def write_file(item: tuple[Path, np.ndarray, bool]) -> None:
     """Write one ``chunk_files`` item."""
     path, block, nested = item
     if nested:
@@ -89,7 +93,9 @@ def write_file(item) -> None:
     np.ascontiguousarray(block).tofile(path)
 
 
-def create_like(root: Path, group: str, ds, template: str, n_prompts: int | None, index: dict) -> dict | None:
+def create_like(
+    root: Path, group: str, ds: xr.Dataset, template: str, n_prompts: int | None, index: dict
+) -> dict | None:
     """Create ``group``'s (empty, preallocated) arrays under the zarr store ``root`` from the nodes of ``template``,
     a group of the same variables, dimensions and dtypes that xarray wrote: each node's ``zarr.json`` with sizes
     (and whole-axis chunks) set to ``ds``'s, and ``prompt`` to ``n_prompts`` when larger. Index arrays (no

@@ -4,16 +4,21 @@ baseline by role (``compare`` rows of stage ``attention_map``). PNG bytes; matpl
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..schema import ATTENTION_METRICS, ATTENTION_STAGE, BASELINE
 from .figures import ROLE_COLORS, branch_styles, dodge, drawing, errorbar_series, new_figure, png_bytes
 from .tokens import token_text
 
+if TYPE_CHECKING:
+    from ..analysis.words import WordGrid
+
 ROLES = ("concept", "context")
 
 
-def attention_grid_figure(grid) -> bytes | None:
+def attention_grid_figure(grid: WordGrid) -> bytes | None:
     """One ``analysis.words.WordGrid``: maps normalised to max 1, one color scale per row (from the row's lowest
     value to 1, with its colorbar); under each non-baseline map its 1 − Pearson r to the baseline map above it;
     "none": no such word in that branch."""

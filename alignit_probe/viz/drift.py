@@ -15,14 +15,26 @@ from ..schema import ALIGNIT, BASELINE, STAGES, short_layer, unet_order_key
 ROLE_ORDER = ("concept", "context", "special", "padding")
 
 
-def _pyplot():
-    import matplotlib
+class _Canvas:
+    """``plt.subplots``/``plt.close`` without pyplot: figures on their own Agg canvas, so drawing here never switches
+    the backend of a notebook or an application that imported us."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(nrows, ncols, figsize, squeeze=False, **kw):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, squeeze=squeeze, **kw)
+
+    @staticmethod
+    def close(fig) -> None:
+        fig.clear()
+
+
+def _pyplot():
     import seaborn as sns
 
-    return plt, sns
+    return _Canvas, sns
 
 
 def stage_steps(rows: list[dict]) -> list[tuple[str, object]]:
@@ -37,7 +49,7 @@ def stage_steps(rows: list[dict]) -> list[tuple[str, object]]:
     return sorted(steps, key=key)
 
 
-def step_label(stage: str, layer) -> str:
+def step_label(stage: str, layer: int | str | None) -> str:
     if layer is None:
         return stage
     if isinstance(layer, int):

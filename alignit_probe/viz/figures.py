@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from ..schema import ALIGNIT, BASELINE
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 ROLE_COLORS = {"concept": "#d55e00", "context": "#0072b2", "special": "#7f7f7f", "padding": "#bbbbbb"}
 
@@ -26,7 +31,7 @@ def drawing(font_scale: float = 0.8) -> Iterator[object]:
         yield sns
 
 
-def new_figure(width: float, height: float):
+def new_figure(width: float, height: float) -> Figure:
     """A matplotlib ``Figure`` on the Agg canvas, constrained layout."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -36,7 +41,7 @@ def new_figure(width: float, height: float):
     return fig
 
 
-def png_bytes(fig, dpi: int = 100) -> bytes:
+def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
@@ -82,7 +87,9 @@ def dodge(n: int, width: float = 0.5) -> list[float]:
     return [-width / 2 + width * i / (n - 1) for i in range(n)]
 
 
-def errorbar_series(ax, xs, points: list[dict | None], offset: float, label: str, style: dict) -> None:
+def errorbar_series(
+    ax: Axes, xs: Sequence[float], points: list[dict | None], offset: float, label: str, style: dict
+) -> None:
     """One series of value points with asymmetric error bars (``ci_low``/``ci_high``); None points are gaps."""
     import numpy as np
 

@@ -4,9 +4,13 @@ The grid's PNG carries its row labels and caption as text chunks."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import ImageFont
 
 
-def font(size: int = 14):
+def font(size: int = 14) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     from PIL import ImageFont
 
     try:

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ProbeError
 
+if TYPE_CHECKING:
+    import xarray as xr
+    from PIL import Image
 
-def plot_overlay(image, maps, tokens: Sequence[int | str], path, *, alpha: float = 0.5, cmap: str = "jet"):
+
+def plot_overlay(
+    image: Image.Image | np.ndarray,
+    maps: xr.DataArray,
+    tokens: Sequence[int | str],
+    path: str | os.PathLike,
+    *,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> str | os.PathLike:
     """Save the image and one overlay per token (index, or text of the ``token_text``/``word_text`` coord).
 
     ``image``: PIL image or (H, W, 3) array; ``maps``: a DataArray (token|word, y, x) of one prompt.

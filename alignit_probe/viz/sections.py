@@ -8,7 +8,9 @@ import base64
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import xarray as xr
 
@@ -28,7 +30,7 @@ def data_uri(png: bytes | None) -> str | None:
     return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def file_figure_uri(draw, *args) -> str:
+def file_figure_uri(draw: Callable[..., str | Path], *args: Any) -> str:
     """Data URI of a figure function that writes a PNG to a path (``viz.drift``), via a temporary folder."""
     with tempfile.TemporaryDirectory() as tmp:
         return data_uri(Path(draw(*args[:1], Path(tmp) / "figure.png", *args[1:])).read_bytes())
@@ -39,7 +41,7 @@ def safe_rows(rows: list[dict]) -> list[dict]:
     return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
 
 
-def fmt(x, digits: int = 4) -> str:
+def fmt(x: float | None, digits: int = 4) -> str:
     """``digits`` decimals; small nonzero values with ``digits - 1`` significant digits instead of 0.0000."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
@@ -272,7 +274,7 @@ def checkpoint_section(tree: xr.DataTree, rows: list[dict]) -> list[dict]:
     return [dict(metric=m, figure=file_figure_uri(checkpoint_figure, rows, m)) for m in METRIC_LABELS]
 
 
-def flat(value, prefix: str = "") -> list[str]:
+def flat(value: object, prefix: str = "") -> list[str]:
     """Nested dicts as ``a.b = value`` lines (lists and scalars as JSON)."""
     if isinstance(value, dict):
         return [line for k, v in value.items() for line in flat(v, f"{prefix}{k}.")]

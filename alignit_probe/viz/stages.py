@@ -9,14 +9,20 @@ None without rows to draw. matplotlib/seaborn are imported when drawing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from ..schema import BASELINE, BLOCK_ORDER, KV_STAGES, STAGES, block_of, short_layer, unet_order_key
 from .figures import branch_styles, dodge, drawing, errorbar_series, new_figure, png_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 ROLES = ("concept", "context")
 LAYERED = ("encoder_layer", "key", "value")
 
 
-def usable(rows: list[dict], metric: str, stages=STAGES) -> list[dict]:
+def usable(rows: list[dict], metric: str, stages: Sequence[str] = STAGES) -> list[dict]:
     """Rows of ``metric`` and ``stages`` with a value (``n`` > 0), the reference itself excluded."""
     return [
         r
@@ -59,7 +65,7 @@ def stage_label(stage: str, layers: int) -> str:
     return f"{stage}\n(mean of {layers} layers)" if stage in LAYERED and layers > 1 else stage
 
 
-def stage_figure(rows: list[dict], metric: str = "relative_l2", roles=ROLES) -> bytes | None:
+def stage_figure(rows: list[dict], metric: str = "relative_l2", roles: Sequence[str] = ROLES) -> bytes | None:
     """Each branch's distance to the baseline per stage (x, data-flow order), one panel per role that has rows."""
     summary = [s for s in stage_summary(rows, metric) if s["role"] in roles]
     if not summary:
@@ -87,7 +93,7 @@ def stage_figure(rows: list[dict], metric: str = "relative_l2", roles=ROLES) -> 
         return png_bytes(fig)
 
 
-def kv_layer_figure(rows: list[dict], metric: str = "relative_l2", roles=ROLES) -> bytes | None:
+def kv_layer_figure(rows: list[dict], metric: str = "relative_l2", roles: Sequence[str] = ROLES) -> bytes | None:
     """K (top) and V (bottom) divergence at every attn2 layer, x in UNet order with short layer labels and the
     down / mid / up blocks marked; one column per role."""
     rows = [r for r in usable(rows, metric, KV_STAGES) if r["role"] in roles and isinstance(r["layer"], str)]
@@ -122,7 +128,7 @@ def kv_layer_figure(rows: list[dict], metric: str = "relative_l2", roles=ROLES) 
         return png_bytes(fig)
 
 
-def mark_blocks(ax, paths: list[str]) -> None:
+def mark_blocks(ax: Axes, paths: list[str]) -> None:
     """Dotted lines between the down / mid / up blocks and each block's name above its layers."""
     blocks = [block_of(p) for p in paths]
     for k in range(1, len(paths)):

@@ -4,10 +4,15 @@ components. Both return PNG bytes; matplotlib/seaborn are imported when drawing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..schema import BASELINE
 from .figures import ROLE_COLORS, drawing, is_alignit, new_figure, png_bytes
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STAGE_TICKS = {  # layered stages: the mean over their layers (said in the report's caption)
     "token_embedding": "token\nemb.",
@@ -71,7 +76,9 @@ def token_heatmap_figure(tables: dict, prompt: int, metric: str = "relative_l2")
         return png_bytes(fig)
 
 
-def projection_figure(points, ratios: list[float], learned: set[str] = frozenset()) -> bytes | None:
+def projection_figure(
+    points: pd.DataFrame | None, ratios: list[float], learned: set[str] = frozenset()
+) -> bytes | None:
     """Token embeddings on PC1/PC2 (``analysis.tokens.project_vectors``): the baseline's tokens as open circles,
     each customized model's as filled markers, colored by role; tokens in ``learned`` (the learned vectors) as
     stars. A customized marker inside a baseline circle is a token whose embedding did not change."""

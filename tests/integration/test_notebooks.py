@@ -39,6 +39,19 @@ def test_there_are_notebooks():
     assert not list(NOTEBOOKS[0].parent.glob("*.ipynb")), "keep notebooks as percent .py files only"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_canonical_percent_format(path):
+    """Saving from Jupyter (jupytext) rewrites nothing but the version lines of the header: diffs stay readable."""
+    src = path.read_text()
+    back = jupytext.writes(jupytext.reads(src, fmt="py:percent"), fmt="py:percent")
+    version_lines = ("#       format_version", "#       jupytext_version")
+
+    def strip(text):
+        return [ln for ln in text.splitlines() if not ln.startswith(version_lines)]
+
+    assert strip(back) == strip(src)
+
+
 def test_kernel_is_this_venv(tmp_path):
     nb = jupytext.reads("# %%\nimport sys\nprint(sys.executable)\n", fmt="py:percent")
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": tmp_path}})
