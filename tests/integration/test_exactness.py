@@ -185,3 +185,31 @@ def test_custom_diffusion_trap_hooks_on_to_k_miss_its_kv(custom):
             naive = pipe.unet.get_submodule(path).to_k(cond)
             assert not torch.allclose(naive, k[1:], atol=1e-3), path
             assert torch.equal(recorded[path][0], k[1:]), path
+
+
+@pytest.mark.parametrize("kind", ["baseline", "custom_diffusion"])
+def test_sd2_record_kv_equals_kv_inside_a_denoising_step(sd2_dir, tmp_path, kind):
+    """SD2.x (pads with "!", linear projections, per-block head widths, v-prediction): recorded K/V from the
+    encoder output recorded as a stage equal, bit for bit, the K/V inside a real guided UNet step."""
+    from alignit_probe.record.batch import stage_tensors
+    from alignit_probe.text.concepts import Concept, tokenize_pair
+
+    if kind == "baseline":
+        pipe, prompt, concepts = load_pipeline(sd2_dir), "a photo of a cat!", []
+    else:
+        pipe = load_pair(sd2_dir, [str(_write_cd(sd2_dir, tmp_path / "cd"))], progress=False).custom
+        prompt, concepts = PROMPTS["custom_diffusion"], [Concept("<new1>", "cat")]
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.tokenizer.pad_token_id == 0 and pipe.scheduler.config.prediction_type == "v_prediction"
+    tp = tokenize_pair(prompt, pipe, pipe.tokenizer, concepts, allow_absent=True)[0]
+    recorded_stages = stage_tensors(pipe, [tp])
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(prompt, "cpu", 1, True)
+    assert (recorded_stages["encoder_output"] - cond).abs().max().item() == 0
+    caught = caught_in_step(pipe, prompt)
+    recorded_uncond = sites.record_kv(pipe.unet, uncond)
+    assert caught.keys() == recorded_stages["kv"].keys()
+    for path, (k, v) in caught.items():
+        assert (k[1:] - recorded_stages["kv"][path][0]).abs().max().item() == 0, path
+        assert (v[1:] - recorded_stages["kv"][path][1]).abs().max().item() == 0, path
+        assert torch.equal(k[:1], recorded_uncond[path][0]) and torch.equal(v[:1], recorded_uncond[path][1])
