@@ -16,7 +16,7 @@ import xarray as xr
 
 from .. import store as st
 from ..errors import ProbeError
-from ..schema import BASELINE, KV_STAGES, METRICS, ROLES, STAGES, TEXT_STAGES, unet_order_key
+from ..schema import BASELINE, KV_STAGES, METRICS, POOLED, ROLES, STAGES, TEXT_STAGES, text_layer, unet_order_key
 from .stats import bootstrap_ci, gather_partners, role_means
 
 DISTANCE = "distance"  # a summary branch's group of per-token distances (``record.summary``)
@@ -54,17 +54,24 @@ def token_distances(a: xr.DataArray, b: xr.DataArray, ref_index: xr.DataArray) -
     return xr.Dataset({m: out.sel(metric=m, drop=True) for m in METRICS})
 
 
+TEXT_GROUPS = ("text", "text_2", "text_out")  # the only/first text encoder, SDXL's second, SDXL's output
+
+
 def stage_arrays(tree: xr.DataTree, model: str, stage: str):
-    """(layer label, DataArray) pairs of one stage: ``layer`` is the encoder layer index, the attn2 path, or None."""
-    if stage in TEXT_STAGES and "text" not in tree[model].children:
-        return
-    if stage in ("token_embedding", "encoder_output"):
-        yield None, st.group(tree, model, "text")[stage]
-    elif stage == "encoder_layer":
-        da = st.group(tree, model, "text")[stage]
-        for i in da.layer.values:
-            yield int(i), da.sel(layer=i, drop=True)
-    else:
+    """(layer label, DataArray) pairs of one per-token stage: ``layer`` is the encoder layer index (SDXL's second
+    encoder: ``text_2.<i>``), the attn2 path, or None (``schema.text_layer``). Text stages come from every text
+    group that holds them (``text``; SDXL: ``text``, ``text_2``, ``text_out``)."""
+    if stage in TEXT_STAGES:
+        for name in TEXT_GROUPS:
+            if name not in tree[model].children or stage not in tree[f"{model}/{name}"].data_vars:
+                continue
+            da = st.group(tree, model, name)[stage]
+            if stage == "encoder_layer":
+                for i in da.layer.values:
+                    yield text_layer(name, int(i)), da.sel(layer=i, drop=True)
+            else:
+                yield text_layer(name, None), da
+    elif stage in KV_STAGES:
         for path in st.kv_paths(tree, model):
             yield path, st.group(tree, model, f"kv/{path}")[stage]
 
@@ -100,6 +107,24 @@ def distance_jobs(tree: xr.DataTree, model: str, reference: str, stage: str, ref
             yield layer, lambda a=a, b=ref[layer]: token_distances(a, b, ref_index)
 
 
+def pooled_job(tree: xr.DataTree, model: str, reference: str):
+    """A function returning the pooled embeddings' per-prompt distances {metric: (prompt, token=1)} of ``model``
+    to ``reference`` (prompt to prompt), or None where either lacks one (SD1.x/SD2.x, AlignIT, summary stores)."""
+    have = [m for m in (model, reference) if "text_out" in tree[m].children and POOLED in tree[f"{m}/text_out"]]
+    if len(have) < 2:
+        return None
+
+    def one_token(m):
+        da = tree[f"{m}/text_out"].to_dataset(inherit=False)[POOLED].reset_coords(drop=True)
+        return da.rename(pooled_channel="channel").expand_dims(token=[0], axis=1)
+
+    def run():
+        a = one_token(model)
+        return token_distances(a, one_token(reference), xr.zeros_like(a.isel(channel=0), dtype=np.int16))
+
+    return run
+
+
 def compare_rows(
     tree: xr.DataTree, reference: str = BASELINE, stages=STAGES, n_boot: int = 1000, seed: int = 0, progress=None
 ) -> list[dict]:
@@ -108,7 +133,7 @@ def compare_rows(
     compared arrays; its total is set here.
 
     A full store's distances are computed from the recorded activations; a summary store's (``record --summary``)
-    are read, and summarised the same way."""
+    are read, and summarised the same way. SDXL's ``pooled`` stage gives one row per metric, role ``special``."""
     if reference != BASELINE and any(DISTANCE in tree[m].children for m in st.models(tree)):
         raise ProbeError(
             f"a summary store holds distances to {BASELINE} only, not to {reference!r}",
@@ -121,17 +146,25 @@ def compare_rows(
         lab = st.token_labels(tree, model)
         roles[model] = lab["role"]
         for stage in stages:
+            if stage == POOLED:
+                job = pooled_job(tree, model, reference)
+                jobs += [(model, stage, None, job)] if job is not None else []
+                continue
             for layer, distances in distance_jobs(tree, model, reference, stage, lab["ref_index"]):
                 jobs.append((model, stage, layer, distances))
     if progress is not None:
         progress.reset(total=len(jobs))
     rows = []
     for model, stage, layer, distances in jobs:
-        roles[model] = roles[model].load()
         dist = distances().compute()
+        if stage == POOLED:  # one vector per prompt, the projected end token's state: role special only
+            role, names = xr.full_like(dist[METRICS[0]], "special", dtype=object), ("special",)
+        else:
+            role = roles[model] = roles[model].load()
+            names = ROLES
         for metric in METRICS:
-            per_role = role_means(dist[metric], roles[model], ROLES)
-            for name in ROLES:
+            per_role = role_means(dist[metric], role, names)
+            for name in names:
                 value, lo, hi, n = bootstrap_ci(per_role[name], n_boot, seed)
                 rows.append(
                     dict(

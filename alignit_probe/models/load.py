@@ -23,6 +23,7 @@ from ..errors import ProbeError
 from ..schema import DEFAULT_CUSTOM
 from .artifacts import is_pipeline_dir, parse_artifact
 from .install import build_custom_diffusion, check_embeddings, check_lora, set_processors
+from .pipes import SD, SUPPORTED, not_supported
 from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec
 from .verify import PROBE, differs, stages, verify
 
@@ -96,9 +97,6 @@ class ModelSet:
         return [w for p in self.pairs for w in p.warnings]
 
 
-SUPPORTED = ("StableDiffusionPipeline",)
-
-
 def show_progress(enabled: bool) -> None:
     """diffusers' and transformers' own progress bars (loading, denoising) on or off, as ours."""
     from diffusers.utils import logging as diffusers_logging
@@ -114,6 +112,25 @@ def note(enabled: bool, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def pipeline_class(model) -> str | None:
+    """The ``_class_name`` in the ``model_index.json`` of a pipeline directory (None for a hub id: read when it
+    loads). Anything but a supported class is refused here, before any weights are read."""
+    model = str(model)
+    p = Path(model).expanduser()
+    if not p.exists():
+        return None
+    import json
+
+    try:
+        index = json.loads((p / "model_index.json").read_text())
+    except (OSError, ValueError):
+        raise ProbeError(f"{p / 'model_index.json'} is not valid JSON", "save the pipeline again") from None
+    cls = index.get("_class_name") if isinstance(index, dict) else None
+    if cls not in SUPPORTED:
+        raise ProbeError(*not_supported(model, cls or "pipeline of unknown class"))
+    return cls
+
+
 def check_pipeline_path(model) -> str:
     """``model`` as given, checked without loading anything: an existing diffusers directory of a supported
     pipeline class, or something shaped like a hub id (org/name)."""
@@ -125,17 +142,7 @@ def check_pipeline_path(model) -> str:
                 f"{model} is not a diffusers pipeline directory (no model_index.json)",
                 "give a directory written by save_pretrained, or a hub id",
             )
-        import json
-
-        try:
-            cls = json.loads((p / "model_index.json").read_text()).get("_class_name")
-        except (OSError, ValueError, AttributeError):
-            raise ProbeError(f"{p / 'model_index.json'} is not valid JSON", "save the pipeline again") from None
-        if cls not in SUPPORTED:
-            raise ProbeError(
-                f"not supported: {model} is a {cls}",
-                "alignit-probe works on Stable Diffusion 1.x pipelines (StableDiffusionPipeline)",
-            )
+        pipeline_class(p)
         return str(p)
     if model.startswith((".", "/", "~")) or model.count("/") != 1 or model.endswith("/"):
         raise ProbeError(f"model {model} does not exist", "check the path, or give a hub id like org/name")
@@ -143,14 +150,19 @@ def check_pipeline_path(model) -> str:
 
 
 def load_pipeline(model: str, device="cpu", dtype=torch.float32) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` from a diffusers directory or hub id (no safety checker)."""
-    from diffusers import StableDiffusionPipeline
+    """The pipeline of a diffusers directory or hub id, of the class its ``model_index.json`` names
+    (``StableDiffusionPipeline`` without safety checker, or ``StableDiffusionXLPipeline`` without watermarker)."""
+    import diffusers
 
     model = check_pipeline_path(model)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
+        cls = pipeline_class(model) or diffusers.DiffusionPipeline.load_config(model).get("_class_name")
+        if cls not in SUPPORTED:
+            raise ProbeError(*not_supported(model, cls))
+        extra = dict(safety_checker=None, requires_safety_checker=False) if cls == SD else dict(add_watermarker=False)
+        pipe = getattr(diffusers, cls).from_pretrained(model, dtype=dtype, **extra)
+    except ProbeError:
+        raise
     except Exception as e:
         text = str(e).strip().splitlines()
         raise ProbeError(

@@ -21,6 +21,7 @@ from ..alignit.engine import AlignITOptions, validate
 from ..capture.sites import attn2_paths
 from ..errors import ProbeError, ProbeWarning
 from ..models.load import ModelPair, ModelSet
+from ..models.pipes import is_xl
 from ..schema import BASELINE, alignit_branch
 from ..store.shards import shard_name, shard_range
 from ..store.writer import StoreWriter
@@ -109,6 +110,11 @@ def check_job(models, concepts: list[Concept], prompts: list[str], options: Reco
     """Every option checked against the models before any work (a bad option never leaves a partial store)."""
     options.check()
     models = as_model_set(models)
+    if options.summary and is_xl(models.baseline):
+        raise ProbeError(
+            "--summary does not support SDXL pipelines yet (two text encoders)",
+            "record a full store (without --summary); compare reads it the same way",
+        )
     shard_range(len(prompts), options.batch_size, options.shard)
     if options.alignit is not None:
         for pair in models.pairs:

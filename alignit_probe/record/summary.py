@@ -80,7 +80,8 @@ def distance_group(variables: dict, coords: xr.Dataset, sites: list[str], layers
 def summary_batch(
     stages: dict, base: dict, tokenized: list[TokenizedPrompt], start: int, store_dtype, n_tokens: int | None = None
 ) -> Batch:
-    """One customized model's batch as distances to the baseline's (``stages`` / ``base``: ``stage_tensors``)."""
+    """One customized model's batch as distances to the baseline's (``stages`` / ``base``: ``stage_tensors`` of a
+    one-encoder pipeline; SDXL summary stores are refused before any work, ``run.check_job``)."""
     coords = token_coords(tokenized, start, n_tokens)
     n_tok = coords.sizes["token"]
     ref = torch.as_tensor(coords.ref_index.values.astype(np.int64))
@@ -88,10 +89,12 @@ def summary_batch(
     pt, plt = ("prompt", "token", "metric"), ("prompt", "layer", "token", "metric")
     variables = {}
     for name in ("token_embedding", "encoder_layer", "encoder_output"):
-        d = partner_distances(stages[name][..., :n_tok, :], base[name], ref, store)
+        d = partner_distances(stages["text"][name][..., :n_tok, :], base["text"][name], ref, store)
         variables[name] = (plt if name == "encoder_layer" else pt, to_numpy(d))
     kv, sites = kv_distances(stages["kv"], base["kv"], ref, store, n_tok)
-    return Batch(coords, {GROUP: distance_group({**variables, **kv}, coords, sites, base["encoder_layer"].shape[1])})
+    return Batch(
+        coords, {GROUP: distance_group({**variables, **kv}, coords, sites, base["text"]["encoder_layer"].shape[1])}
+    )
 
 
 def alignit_summary_batch(akv: AlignITKV, start: int, base_kv: dict, store_dtype, n_tokens: int | None = None) -> Batch:

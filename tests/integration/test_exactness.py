@@ -205,7 +205,7 @@ def test_sd2_record_kv_equals_kv_inside_a_denoising_step(sd2_dir, tmp_path, kind
     recorded_stages = stage_tensors(pipe, [tp])
     with torch.no_grad():
         cond, uncond = pipe.encode_prompt(prompt, "cpu", 1, True)
-    assert (recorded_stages["encoder_output"] - cond).abs().max().item() == 0
+    assert (recorded_stages["text"]["encoder_output"] - cond).abs().max().item() == 0
     caught = caught_in_step(pipe, prompt)
     recorded_uncond = sites.record_kv(pipe.unet, uncond)
     assert caught.keys() == recorded_stages["kv"].keys()
