@@ -301,13 +301,20 @@ def load_models(baseline: str, customs, device=None, dtype=torch.float32, progre
     )
     if not by_name:
         raise ProbeError("no customized model given", "pass --custom SPEC (a pipeline directory or an artifact)")
+    check_pipeline_path(baseline)
+    base_cls = pipeline_class(baseline)
     for name, specs in by_name.items():
         check_model_name(name)
         for spec in specs:
-            resolve_spec(spec)
+            if resolve_spec(spec) == "pipeline":
+                cls = pipeline_class(check_pipeline_path(spec))
+                if None not in (cls, base_cls) and cls != base_cls:
+                    raise ProbeError(
+                        f"customized model {name} ({spec}) is a {cls} but baseline {baseline} is a {base_cls}",
+                        "compare a customized model with the baseline it was trained from",
+                    )
     parsed = {name: _parse_specs(name, specs) for name, specs in by_name.items()}  # bad files fail before any load
     device = check_device(device)
-    check_pipeline_path(baseline)
     show_progress(progress)
     note(progress, f"loading baseline {baseline}")
     base = load_pipeline(baseline, device, dtype)
@@ -339,6 +346,16 @@ def models_from_pipelines(baseline, customs: dict, baseline_id: str = "in-memory
             raise ProbeError(
                 f"customized model {name} is the baseline pipeline object itself",
                 "modify a copy (e.g. load the baseline twice) and pass that",
+            )
+        if type(pipe).__name__ not in SUPPORTED or type(pipe) is not type(baseline):
+            cls, base_cls = type(pipe).__name__, type(baseline).__name__
+            raise ProbeError(
+                *not_supported(f"customized model {name}", cls)
+                if cls not in SUPPORTED
+                else (
+                    f"customized model {name} is a {cls} but the baseline is a {base_cls}",
+                    "compare a customized model with the baseline it was made from",
+                )
             )
         if sites.layout(baseline.unet) != sites.layout(pipe.unet):
             raise ProbeError(
