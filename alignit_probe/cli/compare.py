@@ -53,7 +53,7 @@ def print_table(rows: list[dict], tree, out=None) -> None:
     lines = []
     for (model, stage, layer, metric), by_role in cells.items():
         label = "" if layer is None else (str(layer) if isinstance(layer, int) else short_layer(layer))
-        if isinstance(layer, str):
+        if isinstance(layer, str) and label != layer:
             legend[label] = layer
         n = max(r["n"] for r in by_role.values())
         lines.append([model, stage, label, metric, str(n)] + [cell(by_role.get(role)) for role in roles])

@@ -179,7 +179,7 @@ def test_summary_is_refused_for_sdxl(xl_pair, tmp_path):
 
 
 def test_cli_on_sdxl(sdxl_dir, tmp_path, capsys):
-    """record, compare, alignit, attention and swap through the CLI on SDXL directories."""
+    """record, compare, report, alignit, attention and swap through the CLI on SDXL directories."""
     from alignit_probe.cli import main
 
     db = str(write_finetune(sdxl_dir, tmp_path / "db"))
@@ -196,6 +196,8 @@ def test_cli_on_sdxl(sdxl_dir, tmp_path, capsys):
     }
     assert main(["compare", str(tmp_path / "s.zarr")]) == 0
     assert "text_2.3" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.html").is_file()
     gen = ["--steps", "2", "--height", "32", "--width", "32"]
     assert main(["alignit", *models, *prompt, *gen, "--pooled", "custom", "--out", str(tmp_path / "al")]) == 0
     assert len(list((tmp_path / "al").rglob("*.png"))) >= 3
@@ -204,3 +206,15 @@ def test_cli_on_sdxl(sdxl_dir, tmp_path, capsys):
     assert main([*swap, *gen, "--out", str(tmp_path / "sw")]) == 0
     err = capsys.readouterr().err
     assert "Traceback" not in err and "error:" not in err
+
+
+def test_drop_padding_keeps_the_first_positions_of_every_group(xl_pair, xl_store, tmp_path):
+    options = RecordOptions(batch_size=1, alignit=AlignITOptions(), drop_padding=True)
+    small = st.open_store(record_store(xl_pair, CONCEPTS, PROMPTS, tmp_path / "d.zarr", options, progress=False))
+    n = small.attrs["n_tokens"]
+    assert n < 77
+    for group in ("text", "text_2", "text_out"):
+        full, cut = st.group(xl_store, "custom", group), st.group(small, "custom", group)
+        for var in full.data_vars:
+            expected = full[var].isel(token=slice(0, n)) if "token" in full[var].dims else full[var]
+            assert np.array_equal(cut[var].values, expected.values), (group, var)
