@@ -7,13 +7,15 @@ import torch
 
 from ..errors import ProbeError
 from .artifacts import RETRAINED, Parsed, first_line
+from .pipes import is_xl
 
 
-def check_embeddings(parsed: Parsed, tokenizer, text_encoder) -> None:
-    """Widths fit the text encoder; tokens are new to the tokenizer."""
+def check_embeddings(parsed: Parsed, tokenizer, text_encoder, embeddings: dict | None = None) -> None:
+    """Widths fit the text encoder; tokens are new to the tokenizer (``embeddings``: the vectors for this encoder,
+    default ``parsed.embeddings``)."""
     dim = text_encoder.get_input_embeddings().weight.shape[-1]
     vocab = tokenizer.get_vocab()
-    for token, emb in parsed.embeddings.items():
+    for token, emb in (parsed.embeddings if embeddings is None else embeddings).items():
         if emb.shape[-1] != dim:
             raise ProbeError(
                 f"embedding {token!r} in {parsed.path} is {emb.shape[-1]}-wide but the text encoder is {dim}-wide",
@@ -45,11 +47,11 @@ def check_lora(pipe, parsed: Parsed) -> None:
             f"diffusers cannot read the LoRA in {parsed.path} ({first_line(e)})",
             "export it with save_lora_weights, or in kohya format",
         ) from e
-    parts = {"unet": {}, "text_encoder": {}}
+    parts = {"unet": {}, "text_encoder": {}, **({"text_encoder_2": {}} if is_xl(pipe) else {})}
     for key, value in converted.items():
         prefix, _, rest = key.partition(".")
         if prefix not in parts:
-            raise ProbeError(f"LoRA in {parsed.path} targets {prefix!r}, which an SD pipeline lacks", RETRAINED)
+            raise ProbeError(f"LoRA in {parsed.path} targets {prefix!r}, which this pipeline lacks", RETRAINED)
         parts[prefix][rest] = value
     for component, part in parts.items():
         if not part:

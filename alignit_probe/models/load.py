@@ -6,7 +6,7 @@ whole, and it must come first) or an artifact file/folder (see ``artifacts``) ap
 baseline. Several SPECs apply in order onto the same custom pipeline, e.g. a TI embedding and then a LoRA.
 
 ``--custom NAME=SPEC`` names the model a SPEC belongs to (default ``custom``); SPECs of one NAME stack. "Did it
-load?": each artifact is checked to change something (``verify``).
+load?": each artifact is checked to change something (``apply``, ``verify``).
 """
 
 from __future__ import annotations
@@ -21,14 +21,16 @@ import torch
 from ..capture import sites
 from ..errors import ProbeError
 from ..schema import DEFAULT_CUSTOM
+from .apply import Artifact, apply_artifact, apply_parsed
 from .artifacts import is_pipeline_dir, parse_artifact
-from .install import build_custom_diffusion, check_embeddings, check_lora, set_processors
 from .pipes import SD, SUPPORTED, not_supported
 from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec
-from .verify import PROBE, differs, stages, verify
+from .verify import differs, stages
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
+
+__all__ = ["Artifact", "ModelPair", "ModelSet", "apply_artifact", "load_models", "load_pair", "load_pipeline"]
 
 METHODS = {
     "textual_inversion": "textual_inversion",
@@ -36,21 +38,6 @@ METHODS = {
     "custom_diffusion": "custom_diffusion",
     "lora": "lora",
 }
-
-
-@dataclass
-class Artifact:
-    """One applied customization file/folder.
-
-    ``tokens`` are the placeholder/modifier tokens as written in prompts (a multi-vector token ``<tok>`` is also
-    added as ``<tok>_1`` ... which ``pipe.maybe_convert_prompt`` inserts); empty for LoRA.
-    """
-
-    path: str
-    kind: str
-    sha256: str
-    tokens: list[str]
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -172,82 +159,6 @@ def load_pipeline(model: str, device="cpu", dtype=torch.float32) -> StableDiffus
     return pipe.to(device)
 
 
-# ------------------------------------------------------------------------------------------------------- applying
-def apply_artifact(pipe, path: str) -> Artifact:
-    """Validate one artifact, apply it to ``pipe`` in place, and check that it changed something."""
-    return _apply(pipe, parse_artifact(path))
-
-
-def _apply(pipe, parsed) -> Artifact:
-    art = Artifact(parsed.path, parsed.kind, parsed.sha256, parsed.tokens, list(parsed.warnings))
-    if parsed.embeddings:
-        check_embeddings(parsed, pipe.tokenizer, pipe.text_encoder)
-    if parsed.kind == "lora":
-        check_lora(pipe, parsed)
-    cd = build_custom_diffusion(pipe.unet, parsed) if parsed.kind == "custom_diffusion" else {}
-    added_before = set(pipe.tokenizer.added_tokens_encoder)
-    before = stages(pipe)
-
-    if parsed.embeddings:
-        _load_tokens(pipe, parsed)
-    if parsed.kind == "custom_diffusion":
-        set_processors(pipe.unet, cd)
-    elif parsed.kind == "lora":
-        _load_lora(pipe, parsed)
-
-    new_ids = [i for t, i in pipe.tokenizer.added_tokens_encoder.items() if t not in added_before]
-    art.warnings += verify(
-        art.path, before, stages(pipe), pipe.text_encoder.get_input_embeddings().weight.detach(), new_ids
-    )
-    _check_tokenizable(pipe, art)
-    return art
-
-
-def _load_tokens(pipe, parsed) -> None:
-    """Delegate to diffusers' ``load_textual_inversion`` (multi-vector tokens become <tok>, <tok>_1, ...).
-
-    transformers' ``resize_token_embeddings`` samples the new rows (then overwritten) from the global RNG: keep
-    the caller's RNG state untouched.
-    """
-    for token, tensor in parsed.embeddings.items():
-        with torch.random.fork_rng(devices=[]):
-            try:
-                pipe.load_textual_inversion({token: tensor}, token=token)
-            except ValueError as e:
-                raise ProbeError(
-                    f"diffusers refused token {token!r} from {parsed.path} ({e})",
-                    "rename the token or drop the duplicate SPEC",
-                ) from e
-
-
-def _load_lora(pipe, parsed) -> None:
-    """Delegate to diffusers' ``load_lora_weights``; keep every LoRA loaded so far active (diffusers activates
-    only the newest adapter)."""
-    names = list(dict.fromkeys(n for v in pipe.get_list_adapters().values() for n in v))
-    name = f"artifact_{len(names)}"
-    try:
-        pipe.load_lora_weights(dict(parsed.weights), adapter_name=name)
-    except Exception as e:
-        raise ProbeError(
-            f"diffusers could not load the LoRA in {parsed.path} ({str(e).strip()[:160]})",
-            "use a LoRA trained for this baseline, saved with save_lora_weights or by kohya",
-        ) from e
-    if names:
-        pipe.set_adapters(names + [name], adapter_weights=[1.0] * (len(names) + 1))
-
-
-def _check_tokenizable(pipe, art: Artifact) -> None:
-    if not art.tokens:
-        return
-    prompt = pipe.maybe_convert_prompt(f"{PROBE} of {' '.join(art.tokens)}", pipe.tokenizer)
-    ids = set(pipe.tokenizer(prompt).input_ids)
-    for token in art.tokens:
-        if pipe.tokenizer.convert_tokens_to_ids(token) not in ids:
-            art.warnings.append(
-                f"artifact {art.path}: token {token!r} is never produced by the tokenizer, so prompts cannot use it"
-            )
-
-
 # ----------------------------------------------------------------------------------------------------------- models
 def _parse_specs(name: str, customs: list[str]) -> list:
     """The artifacts among one model's SPECs, read and recognized (a pipeline directory may only come first)."""
@@ -280,7 +191,7 @@ def _custom_model(
     from tqdm.auto import tqdm
 
     for one in tqdm(parsed, desc=f"applying customizations ({name})", disable=not progress or len(parsed) < 2):
-        art = _apply(custom, one)
+        art = apply_parsed(custom, one)
         artifacts.append(art)
         warnings.extend(art.warnings)
         if METHODS[art.kind] not in methods:

@@ -68,13 +68,14 @@ def _aliases_only(weight: torch.Tensor, new_ids: list[int]) -> bool:
     return True
 
 
-def verify(path: str, before: dict, after: dict, weight: torch.Tensor, new_ids: list[int]) -> list[str]:
-    """Warnings for the artifact at ``path`` from the stages ``before`` and ``after`` it was applied (``weight``:
-    the embedding matrix after; ``new_ids``: the tokens it added)."""
+def verify(path: str, before: dict, after: dict, new_rows: list[tuple[torch.Tensor, list[int]]]) -> list[str]:
+    """Warnings for the artifact at ``path`` from the stages ``before`` and ``after`` it was applied (``new_rows``:
+    per text encoder, its embedding matrix after and the token ids it gained: a token matters where any encoder's
+    row for it is no mere alias)."""
     text_path = [n for n in after if n != "unet_output"]
     text_changed = differs(before, after, text_path)
     unet_changed = differs(before, after, ["unet_output"])
-    tokens_matter = bool(new_ids) and not _aliases_only(weight, new_ids)
+    tokens_matter = any(ids and not _aliases_only(weight, ids) for weight, ids in new_rows)
     if not (text_changed or unet_changed or tokens_matter):
         return [nothing_warning(path)]
     if not (text_changed or tokens_matter):
