@@ -238,26 +238,26 @@ def build_toy(out: str | Path, seed: int = 0, overwrite: bool = False, arch: str
 def write_toy_custom_diffusion(
     baseline_dir: str | Path,
     out: str | Path,
-    token: str = "<new1>",
+    token: str | None = "<new1>",
     init_word: str = "cat",
     seed: int = 0,
     scale: float = 0.5,
 ) -> Path:
     """A Custom Diffusion output folder for the toy model, in the format of diffusers' train_custom_diffusion.py:
     ``pytorch_custom_diffusion_weights.safetensors`` (attn2 K/V projections, here the baseline's plus a seeded
-    perturbation standing in for training) and ``<token>.safetensors`` (the modifier token's embedding)."""
-    from diffusers import StableDiffusionPipeline
+    perturbation standing in for training) and ``<token>.safetensors`` (the modifier token's embedding; none with
+    ``token=None``, as for SDXL, whose tokens need vectors for both encoders: ``write_toy_textual_inversion``)."""
+    from diffusers import DiffusionPipeline
     from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
     from safetensors.torch import save_file
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(baseline_dir))
+    pipe = DiffusionPipeline.from_pretrained(str(baseline_dir))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
-    emb = pipe.text_encoder.get_input_embeddings().weight
-    init = emb[pipe.tokenizer.convert_tokens_to_ids(init_word + "</w>")].detach()
-    vec = init + scale * init.norm() / init.numel() ** 0.5 * torch.randn(init.shape, generator=gen)
-    save_file({token: vec.contiguous()}, str(out / f"{token}.safetensors"))
+    if token is not None:
+        vec = _near(pipe.text_encoder, pipe.tokenizer, init_word, scale, gen)
+        save_file({token: vec.contiguous()}, str(out / f"{token}.safetensors"))
     unet, procs = pipe.unet, {}
     for name in unet.attn_processors:
         attn = unet.get_submodule(name[: -len(".processor")])
@@ -276,6 +276,34 @@ def write_toy_custom_diffusion(
         procs[name] = proc
     unet.set_attn_processor(procs)
     unet.save_attn_procs(str(out), safe_serialization=True)
+    return out
+
+
+def _near(text_encoder, tokenizer, word: str, scale: float, gen) -> torch.Tensor:
+    """``word``'s embedding row plus seeded noise of relative size ``scale`` (a stand-in for a trained vector)."""
+    init = text_encoder.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids(word + "</w>")].detach()
+    return init + scale * init.norm() / init.numel() ** 0.5 * torch.randn(init.shape, generator=gen)
+
+
+def write_toy_textual_inversion(
+    baseline_dir: str | Path, out: str | Path, token: str = "<new1>", init_word: str = "cat", seed: int = 0
+) -> Path:
+    """A Textual Inversion output folder for a toy model, as diffusers' training scripts write it:
+    ``learned_embeds.safetensors`` ({token: (1, width)}, ``init_word``'s vector plus seeded noise) and, for SDXL,
+    ``learned_embeds_2.safetensors`` for the second text encoder."""
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import save_file
+
+    pipe = DiffusionPipeline.from_pretrained(str(baseline_dir))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    encoders = [("", pipe.text_encoder, pipe.tokenizer)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        encoders.append(("_2", pipe.text_encoder_2, pipe.tokenizer_2))
+    for suffix, te, tok in encoders:
+        vec = _near(te, tok, init_word, 0.5, gen)[None].contiguous()
+        save_file({token: vec}, str(out / f"learned_embeds{suffix}.safetensors"))
     return out
 
 

@@ -218,3 +218,15 @@ def test_drop_padding_keeps_the_first_positions_of_every_group(xl_pair, xl_store
         for var in full.data_vars:
             expected = full[var].isel(token=slice(0, n)) if "token" in full[var].dims else full[var]
             assert np.array_equal(cut[var].values, expected.values), (group, var)
+
+
+def test_demo_on_the_sdxl_toy(tmp_path, capsys):
+    """``demo --arch sdxl``: Custom Diffusion K/V plus a two-encoder Textual Inversion on the SDXL toy, end to end."""
+    from alignit_probe.cli import main
+
+    assert main(["demo", "--arch", "sdxl", "--out", str(tmp_path), "--steps", "1", "--no-progress"]) == 0
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "alignit_grid.png").is_file()
+    tree = st.open_store(tmp_path / "probe.zarr")
+    assert {"text", "text_2", "text_out", "attention"} <= set(tree["custom"].children)
+    assert st.model_attrs(tree, "custom")["method"] == "custom_diffusion+textual_inversion"
+    assert "SDXL's second text encoder" in capsys.readouterr().out
