@@ -80,13 +80,21 @@ def summary_arrays(tree: xr.DataTree, model: str, stage: str):
     """(layer label, per-token distances (prompt, token, metric)) pairs of one stage of a summary branch (its
     ``distance`` group, ``record --summary``), labelled and ordered as ``stage_arrays``."""
     ds = st.group(tree, model, DISTANCE)
+    if stage in TEXT_STAGES:  # SDXL's second encoder: token_embedding_2, encoder_layer_2 (along layer_2)
+        for group, suffix in (("text", ""), ("text_2", "_2")):
+            if stage + suffix not in ds.data_vars:
+                continue
+            da = ds[stage + suffix]
+            if stage == "encoder_layer":
+                for i in da["layer" + suffix].values:
+                    yield text_layer(group, int(i)), da.sel({"layer" + suffix: i}, drop=True)
+            else:
+                yield text_layer(group, None), da
+        return
     if stage not in ds.data_vars:
         return
     da = ds[stage]
-    if stage == "encoder_layer":
-        for i in da.layer.values:
-            yield int(i), da.sel(layer=i, drop=True)
-    elif stage in KV_STAGES:
+    if stage in KV_STAGES:
         for path in sorted((str(p) for p in da.site.values), key=unet_order_key):
             yield path, da.sel(site=path, drop=True)
     else:
@@ -110,6 +118,12 @@ def distance_jobs(tree: xr.DataTree, model: str, reference: str, stage: str, ref
 def pooled_job(tree: xr.DataTree, model: str, reference: str):
     """A function returning the pooled embeddings' per-prompt distances {metric: (prompt, token=1)} of ``model``
     to ``reference`` (prompt to prompt), or None where either lacks one (SD1.x/SD2.x, AlignIT, summary stores)."""
+    if DISTANCE in tree[model].children:  # a summary store holds them (prompt, metric)
+        ds = tree[f"{model}/{DISTANCE}"].to_dataset(inherit=False)
+        if POOLED not in ds.data_vars:
+            return None
+        da = ds[POOLED].reset_coords(drop=True).expand_dims(token=[0], axis=1)
+        return lambda: xr.Dataset({m: da.sel(metric=m, drop=True) for m in METRICS})
     have = [m for m in (model, reference) if "text_out" in tree[m].children and POOLED in tree[f"{m}/text_out"]]
     if len(have) < 2:
         return None

@@ -110,11 +110,6 @@ def check_job(models, concepts: list[Concept], prompts: list[str], options: Reco
     """Every option checked against the models before any work (a bad option never leaves a partial store)."""
     options.check()
     models = as_model_set(models)
-    if options.summary and is_xl(models.baseline):
-        raise ProbeError(
-            "--summary does not support SDXL pipelines yet (two text encoders)",
-            "record a full store (without --summary); compare reads it the same way",
-        )
     shard_range(len(prompts), options.batch_size, options.shard)
     if options.alignit is not None:
         for pair in models.pairs:

@@ -172,10 +172,19 @@ def test_probe_alignit_attention_swap(xl_pair):
     assert set(swapped) == {"A", "B", "keys A + values B"}
 
 
-def test_summary_is_refused_for_sdxl(xl_pair, tmp_path):
-    with pytest.raises(ProbeError, match="--summary does not support SDXL"):
-        record_store(xl_pair, CONCEPTS, PROMPTS, tmp_path / "s.zarr", RecordOptions(summary=True), progress=False)
-    assert not (tmp_path / "s.zarr.partial").exists()
+def test_summary_store_gives_the_full_store_rows(xl_pair, xl_store, tmp_path):
+    """``record --summary`` on SDXL: both encoders' stages (``_2``) and the pooled embedding as distances, and
+    compare's rows equal those of the full store of the same job."""
+    from tests.integration.test_summary import assert_rows_close
+
+    options = RecordOptions(batch_size=1, alignit=AlignITOptions(), summary=True)
+    tree = st.open_store(record_store(xl_pair, CONCEPTS, PROMPTS, tmp_path / "s.zarr", options, progress=False))
+    dist = st.group(tree, "custom", "distance")
+    assert {"token_embedding_2", "encoder_layer_2", "pooled"} <= set(dist.data_vars)
+    assert dist.pooled.dims == ("prompt", "metric") and dist.encoder_layer_2.sizes["layer_2"] == 4
+    rows = compare_rows(tree, n_boot=10)
+    assert_rows_close(compare_rows(xl_store, n_boot=10), rows)
+    assert {r["stage"] for r in rows if r["model"] == "custom"} >= {"pooled", "token_embedding", "encoder_layer"}
 
 
 def test_cli_on_sdxl(sdxl_dir, tmp_path, capsys):
