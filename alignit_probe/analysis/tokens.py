@@ -27,7 +27,8 @@ def token_stage_distances(
     tree: xr.DataTree, model: str, n_prompts: int = 3, metric: str = "relative_l2", reference: str = BASELINE
 ) -> xr.DataArray:
     """(prompt, token, stage): each token's distance to its partner in ``reference`` at every stage of
-    ``schema.TOKEN_STAGES``, the mean over layers for ``encoder_layer``/``key``/``value``; NaN where the token has no
+    ``schema.TOKEN_STAGES``, the mean over layers for ``encoder_layer``/``key``/``value`` (SDXL: over both text
+    encoders' layers, and the mean of their two ``token_embedding`` distances); NaN where the token has no
     partner or the branch lacks the stage (AlignIT branches hold K/V only). Coords ``token_str``, ``role`` and
     ``prompt_text`` label it. Works on full and summary stores alike (``metrics.distance_jobs``)."""
     sub = head(tree, n_prompts)
