@@ -202,11 +202,13 @@ class Probe:
             progress=self.progress,
         )
         images = {
-            BASELINE: generate_images(pair.baseline, akv.baseline_embeds, **kw),
-            pair.name: generate_images(pair.custom, akv.custom_embeds, **kw),
+            BASELINE: generate_images(
+                pair.baseline, akv.baseline_embeds, pooled_prompt_embeds=akv.baseline_pooled, **kw
+            ),
+            pair.name: generate_images(pair.custom, akv.custom_embeds, pooled_prompt_embeds=akv.custom_pooled, **kw),
         }
         with alignit(pair, akv) as pipe:
-            images[ALIGNIT] = generate_images(pipe, akv.cond_embeds, **kw)
+            images[ALIGNIT] = generate_images(pipe, akv.cond_embeds, pooled_prompt_embeds=akv.cond_pooled, **kw)
         return images
 
     # ----------------------------------------------------------------------------------------------- maps

@@ -18,6 +18,22 @@ def toy_dir(tmp_path_factory):
     return str(build_toy(tmp_path_factory.mktemp("toy") / "toy", seed=0))
 
 
+@pytest.fixture(scope="session")
+def sd2_dir(tmp_path_factory):
+    """The tiny SD2.x-shaped pipeline (pads with "!", v-prediction), saved once per test session."""
+    from alignit_probe.models.toy import build_toy
+
+    return str(build_toy(tmp_path_factory.mktemp("sd2") / "sd2", seed=0, arch="sd2"))
+
+
+@pytest.fixture(scope="session")
+def sdxl_dir(tmp_path_factory):
+    """The tiny SDXL-shaped pipeline (two text encoders, text_time UNet), saved once per test session."""
+    from alignit_probe.models.toy import build_toy
+
+    return str(build_toy(tmp_path_factory.mktemp("sdxl") / "sdxl", seed=0, arch="sdxl"))
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -6,6 +6,11 @@ Public API::
     with alignit(pair, akv) as pipe:          # the denoising pipeline, with K/V injected
         images = pipe(prompt_embeds=akv.cond_embeds, generator=..., ...).images
     images, akv = generate_alignit(pair, concepts, prompts, options, seed=0)   # baseline / custom / alignit
+
+SDXL: prompts and dummies go through both text encoders (the K/V are computed from their concatenated states, as
+the UNet sees them). The pooled embedding conditions the UNet outside attn2, so AlignIT cannot infuse it per token:
+``AlignITOptions.pooled`` chooses it — ``"baseline"`` (default: the baseline model's pooled embedding of the prompt
+without the modifier, consistent with the context K/V) or ``"custom"`` (the customized model's, of the prompt).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from ..capture.inject import inject_kv
 from ..capture.sites import layout, record_kv, select_sites
 from ..errors import ProbeError
 from ..text.concepts import Concept, TokenizedPrompt, tokenize_prompts
-from ..text.encoder import encoder_states
+from ..text.encoder import conditioning
 from .generation import generate_images
 from .plan import (
     DEFAULT_TEMPLATE,
@@ -43,6 +48,7 @@ class AlignITOptions:
     values: bool = True
     alpha: float = 1.0
     denoiser: str = "custom"  # or "baseline"
+    pooled: str = "baseline"  # SDXL's pooled embedding: the baseline's of the prompt without modifier, or "custom"
 
 
 @dataclass
@@ -56,6 +62,9 @@ class AlignITKV:
     custom_embeds: torch.Tensor
     options: AlignITOptions = field(default_factory=AlignITOptions)
     warnings: list[str] = field(default_factory=list)
+    cond_pooled: torch.Tensor | None = None  # SDXL: the pooled embedding the AlignIT denoising gets
+    baseline_pooled: torch.Tensor | None = None
+    custom_pooled: torch.Tensor | None = None
 
 
 def check_layouts(*unets) -> None:
@@ -73,9 +82,15 @@ def denoiser_of(pair, options: AlignITOptions):
     return pair.custom if options.denoiser == "custom" else pair.baseline
 
 
+def check_pooled(options: AlignITOptions) -> None:
+    if options.pooled not in ("baseline", "custom"):
+        raise ProbeError(f"unknown pooled-embedding policy {options.pooled!r}", "use --pooled baseline or custom")
+
+
 def validate(pair, concepts: list[Concept], options: AlignITOptions) -> None:
     """Every AlignIT option checked against the models, before any work is done."""
     check_alpha(options.alpha)
+    check_pooled(options)
     check_layouts(pair.baseline.unet, pair.custom.unet)
     select_sites(denoiser_of(pair, options).unet, options.layers, options.blocks, options.resolutions)
     tokenize_dummies(pair.custom, pair.baseline.tokenizer, concepts, options.template)
@@ -93,6 +108,7 @@ def alignit_kv(
     prompts from ``first`` (a batch's global offset)."""
     options = options or AlignITOptions()
     check_alpha(options.alpha)
+    check_pooled(options)
     if not (options.keys or options.values):
         raise ProbeError("neither keys nor values are infused", "infuse keys, values or both")
     check_layouts(pair.baseline.unet, pair.custom.unet)
@@ -106,12 +122,12 @@ def alignit_kv(
         for k, p in enumerate(plans, first)
         if p.dropped
     ]
-    base_c = encoder_states(pair.baseline, bt)
-    custom_c = encoder_states(pair.custom, ct)
+    base_c, base_pooled = conditioning(pair.baseline, bt)
+    custom_c, custom_pooled = conditioning(pair.custom, ct)
     base_kv = record_kv(pair.baseline.unet, base_c, sites)
     custom_kv = record_kv(pair.custom.unet, custom_c, sites)
     order = sorted(dummies)
-    dummy_kv = record_kv(pair.custom.unet, encoder_states(pair.custom, [dummies[c] for c in order]), sites)
+    dummy_kv = record_kv(pair.custom.unet, conditioning(pair.custom, [dummies[c] for c in order])[0], sites)
     device = denoiser.unet.device
     kv = {}
     for path in sites:
@@ -124,12 +140,27 @@ def alignit_kv(
             out.append(own.to(device))
         kv[path] = (out[0], out[1])
     cond = custom_c if options.denoiser == "custom" else base_c
-    return AlignITKV(plans, ct, bt, kv, cond.to(device), base_c, custom_c, options, warnings)
+    pooled = custom_pooled if options.pooled == "custom" else base_pooled
+    return AlignITKV(
+        plans,
+        ct,
+        bt,
+        kv,
+        cond.to(device),
+        base_c,
+        custom_c,
+        options,
+        warnings,
+        None if pooled is None else pooled.to(device),
+        base_pooled,
+        custom_pooled,
+    )
 
 
 @contextlib.contextmanager
 def alignit(pair, akv: AlignITKV):
-    """The denoising pipeline with AlignIT's K/V injected (condition it on ``prompt_embeds=akv.cond_embeds``)."""
+    """The denoising pipeline with AlignIT's K/V injected (condition it on ``prompt_embeds=akv.cond_embeds``; SDXL
+    also ``pooled_prompt_embeds=akv.cond_pooled``)."""
     pipe = denoiser_of(pair, akv.options)
     with inject_kv(pipe.unet, akv.cond_embeds, akv.kv):
         yield pipe
@@ -155,9 +186,9 @@ def generate_alignit(
         seed=seed, steps=steps, guidance_scale=guidance_scale, height=height, width=width, output_type=output_type
     )
     images = {
-        "baseline": generate_images(pair.baseline, akv.baseline_embeds, **kw),
-        "custom": generate_images(pair.custom, akv.custom_embeds, **kw),
+        "baseline": generate_images(pair.baseline, akv.baseline_embeds, pooled_prompt_embeds=akv.baseline_pooled, **kw),
+        "custom": generate_images(pair.custom, akv.custom_embeds, pooled_prompt_embeds=akv.custom_pooled, **kw),
     }
     with alignit(pair, akv) as pipe:
-        images["alignit"] = generate_images(pipe, akv.cond_embeds, **kw)
+        images["alignit"] = generate_images(pipe, akv.cond_embeds, pooled_prompt_embeds=akv.cond_pooled, **kw)
     return images, akv

@@ -1,15 +1,22 @@
 """Denoising with a diffusers pipeline from given conditioning, reproducibly across devices: the one generation
-call that AlignIT, K/V swaps and attention maps share."""
+call that AlignIT, K/V swaps and attention maps share. SDXL pipelines also take the pooled text embedding (and
+compute the negative conditioning themselves unless it is given: zeros where ``force_zeros_for_empty_prompt``)."""
 
 from __future__ import annotations
 
 import torch
+
+from ..errors import ProbeError
+from ..models.pipes import is_xl
 
 
 def generate_images(
     pipe,
     prompt_embeds: torch.Tensor,
     *,
+    pooled_prompt_embeds: torch.Tensor | None = None,
+    negative_prompt_embeds: torch.Tensor | None = None,
+    negative_pooled_prompt_embeds: torch.Tensor | None = None,
     seed: int = 0,
     steps: int = 30,
     guidance_scale: float = 7.5,
@@ -18,7 +25,20 @@ def generate_images(
     output_type: str = "pil",
     progress: bool = True,
 ) -> list:
-    """One image per prompt; the initial noise comes from a CPU generator so every device draws the same."""
+    """One image per prompt; the initial noise comes from a CPU generator so every device draws the same. SDXL
+    needs ``pooled_prompt_embeds`` (``text.encoder.conditioning`` returns it with ``prompt_embeds``)."""
+    extra = {}
+    if is_xl(pipe):
+        if pooled_prompt_embeds is None:
+            raise ProbeError(
+                "an SDXL pipeline needs the pooled text embedding to generate",
+                "pass pooled_prompt_embeds= (text.encoder.conditioning returns it)",
+            )
+        extra["pooled_prompt_embeds"] = pooled_prompt_embeds.to(pipe.unet.device)
+        if negative_pooled_prompt_embeds is not None:
+            extra["negative_pooled_prompt_embeds"] = negative_pooled_prompt_embeds.to(pipe.unet.device)
+    if negative_prompt_embeds is not None:
+        extra["negative_prompt_embeds"] = negative_prompt_embeds.to(pipe.unet.device)
     gen = torch.Generator("cpu").manual_seed(seed)
     shape = (
         prompt_embeds.shape[0],
@@ -36,5 +56,6 @@ def generate_images(
         height=height,
         width=width,
         output_type=output_type,
+        **extra,
     )
     return out.images

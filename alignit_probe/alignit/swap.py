@@ -15,7 +15,7 @@ from ..capture.inject import inject_kv
 from ..capture.sites import record_kv, select_sites
 from ..errors import ProbeError
 from ..text.concepts import tokenize_pair
-from ..text.encoder import encoder_states
+from ..text.encoder import conditioning
 from .engine import check_layouts
 from .generation import generate_images
 
@@ -47,12 +47,14 @@ def swap_kv(
     tokens: list[str] | None = None,
     layers: list[str] | None = None,
     blocks: list[str] | None = None,
+    with_pooled: bool = False,
 ):
-    """(K/V to inject per attn2 path, conditioning embeddings of A, positions swapped)."""
+    """(K/V to inject per attn2 path, conditioning embeddings of A, positions swapped); with ``with_pooled`` also
+    A's pooled embedding (SDXL; None otherwise), last."""
     check_layouts(key_src.pipe.unet, value_src.pipe.unet, denoiser.unet)
     sites = select_sites(denoiser.unet, layers, blocks)
     ta, tb = _tokenized(key_src.pipe, key_src.prompt), _tokenized(value_src.pipe, value_src.prompt)
-    ca, cb = encoder_states(key_src.pipe, [ta]), encoder_states(value_src.pipe, [tb])
+    (ca, pooled_a), cb = conditioning(key_src.pipe, [ta]), conditioning(value_src.pipe, [tb])[0]
     kv_a, kv_b = record_kv(key_src.pipe.unet, ca, sites), record_kv(value_src.pipe.unet, cb, sites)
     positions = token_positions(ta, tokens) if tokens else list(range(len(ta.ids)))
     idx = torch.tensor(positions)
@@ -62,6 +64,8 @@ def swap_kv(
         v = v_a.clone()
         v[:, idx] = kv_b[path][1][:, idx].to(v.dtype)
         kv[path] = (k_a.to(denoiser.unet.device), v.to(denoiser.unet.device))
+    if with_pooled:
+        return kv, ca.to(denoiser.unet.device), positions, pooled_a
     return kv, ca.to(denoiser.unet.device), positions
 
 
@@ -91,15 +95,11 @@ def generate_swap(
         output_type=output_type,
         progress=progress,
     )
-    kv, ca, _ = swap_kv(key_src, value_src, denoiser, tokens, layers, blocks)
-    images = {
-        "A": generate_images(
-            key_src.pipe, encoder_states(key_src.pipe, [_tokenized(key_src.pipe, key_src.prompt)]), **kw
-        ),
-        "B": generate_images(
-            value_src.pipe, encoder_states(value_src.pipe, [_tokenized(value_src.pipe, value_src.prompt)]), **kw
-        ),
-    }
+    kv, ca, _, pooled_a = swap_kv(key_src, value_src, denoiser, tokens, layers, blocks, with_pooled=True)
+    images = {}
+    for name, src in (("A", key_src), ("B", value_src)):
+        c, pooled = conditioning(src.pipe, [_tokenized(src.pipe, src.prompt)])
+        images[name] = generate_images(src.pipe, c, pooled_prompt_embeds=pooled, **kw)
     with inject_kv(denoiser.unet, ca, kv):
-        images["keys A + values B"] = generate_images(denoiser, ca, **kw)
+        images["keys A + values B"] = generate_images(denoiser, ca, pooled_prompt_embeds=pooled_a, **kw)
     return images

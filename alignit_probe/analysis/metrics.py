@@ -19,7 +19,7 @@ import xarray as xr
 
 from .. import store as st
 from ..errors import ProbeError
-from ..schema import BASELINE, KV_STAGES, METRICS, ROLES, STAGES, TEXT_STAGES, unet_order_key
+from ..schema import BASELINE, KV_STAGES, METRICS, POOLED, ROLES, STAGES, TEXT_STAGES, text_layer, unet_order_key
 from .stats import bootstrap_ci, gather_partners, role_means
 
 if TYPE_CHECKING:
@@ -60,17 +60,24 @@ def token_distances(a: xr.DataArray, b: xr.DataArray, ref_index: xr.DataArray) -
     return xr.Dataset({m: out.sel(metric=m, drop=True) for m in METRICS})
 
 
+TEXT_GROUPS = ("text", "text_2", "text_out")  # the only/first text encoder, SDXL's second, SDXL's output
+
+
 def stage_arrays(tree: xr.DataTree, model: str, stage: str) -> Iterator[tuple[int | str | None, xr.DataArray]]:
-    """(layer label, DataArray) pairs of one stage: ``layer`` is the encoder layer index, the attn2 path, or None."""
-    if stage in TEXT_STAGES and "text" not in tree[model].children:
-        return
-    if stage in ("token_embedding", "encoder_output"):
-        yield None, st.group(tree, model, "text")[stage]
-    elif stage == "encoder_layer":
-        da = st.group(tree, model, "text")[stage]
-        for i in da.layer.values:
-            yield int(i), da.sel(layer=i, drop=True)
-    else:
+    """(layer label, DataArray) pairs of one per-token stage: ``layer`` is the encoder layer index (SDXL's second
+    encoder: ``text_2.<i>``), the attn2 path, or None (``schema.text_layer``). Text stages come from every text
+    group that holds them (``text``; SDXL: ``text``, ``text_2``, ``text_out``)."""
+    if stage in TEXT_STAGES:
+        for name in TEXT_GROUPS:
+            if name not in tree[model].children or stage not in tree[f"{model}/{name}"].data_vars:
+                continue
+            da = st.group(tree, model, name)[stage]
+            if stage == "encoder_layer":
+                for i in da.layer.values:
+                    yield text_layer(name, int(i)), da.sel(layer=i, drop=True)
+            else:
+                yield text_layer(name, None), da
+    elif stage in KV_STAGES:
         for path in st.kv_paths(tree, model):
             yield path, st.group(tree, model, f"kv/{path}")[stage]
 
@@ -79,13 +86,21 @@ def summary_arrays(tree: xr.DataTree, model: str, stage: str) -> Iterator[tuple[
     """(layer label, per-token distances (prompt, token, metric)) pairs of one stage of a summary branch (its
     ``distance`` group, ``record --summary``), labelled and ordered as ``stage_arrays``."""
     ds = st.group(tree, model, DISTANCE)
+    if stage in TEXT_STAGES:  # SDXL's second encoder: token_embedding_2, encoder_layer_2 (along layer_2)
+        for group, suffix in (("text", ""), ("text_2", "_2")):
+            if stage + suffix not in ds.data_vars:
+                continue
+            da = ds[stage + suffix]
+            if stage == "encoder_layer":
+                for i in da["layer" + suffix].values:
+                    yield text_layer(group, int(i)), da.sel({"layer" + suffix: i}, drop=True)
+            else:
+                yield text_layer(group, None), da
+        return
     if stage not in ds.data_vars:
         return
     da = ds[stage]
-    if stage == "encoder_layer":
-        for i in da.layer.values:
-            yield int(i), da.sel(layer=i, drop=True)
-    elif stage in KV_STAGES:
+    if stage in KV_STAGES:
         for path in sorted((str(p) for p in da.site.values), key=unet_order_key):
             yield path, da.sel(site=path, drop=True)
     else:
@@ -108,6 +123,30 @@ def distance_jobs(
             yield layer, lambda a=a, b=ref[layer]: token_distances(a, b, ref_index)
 
 
+def pooled_job(tree: xr.DataTree, model: str, reference: str):
+    """A function returning the pooled embeddings' per-prompt distances {metric: (prompt, token=1)} of ``model``
+    to ``reference`` (prompt to prompt), or None where either lacks one (SD1.x/SD2.x, AlignIT, summary stores)."""
+    if DISTANCE in tree[model].children:  # a summary store holds them (prompt, metric)
+        ds = tree[f"{model}/{DISTANCE}"].to_dataset(inherit=False)
+        if POOLED not in ds.data_vars:
+            return None
+        da = ds[POOLED].reset_coords(drop=True).expand_dims(token=[0], axis=1)
+        return lambda: xr.Dataset({m: da.sel(metric=m, drop=True) for m in METRICS})
+    have = [m for m in (model, reference) if "text_out" in tree[m].children and POOLED in tree[f"{m}/text_out"]]
+    if len(have) < 2:
+        return None
+
+    def one_token(m):
+        da = tree[f"{m}/text_out"].to_dataset(inherit=False)[POOLED].reset_coords(drop=True)
+        return da.rename(pooled_channel="channel").expand_dims(token=[0], axis=1)
+
+    def run():
+        a = one_token(model)
+        return token_distances(a, one_token(reference), xr.zeros_like(a.isel(channel=0), dtype=np.int16))
+
+    return run
+
+
 def compare_rows(
     tree: xr.DataTree,
     reference: str = BASELINE,
@@ -121,7 +160,7 @@ def compare_rows(
     compared arrays; its total is set here.
 
     A full store's distances are computed from the recorded activations; a summary store's (``record --summary``)
-    are read, and summarised the same way."""
+    are read, and summarised the same way. SDXL's ``pooled`` stage gives one row per metric, role ``special``."""
     if reference != BASELINE and any(DISTANCE in tree[m].children for m in st.models(tree)):
         raise ProbeError(
             f"a summary store holds distances to {BASELINE} only, not to {reference!r}",
@@ -134,17 +173,25 @@ def compare_rows(
         lab = st.token_labels(tree, model)
         roles[model] = lab["role"]
         for stage in stages:
+            if stage == POOLED:
+                job = pooled_job(tree, model, reference)
+                jobs += [(model, stage, None, job)] if job is not None else []
+                continue
             for layer, distances in distance_jobs(tree, model, reference, stage, lab["ref_index"]):
                 jobs.append((model, stage, layer, distances))
     if progress is not None:
         progress.reset(total=len(jobs))
     rows = []
     for model, stage, layer, distances in jobs:
-        roles[model] = roles[model].load()
         dist = distances().compute()
+        if stage == POOLED:  # one vector per prompt, the projected end token's state: role special only
+            role, names = xr.full_like(dist[METRICS[0]], "special", dtype=object), ("special",)
+        else:
+            role = roles[model] = roles[model].load()
+            names = ROLES
         for metric in METRICS:
-            per_role = role_means(dist[metric], roles[model], ROLES)
-            for name in ROLES:
+            per_role = role_means(dist[metric], role, names)
+            for name in names:
                 value, lo, hi, n = bootstrap_ci(per_role[name], n_boot, seed)
                 rows.append(
                     dict(

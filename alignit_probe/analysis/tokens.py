@@ -12,7 +12,7 @@ import pandas as pd
 import xarray as xr
 
 from .. import store as st
-from ..schema import BASELINE, STAGES
+from ..schema import BASELINE, TOKEN_STAGES
 from .metrics import distance_jobs
 
 LAYERED = ("encoder_layer", "key", "value")  # stages recorded once per layer: averaged over layers here
@@ -27,14 +27,15 @@ def token_stage_distances(
     tree: xr.DataTree, model: str, n_prompts: int = 3, metric: str = "relative_l2", reference: str = BASELINE
 ) -> xr.DataArray:
     """(prompt, token, stage): each token's distance to its partner in ``reference`` at every stage of
-    ``schema.STAGES``, the mean over layers for ``encoder_layer``/``key``/``value``; NaN where the token has no
+    ``schema.TOKEN_STAGES``, the mean over layers for ``encoder_layer``/``key``/``value`` (SDXL: over both text
+    encoders' layers, and the mean of their two ``token_embedding`` distances); NaN where the token has no
     partner or the branch lacks the stage (AlignIT branches hold K/V only). Coords ``token_str``, ``role`` and
     ``prompt_text`` label it. Works on full and summary stores alike (``metrics.distance_jobs``)."""
     sub = head(tree, n_prompts)
     labels = st.token_labels(sub, model).load()
     shape = (labels.sizes["prompt"], labels.sizes["token"])
     per_stage = []
-    for stage in STAGES:
+    for stage in TOKEN_STAGES:
         layers = [fn()[metric].compute() for _, fn in distance_jobs(sub, model, reference, stage, labels.ref_index)]
         if layers:
             values = np.mean(np.stack([np.asarray(d.transpose("prompt", "token")) for d in layers]), axis=0)
@@ -47,7 +48,7 @@ def token_stage_distances(
         coords={
             "prompt": labels.prompt.values,
             "token": labels.token.values,
-            "stage": list(STAGES),
+            "stage": list(TOKEN_STAGES),
             "token_str": (("prompt", "token"), labels.token_str.values.astype(object)),
             "role": (("prompt", "token"), labels.role.values.astype(object)),
             "prompt_text": ("prompt", labels.prompt_text.values.astype(object)),

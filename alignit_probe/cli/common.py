@@ -143,6 +143,12 @@ def add_alignit_args(p: argparse.ArgumentParser) -> None:
     kv.add_argument("--values-only", action="store_true", help="infuse values, keep the customized model's keys")
     g.add_argument("--alpha", type=float, default=1.0, help="blend: α·AlignIT + (1−α)·customized; 1 = the paper")
     g.add_argument("--denoiser", choices=("custom", "baseline"), default="custom", help="which UNet denoises")
+    g.add_argument(
+        "--pooled",
+        choices=("baseline", "custom"),
+        default="baseline",
+        help="SDXL's pooled text embedding: the baseline's of the prompt without modifier, or the customized one's",
+    )
 
 
 def alignit_options(args: argparse.Namespace) -> AlignITOptions:
@@ -159,6 +165,7 @@ def alignit_options(args: argparse.Namespace) -> AlignITOptions:
         values=not args.keys_only,
         alpha=args.alpha,
         denoiser=args.denoiser,
+        pooled=args.pooled,
     )
 
 

@@ -58,7 +58,7 @@ def print_table(rows: list[dict], tree: xr.DataTree, out: TextIO | None = None) 
     lines = []
     for (model, stage, layer, metric), by_role in cells.items():
         label = "" if layer is None else (str(layer) if isinstance(layer, int) else short_layer(layer))
-        if isinstance(layer, str):
+        if isinstance(layer, str) and label != layer:
             legend[label] = layer
         n = max(r["n"] for r in by_role.values())
         lines.append([model, stage, label, metric, str(n)] + [cell(by_role.get(role)) for role in roles])
@@ -78,13 +78,14 @@ def print_table(rows: list[dict], tree: xr.DataTree, out: TextIO | None = None) 
     )
     if legend:
         print("layers: " + "; ".join(f"{k} = {v}" for k, v in legend.items()), file=out)
-    for model in st.models(tree):
-        if "embedding" not in tree[model].children:
+    for model, node in ((m, n) for m in st.models(tree) for n in ("embedding", "embedding_2")):
+        if node not in tree[model].children:
             continue
-        emb = tree[f"{model}/embedding"].to_dataset().load()
+        emb = tree[f"{model}/{node}"].to_dataset().load()
         if not emb.sizes.get("vector"):
             continue
-        print(f"\nlearned embeddings of {model} (norm vs vocabulary; nearest vocabulary tokens):", file=out)
+        which = " (SDXL's second text encoder)" if node == "embedding_2" else ""
+        print(f"\nlearned embeddings of {model}{which} (norm vs vocabulary; nearest vocabulary tokens):", file=out)
         for v in emb.vector.values:
             e = emb.sel(vector=v)
             near = ", ".join(f"{t} ({c:.2f})" for t, c in zip(e.neighbor_token.values, e.neighbor_cosine.values))

@@ -1,6 +1,9 @@
 """``alignit-probe demo``: everything the toolkit does, offline, on the embedded default — the toy baseline and a toy
 Custom Diffusion artifact: record every stage (with AlignIT), compare, baseline / customized / AlignIT images with
-their cross-attention maps, a K/V swap, and one self-contained HTML report. Uses only the public API."""
+their cross-attention maps, a K/V swap, and one self-contained HTML report. Uses only the public API.
+
+``--arch sd2`` runs it on the SD2.x-shaped toy; ``--arch sdxl`` on the SDXL-shaped one, with Custom Diffusion K/V
+weights and the token as a two-encoder Textual Inversion (SDXL tokens need vectors for both encoders)."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ def step(progress: bool, text: str, t0: float) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .. import AlignITOptions, Concept, Probe, build_toy, compare, open_store, write_toy_custom_diffusion
+    from ..models.toy import write_toy_textual_inversion
     from ..viz.grid import image_grid
     from ..viz.overlay import write_overlays
     from ..viz.report import report_html, write_html
@@ -34,12 +38,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0, progress = time.perf_counter(), not args.no_progress
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base, artifact = out / "toy-baseline", out / "toy-custom-diffusion"
+    suffix = "" if args.arch == "sd1" else f"-{args.arch}"
+    base, artifact = out / f"toy-baseline{suffix}", out / f"toy-custom-diffusion{suffix}"
     if not (base / "model_index.json").exists():
-        build_toy(base, seed=args.seed, overwrite=True)
+        build_toy(base, seed=args.seed, overwrite=True, arch=args.arch)
+    xl = args.arch == "sdxl"
     if not (artifact / "pytorch_custom_diffusion_weights.safetensors").exists():
-        write_toy_custom_diffusion(base, artifact, token="<new1>", init_word="cat", seed=args.seed)
-    probe = Probe(base, {"custom": str(artifact)}, [Concept("<new1>", "cat")], device="cpu", progress=progress)
+        write_toy_custom_diffusion(base, artifact, token=None if xl else "<new1>", init_word="cat", seed=args.seed)
+    specs = [str(artifact)]
+    if xl:
+        specs.append(str(write_toy_textual_inversion(base, out / "toy-textual-inversion-sdxl", seed=args.seed)))
+    probe = Probe(base, {"custom": specs}, [Concept("<new1>", "cat")], device="cpu", progress=progress)
     prompts, gen = list(PROMPTS), dict(seed=args.seed, steps=args.steps, guidance_scale=7.5)
 
     step(progress, "images and cross-attention maps: baseline / customized / AlignIT", t0)
@@ -87,5 +96,6 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the toy model, artifact and images")
     p.add_argument("--steps", type=int, default=10, help="denoising steps of the images")
+    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), default="sd1", help="the toy model's architecture")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)

@@ -3,7 +3,10 @@
 Formats are the ones diffusers' official training scripts write (plus the common community ones):
 
 * Textual Inversion (``textual_inversion.py``): ``learned_embeds.safetensors|.bin`` = {placeholder: (n, dim) or (dim,)};
-  a folder holding such a file is accepted too.
+  a folder holding such a file is accepted too. SDXL (``textual_inversion_sdxl.py``): ``learned_embeds.safetensors``
+  for the first text encoder plus ``learned_embeds_2.safetensors`` for the second, side by side (the folder, or the
+  first file: its sibling is read with it); or one file {"clip_l": (n, 768), "clip_g": (n, 1280)} (the common SDXL
+  embedding form), whose token is the file stem.
 * A1111 embedding ``.pt``: {"string_to_param": {"*": (n, dim)}, "name": ...}; or ``.safetensors``: {"emb_params": ...}.
   The token is the "name" field if present, else the file stem, used verbatim: diffusers' own loader takes "name"
   as is and never wraps it in ``<...>``, so neither do we.
@@ -35,6 +38,8 @@ from ..errors import ProbeError
 KINDS = ("textual_inversion", "a1111_embedding", "custom_diffusion", "lora")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 TI_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
+TI2_NAMES = ("learned_embeds_2.safetensors", "learned_embeds_2.bin")  # SDXL's second text encoder
+SDXL_KEYS = {"clip_l", "clip_g"}  # one-file SDXL embeddings: first / second text encoder
 CD_NAMES = ("pytorch_custom_diffusion_weights.safetensors", "pytorch_custom_diffusion_weights.bin")
 LORA_NAMES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
 KNOWN = "a Textual Inversion / A1111 embedding, Custom Diffusion or LoRA file or folder, or a full pipeline directory"
@@ -52,10 +57,11 @@ class Parsed:
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # token -> (n, dim) or (dim,)
     weights: dict[str, torch.Tensor] = field(default_factory=dict)  # Custom Diffusion / LoRA tensors
     warnings: list[str] = field(default_factory=list)
+    embeddings_2: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL: the second text encoder's vectors
 
     @property
     def tokens(self) -> list[str]:
-        return list(self.embeddings)
+        return list(dict.fromkeys([*self.embeddings, *self.embeddings_2]))
 
 
 def is_pipeline_dir(path: str | Path) -> bool:
@@ -157,7 +163,10 @@ def _token_dict(state: dict) -> dict[str, torch.Tensor] | None:
 
 
 def classify(state: dict, path: Path) -> tuple[str, dict, dict]:
-    """(kind, embeddings, weights) of one file's dict."""
+    """(kind, embeddings, weights) of one file's dict (one-file SDXL embeddings: the ``clip_l`` vectors here; the
+    ``clip_g`` ones are the caller's)."""
+    if set(state) == SDXL_KEYS and all(torch.is_tensor(v) and v.ndim in (1, 2) for v in state.values()):
+        return "textual_inversion", {path.stem: state["clip_l"].detach()}, {}
     if "string_to_param" in state:
         params = state["string_to_param"]
         if not isinstance(params, dict) or not params or not torch.is_tensor(next(iter(params.values()))):
@@ -236,6 +245,10 @@ def parse_artifact(path: str | Path) -> Parsed:
     check_finite(state, main)
     kind, embeddings, weights = classify(state, main)
     parsed = Parsed(str(path), kind, [main], "", embeddings, weights)
+    if set(state) == SDXL_KEYS:
+        parsed.embeddings_2 = {main.stem: state["clip_g"].detach()}
+    elif kind == "textual_inversion" and main.name in TI_NAMES:
+        _add_second_encoder(parsed, main.parent)
     if kind == "custom_diffusion" and p.is_dir():
         _add_modifier_tokens(parsed, p, main)
         if not parsed.embeddings:
@@ -245,6 +258,24 @@ def parse_artifact(path: str | Path) -> Parsed:
             )
     parsed.sha256 = sha256_files(parsed.files)
     return parsed
+
+
+def _add_second_encoder(parsed: Parsed, folder: Path) -> None:
+    """SDXL Textual Inversion: ``learned_embeds_2.*`` next to ``learned_embeds.*`` holds the second encoder's
+    vectors of the same tokens."""
+    second = _pick(folder, TI2_NAMES)
+    if second is None:
+        return
+    state = read_weights(second)
+    check_finite(state, second)
+    tokens = _token_dict(state)
+    if tokens is None or set(tokens) != set(parsed.embeddings):
+        raise ProbeError(
+            f"{second} does not hold the tokens of {parsed.files[0].name} ({', '.join(parsed.embeddings)})",
+            "export both files from the same textual_inversion_sdxl.py run",
+        )
+    parsed.embeddings_2 = tokens
+    parsed.files.append(second)
 
 
 _TOKEN_STEM = re.compile(r"<[^<>]+>")

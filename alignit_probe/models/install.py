@@ -7,13 +7,15 @@ import torch
 
 from ..errors import ProbeError
 from .artifacts import RETRAINED, Parsed, first_line
+from .pipes import is_xl
 
 
-def check_embeddings(parsed: Parsed, tokenizer, text_encoder) -> None:
-    """Widths fit the text encoder; tokens are new to the tokenizer."""
+def check_embeddings(parsed: Parsed, tokenizer, text_encoder, embeddings: dict | None = None) -> None:
+    """Widths fit the text encoder; tokens are new to the tokenizer (``embeddings``: the vectors for this encoder,
+    default ``parsed.embeddings``)."""
     dim = text_encoder.get_input_embeddings().weight.shape[-1]
     vocab = tokenizer.get_vocab()
-    for token, emb in parsed.embeddings.items():
+    for token, emb in (parsed.embeddings if embeddings is None else embeddings).items():
         if emb.shape[-1] != dim:
             raise ProbeError(
                 f"embedding {token!r} in {parsed.path} is {emb.shape[-1]}-wide but the text encoder is {dim}-wide",
@@ -45,12 +47,14 @@ def check_lora(pipe, parsed: Parsed) -> None:
             f"diffusers cannot read the LoRA in {parsed.path} ({first_line(e)})",
             "export it with save_lora_weights, or in kohya format",
         ) from e
-    parts = {"unet": {}, "text_encoder": {}}
+    parts = {"unet": {}, "text_encoder": {}, **({"text_encoder_2": {}} if is_xl(pipe) else {})}
     for key, value in converted.items():
         prefix, _, rest = key.partition(".")
         if prefix not in parts:
-            raise ProbeError(f"LoRA in {parsed.path} targets {prefix!r}, which an SD pipeline lacks", RETRAINED)
+            raise ProbeError(f"LoRA in {parsed.path} targets {prefix!r}, which this pipeline lacks", RETRAINED)
         parts[prefix][rest] = value
+    if any(part for component, part in parts.items() if component != "unet"):
+        check_text_encoder_peft(parsed.path)
     for component, part in parts.items():
         if not part:
             continue
@@ -78,6 +82,26 @@ def check_lora(pipe, parsed: Parsed) -> None:
                     f"LoRA in {parsed.path} has {side} width {got} at {component}.{path}, which is {want}-wide",
                     RETRAINED,
                 )
+
+
+def check_text_encoder_peft(path: str) -> None:
+    """diffusers loads a LoRA's text-encoder part through transformers' ``load_adapter``, which refuses peft
+    versions below its own minimum: say so before anything is loaded."""
+    import importlib.metadata
+
+    from packaging.version import Version
+
+    try:
+        from transformers.integrations.peft import MIN_PEFT_VERSION
+    except ImportError:  # transformers 4.x names no minimum there
+        return
+    have = importlib.metadata.version("peft")
+    if Version(have) < Version(MIN_PEFT_VERSION):
+        raise ProbeError(
+            f"the LoRA in {path} has text-encoder layers, which transformers loads only with peft >= "
+            f"{MIN_PEFT_VERSION} (installed: {have})",
+            f"upgrade peft (pip install -U 'peft>={MIN_PEFT_VERSION}'), or use a LoRA of the UNet only",
+        )
 
 
 def build_custom_diffusion(unet, parsed: Parsed) -> dict:

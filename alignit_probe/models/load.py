@@ -6,7 +6,7 @@ whole, and it must come first) or an artifact file/folder (see ``artifacts``) ap
 baseline. Several SPECs apply in order onto the same custom pipeline, e.g. a TI embedding and then a LoRA.
 
 ``--custom NAME=SPEC`` names the model a SPEC belongs to (default ``custom``); SPECs of one NAME stack. "Did it
-load?": each artifact is checked to change something (``verify``).
+load?": each artifact is checked to change something (``apply``, ``verify``).
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ import torch
 from ..capture import sites
 from ..errors import ProbeError
 from ..schema import DEFAULT_CUSTOM
+from .apply import Artifact, apply_artifact, apply_parsed
 from .artifacts import is_pipeline_dir, parse_artifact
-from .install import build_custom_diffusion, check_embeddings, check_lora, set_processors
+from .pipes import SD, SUPPORTED, not_supported
 from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec
-from .verify import PROBE, differs, stages, verify
+from .verify import differs, stages
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
+
+__all__ = ["Artifact", "ModelPair", "ModelSet", "apply_artifact", "load_models", "load_pair", "load_pipeline"]
 
 METHODS = {
     "textual_inversion": "textual_inversion",
@@ -35,21 +38,6 @@ METHODS = {
     "custom_diffusion": "custom_diffusion",
     "lora": "lora",
 }
-
-
-@dataclass
-class Artifact:
-    """One applied customization file/folder.
-
-    ``tokens`` are the placeholder/modifier tokens as written in prompts (a multi-vector token ``<tok>`` is also
-    added as ``<tok>_1`` ... which ``pipe.maybe_convert_prompt`` inserts); empty for LoRA.
-    """
-
-    path: str
-    kind: str
-    sha256: str
-    tokens: list[str]
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -96,9 +84,6 @@ class ModelSet:
         return [w for p in self.pairs for w in p.warnings]
 
 
-SUPPORTED = ("StableDiffusionPipeline",)
-
-
 def show_progress(enabled: bool) -> None:
     """diffusers' and transformers' own progress bars (loading, denoising) on or off, as ours."""
     from diffusers.utils import logging as diffusers_logging
@@ -114,6 +99,25 @@ def note(enabled: bool, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def pipeline_class(model) -> str | None:
+    """The ``_class_name`` in the ``model_index.json`` of a pipeline directory (None for a hub id: read when it
+    loads). Anything but a supported class is refused here, before any weights are read."""
+    model = str(model)
+    p = Path(model).expanduser()
+    if not p.exists():
+        return None
+    import json
+
+    try:
+        index = json.loads((p / "model_index.json").read_text())
+    except (OSError, ValueError):
+        raise ProbeError(f"{p / 'model_index.json'} is not valid JSON", "save the pipeline again") from None
+    cls = index.get("_class_name") if isinstance(index, dict) else None
+    if cls not in SUPPORTED:
+        raise ProbeError(*not_supported(model, cls or "pipeline of unknown class"))
+    return cls
+
+
 def check_pipeline_path(model) -> str:
     """``model`` as given, checked without loading anything: an existing diffusers directory of a supported
     pipeline class, or something shaped like a hub id (org/name)."""
@@ -125,17 +129,7 @@ def check_pipeline_path(model) -> str:
                 f"{model} is not a diffusers pipeline directory (no model_index.json)",
                 "give a directory written by save_pretrained, or a hub id",
             )
-        import json
-
-        try:
-            cls = json.loads((p / "model_index.json").read_text()).get("_class_name")
-        except (OSError, ValueError, AttributeError):
-            raise ProbeError(f"{p / 'model_index.json'} is not valid JSON", "save the pipeline again") from None
-        if cls not in SUPPORTED:
-            raise ProbeError(
-                f"not supported: {model} is a {cls}",
-                "alignit-probe works on Stable Diffusion 1.x pipelines (StableDiffusionPipeline)",
-            )
+        pipeline_class(p)
         return str(p)
     if model.startswith((".", "/", "~")) or model.count("/") != 1 or model.endswith("/"):
         raise ProbeError(f"model {model} does not exist", "check the path, or give a hub id like org/name")
@@ -143,14 +137,19 @@ def check_pipeline_path(model) -> str:
 
 
 def load_pipeline(model: str, device="cpu", dtype=torch.float32) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` from a diffusers directory or hub id (no safety checker)."""
-    from diffusers import StableDiffusionPipeline
+    """The pipeline of a diffusers directory or hub id, of the class its ``model_index.json`` names
+    (``StableDiffusionPipeline`` without safety checker, or ``StableDiffusionXLPipeline`` without watermarker)."""
+    import diffusers
 
     model = check_pipeline_path(model)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
+        cls = pipeline_class(model) or diffusers.DiffusionPipeline.load_config(model).get("_class_name")
+        if cls not in SUPPORTED:
+            raise ProbeError(*not_supported(model, cls))
+        extra = dict(safety_checker=None, requires_safety_checker=False) if cls == SD else dict(add_watermarker=False)
+        pipe = getattr(diffusers, cls).from_pretrained(model, dtype=dtype, **extra)
+    except ProbeError:
+        raise
     except Exception as e:
         text = str(e).strip().splitlines()
         raise ProbeError(
@@ -158,82 +157,6 @@ def load_pipeline(model: str, device="cpu", dtype=torch.float32) -> StableDiffus
             "give a local diffusers pipeline directory, or a hub id that is cached or reachable",
         ) from e
     return pipe.to(device)
-
-
-# ------------------------------------------------------------------------------------------------------- applying
-def apply_artifact(pipe, path: str) -> Artifact:
-    """Validate one artifact, apply it to ``pipe`` in place, and check that it changed something."""
-    return _apply(pipe, parse_artifact(path))
-
-
-def _apply(pipe, parsed) -> Artifact:
-    art = Artifact(parsed.path, parsed.kind, parsed.sha256, parsed.tokens, list(parsed.warnings))
-    if parsed.embeddings:
-        check_embeddings(parsed, pipe.tokenizer, pipe.text_encoder)
-    if parsed.kind == "lora":
-        check_lora(pipe, parsed)
-    cd = build_custom_diffusion(pipe.unet, parsed) if parsed.kind == "custom_diffusion" else {}
-    added_before = set(pipe.tokenizer.added_tokens_encoder)
-    before = stages(pipe)
-
-    if parsed.embeddings:
-        _load_tokens(pipe, parsed)
-    if parsed.kind == "custom_diffusion":
-        set_processors(pipe.unet, cd)
-    elif parsed.kind == "lora":
-        _load_lora(pipe, parsed)
-
-    new_ids = [i for t, i in pipe.tokenizer.added_tokens_encoder.items() if t not in added_before]
-    art.warnings += verify(
-        art.path, before, stages(pipe), pipe.text_encoder.get_input_embeddings().weight.detach(), new_ids
-    )
-    _check_tokenizable(pipe, art)
-    return art
-
-
-def _load_tokens(pipe, parsed) -> None:
-    """Delegate to diffusers' ``load_textual_inversion`` (multi-vector tokens become <tok>, <tok>_1, ...).
-
-    transformers' ``resize_token_embeddings`` samples the new rows (then overwritten) from the global RNG: keep
-    the caller's RNG state untouched.
-    """
-    for token, tensor in parsed.embeddings.items():
-        with torch.random.fork_rng(devices=[]):
-            try:
-                pipe.load_textual_inversion({token: tensor}, token=token)
-            except ValueError as e:
-                raise ProbeError(
-                    f"diffusers refused token {token!r} from {parsed.path} ({e})",
-                    "rename the token or drop the duplicate SPEC",
-                ) from e
-
-
-def _load_lora(pipe, parsed) -> None:
-    """Delegate to diffusers' ``load_lora_weights``; keep every LoRA loaded so far active (diffusers activates
-    only the newest adapter)."""
-    names = list(dict.fromkeys(n for v in pipe.get_list_adapters().values() for n in v))
-    name = f"artifact_{len(names)}"
-    try:
-        pipe.load_lora_weights(dict(parsed.weights), adapter_name=name)
-    except Exception as e:
-        raise ProbeError(
-            f"diffusers could not load the LoRA in {parsed.path} ({str(e).strip()[:160]})",
-            "use a LoRA trained for this baseline, saved with save_lora_weights or by kohya",
-        ) from e
-    if names:
-        pipe.set_adapters(names + [name], adapter_weights=[1.0] * (len(names) + 1))
-
-
-def _check_tokenizable(pipe, art: Artifact) -> None:
-    if not art.tokens:
-        return
-    prompt = pipe.maybe_convert_prompt(f"{PROBE} of {' '.join(art.tokens)}", pipe.tokenizer)
-    ids = set(pipe.tokenizer(prompt).input_ids)
-    for token in art.tokens:
-        if pipe.tokenizer.convert_tokens_to_ids(token) not in ids:
-            art.warnings.append(
-                f"artifact {art.path}: token {token!r} is never produced by the tokenizer, so prompts cannot use it"
-            )
 
 
 # ----------------------------------------------------------------------------------------------------------- models
@@ -268,7 +191,7 @@ def _custom_model(
     from tqdm.auto import tqdm
 
     for one in tqdm(parsed, desc=f"applying customizations ({name})", disable=not progress or len(parsed) < 2):
-        art = _apply(custom, one)
+        art = apply_parsed(custom, one)
         artifacts.append(art)
         warnings.extend(art.warnings)
         if METHODS[art.kind] not in methods:
@@ -289,13 +212,20 @@ def load_models(baseline: str, customs, device=None, dtype=torch.float32, progre
     )
     if not by_name:
         raise ProbeError("no customized model given", "pass --custom SPEC (a pipeline directory or an artifact)")
+    check_pipeline_path(baseline)
+    base_cls = pipeline_class(baseline)
     for name, specs in by_name.items():
         check_model_name(name)
         for spec in specs:
-            resolve_spec(spec)
+            if resolve_spec(spec) == "pipeline":
+                cls = pipeline_class(check_pipeline_path(spec))
+                if None not in (cls, base_cls) and cls != base_cls:
+                    raise ProbeError(
+                        f"customized model {name} ({spec}) is a {cls} but baseline {baseline} is a {base_cls}",
+                        "compare a customized model with the baseline it was trained from",
+                    )
     parsed = {name: _parse_specs(name, specs) for name, specs in by_name.items()}  # bad files fail before any load
     device = check_device(device)
-    check_pipeline_path(baseline)
     show_progress(progress)
     note(progress, f"loading baseline {baseline}")
     base = load_pipeline(baseline, device, dtype)
@@ -327,6 +257,16 @@ def models_from_pipelines(baseline, customs: dict, baseline_id: str = "in-memory
             raise ProbeError(
                 f"customized model {name} is the baseline pipeline object itself",
                 "modify a copy (e.g. load the baseline twice) and pass that",
+            )
+        if type(pipe).__name__ not in SUPPORTED or type(pipe) is not type(baseline):
+            cls, base_cls = type(pipe).__name__, type(baseline).__name__
+            raise ProbeError(
+                *not_supported(f"customized model {name}", cls)
+                if cls not in SUPPORTED
+                else (
+                    f"customized model {name} is a {cls} but the baseline is a {base_cls}",
+                    "compare a customized model with the baseline it was made from",
+                )
             )
         if sites.layout(baseline.unet) != sites.layout(pipe.unet):
             raise ProbeError(

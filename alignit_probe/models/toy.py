@@ -1,9 +1,18 @@
-"""The embedded default: a tiny Stable-Diffusion-1.x pipeline built offline, saved in diffusers format.
+"""The embedded default: a tiny Stable-Diffusion-1.x pipeline built offline, saved in diffusers format; and tiny
+pipelines of the SD2.x and SDXL architectures (``build_toy(out, arch="sd2" | "sdxl")``).
 
 The architecture is SD1.x's (CLIP text encoder with causal mask, UNet2DConditionModel with cross-attention at two
 resolutions and in the mid block, AutoencoderKL, DDIM), only narrow. The tokenizer is the real CLIP BPE tokenizer,
 built from the vocabulary shipped in ``alignit_probe/data`` (see NOTICE.md), so words tokenize exactly as in Stable
 Diffusion. Weights are random but seeded: the same seed gives bit-identical files.
+
+SD2.x keeps its structural traits at tiny widths: a ``gelu`` CLIP text encoder (OpenCLIP-H's activation), a
+tokenizer that pads with ``!`` (id 0) as SD2's does, a UNet with per-block ``attention_head_dim`` and linear
+projections in its transformers, and a v-prediction scheduler. SDXL's: two CLIP text encoders of different widths
+(the second with a projection, whose pooled output conditions the UNet) with SDXL's legacy token-id configs (eos id 2,
+so the pooled state is taken at the highest token id), two tokenizers (the second padding with ``!``), a
+``text_time`` UNet with two transformer layers per block where it attends to text, cross-attention over both
+encoders' widths, and an Euler scheduler.
 """
 
 from __future__ import annotations
@@ -47,15 +56,18 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return {tok: i for i, tok in enumerate(vocab)}, [" ".join(m) for m in merges]
 
 
-def clip_tokenizer():
-    """A real ``CLIPTokenizer`` (SD1.x settings: 77 tokens, padding with ``<|endoftext|>``)."""
+def clip_tokenizer(pad_token: str | None = None):
+    """A real ``CLIPTokenizer``: SD1.x settings (77 tokens, padding with ``<|endoftext|>``), or padding with
+    ``pad_token`` (``"!"``, id 0: SD2.x's tokenizer and SDXL's second one)."""
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_vocab_and_merges()
+    extra = {} if pad_token is None else {"pad_token": pad_token}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=MAX_LENGTH)
+        files = (str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"))
+        return CLIPTokenizer(*files, model_max_length=MAX_LENGTH, **extra)
 
 
 TEXT_CONFIG = dict(
@@ -128,40 +140,124 @@ def build_toy_pipeline(seed: int = 0):
     )
 
 
-def build_toy(out: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write the toy pipeline to ``out`` in diffusers format (safetensors). Returns the directory."""
+SD2_TEXT_CONFIG = dict(TEXT_CONFIG, hidden_act="gelu", pad_token_id=0)
+SD2_UNET_CONFIG = dict(UNET_CONFIG, attention_head_dim=(2, 4), use_linear_projection=True)
+
+
+def build_sd2_pipeline(seed: int = 0):
+    """A tiny SD2.x-shaped ``StableDiffusionPipeline`` (see the module docstring) with seeded random weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**SD2_TEXT_CONFIG)).eval()
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(**SD2_UNET_CONFIG).eval()
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(**VAE_CONFIG).eval()
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(pad_token="!"),
+        unet=unet,
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG, prediction_type="v_prediction"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+SDXL_TEXT_CONFIGS = (  # SDXL's CLIP ViT-L and OpenCLIP bigG configs keep the legacy ids bos 0, eos 2, pad 1
+    dict(TEXT_CONFIG, bos_token_id=0, eos_token_id=2, pad_token_id=1),
+    dict(TEXT_CONFIG, hidden_size=48, intermediate_size=96, num_hidden_layers=4, projection_dim=24, hidden_act="gelu")
+    | dict(bos_token_id=0, eos_token_id=2, pad_token_id=1),
+)
+SDXL_UNET_CONFIG = dict(
+    UNET_CONFIG,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 4),
+    use_linear_projection=True,
+    transformer_layers_per_block=(1, 2),
+    cross_attention_dim=32 + 48,  # both encoders' penultimate states, concatenated
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=6 * 8 + 24,  # six time ids of width 8 + the pooled embedding's width
+)
+EULER_CONFIG = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+)
+
+
+def build_sdxl_pipeline(seed: int = 0):
+    """A tiny SDXL-shaped ``StableDiffusionXLPipeline`` (see the module docstring) with seeded random weights."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT_CONFIGS[0])).eval()
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_CONFIGS[1])).eval()
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).eval()
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(**VAE_CONFIG).eval()
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**EULER_CONFIG),
+        add_watermarker=False,
+    )
+
+
+ARCHS = ("sd1", "sd2", "sdxl")
+
+
+def build_toy(out: str | Path, seed: int = 0, overwrite: bool = False, arch: str = "sd1") -> Path:
+    """Write the toy pipeline of architecture ``arch`` (sd1, sd2, sdxl) to ``out`` in diffusers format
+    (safetensors). Returns the directory."""
     from ..errors import ProbeError
 
+    if arch not in ARCHS:
+        raise ProbeError(f"unknown toy architecture {arch!r}", "use " + ", ".join(ARCHS))
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ProbeError(f"output {out} already exists", "pass --overwrite or choose another --out")
-    build_toy_pipeline(seed).save_pretrained(out, safe_serialization=True)
+    if arch == "sdxl":
+        pipe = build_sdxl_pipeline(seed)
+    else:
+        pipe = (build_sd2_pipeline if arch == "sd2" else build_toy_pipeline)(seed)
+    pipe.save_pretrained(out, safe_serialization=True)
     return out
 
 
 def write_toy_custom_diffusion(
     baseline_dir: str | Path,
     out: str | Path,
-    token: str = "<new1>",
+    token: str | None = "<new1>",
     init_word: str = "cat",
     seed: int = 0,
     scale: float = 0.5,
 ) -> Path:
     """A Custom Diffusion output folder for the toy model, in the format of diffusers' train_custom_diffusion.py:
     ``pytorch_custom_diffusion_weights.safetensors`` (attn2 K/V projections, here the baseline's plus a seeded
-    perturbation standing in for training) and ``<token>.safetensors`` (the modifier token's embedding)."""
-    from diffusers import StableDiffusionPipeline
+    perturbation standing in for training) and ``<token>.safetensors`` (the modifier token's embedding; none with
+    ``token=None``, as for SDXL, whose tokens need vectors for both encoders: ``write_toy_textual_inversion``)."""
+    from diffusers import DiffusionPipeline
     from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
     from safetensors.torch import save_file
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(baseline_dir))
+    pipe = DiffusionPipeline.from_pretrained(str(baseline_dir))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
-    emb = pipe.text_encoder.get_input_embeddings().weight
-    init = emb[pipe.tokenizer.convert_tokens_to_ids(init_word + "</w>")].detach()
-    vec = init + scale * init.norm() / init.numel() ** 0.5 * torch.randn(init.shape, generator=gen)
-    save_file({token: vec.contiguous()}, str(out / f"{token}.safetensors"))
+    if token is not None:
+        vec = _near(pipe.text_encoder, pipe.tokenizer, init_word, scale, gen)
+        save_file({token: vec.contiguous()}, str(out / f"{token}.safetensors"))
     unet, procs = pipe.unet, {}
     for name in unet.attn_processors:
         attn = unet.get_submodule(name[: -len(".processor")])
@@ -180,6 +276,34 @@ def write_toy_custom_diffusion(
         procs[name] = proc
     unet.set_attn_processor(procs)
     unet.save_attn_procs(str(out), safe_serialization=True)
+    return out
+
+
+def _near(text_encoder, tokenizer, word: str, scale: float, gen) -> torch.Tensor:
+    """``word``'s embedding row plus seeded noise of relative size ``scale`` (a stand-in for a trained vector)."""
+    init = text_encoder.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids(word + "</w>")].detach()
+    return init + scale * init.norm() / init.numel() ** 0.5 * torch.randn(init.shape, generator=gen)
+
+
+def write_toy_textual_inversion(
+    baseline_dir: str | Path, out: str | Path, token: str = "<new1>", init_word: str = "cat", seed: int = 0
+) -> Path:
+    """A Textual Inversion output folder for a toy model, as diffusers' training scripts write it:
+    ``learned_embeds.safetensors`` ({token: (1, width)}, ``init_word``'s vector plus seeded noise) and, for SDXL,
+    ``learned_embeds_2.safetensors`` for the second text encoder."""
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import save_file
+
+    pipe = DiffusionPipeline.from_pretrained(str(baseline_dir))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    encoders = [("", pipe.text_encoder, pipe.tokenizer)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        encoders.append(("_2", pipe.text_encoder_2, pipe.tokenizer_2))
+    for suffix, te, tok in encoders:
+        vec = _near(te, tok, init_word, 0.5, gen)[None].contiguous()
+        save_file({token: vec}, str(out / f"learned_embeds{suffix}.safetensors"))
     return out
 
 

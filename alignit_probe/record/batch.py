@@ -1,9 +1,10 @@
 """Recording every stage of the text path for one batch of prompts: one text-encoder forward per model, then the
 K/V projection at every attn2 site, no denoising (stage names: ``schema``).
 
-``token_embedding``, ``encoder_layer`` and ``encoder_output`` come from ``text.encoder.encode_stages``; ``key`` /
-``value`` at every attn2 site are computed by each site's active attention processor (``capture.sites.project_kv``).
-``stage_tensors`` leaves them on the device (``summary`` reduces them there); ``record_batch`` moves them to the host.
+``token_embedding``, ``encoder_layer`` and ``encoder_output`` (SDXL: per encoder, and ``pooled``) come from
+``text.encoder.encode_groups``; ``key`` / ``value`` at every attn2 site are computed by each site's active attention
+processor (``capture.sites.project_kv``) from ``encoder_output``. ``stage_tensors`` leaves them on the device
+(``summary`` reduces them there); ``record_batch`` moves them to the host, one store group per text group.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import xarray as xr
 from ..capture.sites import record_kv
 from ..store.batch import Batch, token_coords
 from ..text.concepts import TokenizedPrompt
-from ..text.encoder import encode_stages
+from ..text.encoder import encode_groups, output_group
 
 
 def to_host(t: torch.Tensor, dtype) -> np.ndarray:
@@ -27,14 +28,27 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def stage_tensors(pipe, tokenized: list[TokenizedPrompt], *, clip_skip=None, kv_sites: list[str] | None = None):
-    """Every stage of one batch on the model's device: ``token_embedding``, ``encoder_layer``, ``encoder_output``
-    (``text.encoder.encode_stages``) and ``kv`` ({attn2 path: (key, value)}), each (prompt, [layer,] token, channel)
-    over all token positions."""
-    ids = torch.tensor([t.ids for t in tokenized])
-    mask = torch.tensor([[r != "padding" for r in t.role] for t in tokenized], dtype=torch.long)
-    st = encode_stages(pipe, ids, mask, clip_skip)
-    c = st["encoder_output"].to(device=pipe.unet.device, dtype=pipe.unet.dtype)
-    return {**st, "kv": record_kv(pipe.unet, c, kv_sites)}
+    """Every stage of one batch on the model's device: the text groups of ``text.encoder.encode_groups`` ({group:
+    {stage: tensor}}, each (prompt, [layer,] token, channel) over all token positions; SDXL's ``pooled`` (prompt,
+    channel)) and ``kv`` ({attn2 path: (key, value)})."""
+    groups = encode_groups(pipe, tokenized, clip_skip)
+    c = output_group(groups)["encoder_output"].to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+    return {**groups, "kv": record_kv(pipe.unet, c, kv_sites)}
+
+
+def text_dataset(stages: dict, index: dict, cut: slice, store_dtype) -> xr.Dataset:
+    """One text group as a Dataset: ``encoder_layer`` (prompt, layer, token, channel), ``pooled`` (prompt,
+    pooled_channel: its own width), every other stage (prompt, token, channel)."""
+    variables, coords = {}, dict(index)
+    for name, t in stages.items():
+        if name == "encoder_layer":
+            variables[name] = (("prompt", "layer", "token", "channel"), to_host(t[:, :, cut], store_dtype))
+            coords["layer"] = np.arange(t.shape[1])
+        elif name == "pooled":
+            variables[name] = (("prompt", "pooled_channel"), to_host(t, store_dtype))
+        else:
+            variables[name] = (("prompt", "token", "channel"), to_host(t[:, cut], store_dtype))
+    return xr.Dataset(variables, coords=coords)
 
 
 def record_batch(
@@ -56,18 +70,7 @@ def record_batch(
     cut = slice(0, coords.sizes["token"])
     ptc = ("prompt", "token", "channel")
     index = {"prompt": coords.prompt.values, "token": coords.token.values}
-    text = xr.Dataset(
-        {
-            "token_embedding": (ptc, to_host(st["token_embedding"][:, cut], store_dtype)),
-            "encoder_layer": (
-                ("prompt", "layer", "token", "channel"),
-                to_host(st["encoder_layer"][:, :, cut], store_dtype),
-            ),
-            "encoder_output": (ptc, to_host(st["encoder_output"][:, cut], store_dtype)),
-        },
-        coords={**index, "layer": np.arange(st["encoder_layer"].shape[1])},
-    )
-    groups = {"text": text}
+    groups = {name: text_dataset(stages, index, cut, store_dtype) for name, stages in st.items() if name != "kv"}
     for path, (k, v) in st["kv"].items():
         groups[f"kv/{path}"] = xr.Dataset(
             {"key": (ptc, to_host(k[:, cut], store_dtype)), "value": (ptc, to_host(v[:, cut], store_dtype))},

@@ -19,7 +19,7 @@ from ..schema import ALIGNIT, BASELINE
 from ..store.batch import Batch, token_coords
 from ..store.writer import StoreWriter
 from ..text.concepts import Concept, TokenizedPrompt, tokenize_pair
-from ..text.encoder import encoder_states
+from ..text.encoder import conditioning
 from .batch import to_host
 
 
@@ -109,15 +109,15 @@ def generation_maps(
     """{branch: (maps Dataset, images)} for the baseline, the customized model (``pair.name``) and, optionally,
     AlignIT (``alignit_name``): same seed and settings (``gen``: ``generate_images``' keywords)."""
     runs = [
-        (BASELINE, akv.baseline_embeds, contextlib.nullcontext(pair.baseline)),
-        (pair.name, akv.custom_embeds, contextlib.nullcontext(pair.custom)),
+        (BASELINE, akv.baseline_embeds, akv.baseline_pooled, contextlib.nullcontext(pair.baseline)),
+        (pair.name, akv.custom_embeds, akv.custom_pooled, contextlib.nullcontext(pair.custom)),
     ]
     if include_alignit:
-        runs.append((alignit_name, akv.cond_embeds, alignit(pair, akv)))
+        runs.append((alignit_name, akv.cond_embeds, akv.cond_pooled, alignit(pair, akv)))
     out = {}
-    for name, embeds, ctx in runs:
+    for name, embeds, pooled, ctx in runs:
         with ctx as pipe, capture_attention(pipe, embeds, slices=slices) as collector:
-            images = generate_images(pipe, embeds, **gen)
+            images = generate_images(pipe, embeds, pooled_prompt_embeds=pooled, **gen)
         out[name] = (branch_maps(collector), images)
     return out
 
@@ -139,9 +139,9 @@ def baseline_maps(
 ) -> dict[str, tuple[xr.Dataset, list]]:
     """{``baseline``: (maps Dataset, images)} of the baseline pipeline alone (DAAM's use; ``gen``:
     ``generate_images``' keywords)."""
-    embeds = encoder_states(pipe, baseline_tokens(pipe, prompts))
+    embeds, pooled = conditioning(pipe, baseline_tokens(pipe, prompts))
     with capture_attention(pipe, embeds, slices=slices) as collector:
-        images = generate_images(pipe, embeds, **gen)
+        images = generate_images(pipe, embeds, pooled_prompt_embeds=pooled, **gen)
     return {BASELINE: (branch_maps(collector), images)}
 
 

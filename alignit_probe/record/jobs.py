@@ -22,6 +22,7 @@ from dataclasses import asdict, is_dataclass
 import torch
 
 from ..capture.sites import SUFFIX, attn2_paths
+from ..models.pipes import is_xl
 from ..text.concepts import baseline_text
 
 
@@ -61,11 +62,15 @@ def _weights_digest(modules, samples: int = 4096) -> str:
 
 def model_fingerprint(pipe) -> str:
     """What a model contributes to the recorded stages: tokenizer vocabulary size and added tokens, the text
-    encoder's weights, and every attn2 site's K/V projections and processor."""
+    encoder's weights (SDXL: both encoders and tokenizers), and every attn2 site's K/V projections and processor."""
     unet, tok = pipe.unet, pipe.tokenizer
     processors = unet.attn_processors
     modules = [("text_encoder", pipe.text_encoder)]
     names = [f"tokenizer:{len(tok)}:{sorted(tok.get_added_vocab().items())}"]
+    if is_xl(pipe):  # SDXL's second encoder (one-encoder pipelines keep the fingerprints they had)
+        tok2 = pipe.tokenizer_2
+        modules.append(("text_encoder_2", pipe.text_encoder_2))
+        names.append(f"tokenizer_2:{len(tok2)}:{tok2.pad_token}:{sorted(tok2.get_added_vocab().items())}")
     for path in attn2_paths(unet):
         attn, proc = unet.get_submodule(path), processors[path + SUFFIX]
         modules.append((path, attn))

@@ -21,6 +21,7 @@ from ..alignit.engine import AlignITOptions, validate
 from ..capture.sites import attn2_paths
 from ..errors import ProbeError, ProbeWarning
 from ..models.load import ModelPair, ModelSet
+from ..models.pipes import is_xl
 from ..schema import BASELINE, alignit_branch
 from ..store.shards import shard_name, shard_range
 from ..store.writer import StoreWriter
@@ -236,6 +237,11 @@ def record_store(
         for pair in models.pairs:
             ids = sorted({i for c in concepts for i in modifier_ids(pair.custom, c)})
             writer.put(f"{pair.name}/embedding", embedding_diagnostics(pair.custom, models.baseline, ids))
+            if is_xl(pair.custom):  # SDXL: the second encoder's vectors of the same tokens
+                tokens = pair.custom.tokenizer.convert_ids_to_tokens(ids)
+                ids_2 = pair.custom.tokenizer_2.convert_tokens_to_ids(tokens)
+                diagnostics = embedding_diagnostics(pair.custom, models.baseline, ids_2, encoder=1)
+                writer.put(f"{pair.name}/embedding_2", diagnostics)
         if options.alignit is not None and not options.summary:
             for pair in models.pairs:
                 branch = alignit_branch(pair.name, len(models.pairs))

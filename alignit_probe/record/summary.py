@@ -9,8 +9,9 @@ would hold them, so ``compare`` gives the same rows on a summary store as on the
 
 Each branch but the baseline gets a group ``distance``: ``token_embedding`` / ``encoder_output`` (prompt, token,
 metric), ``encoder_layer`` (prompt, layer, token, metric), ``key`` / ``value`` (prompt, site, token, metric), with
-``metric`` = ``schema.METRICS`` and ``site`` = the attn2 paths; AlignIT branches have ``key`` / ``value`` only. The
-baseline keeps its token labels (coordinates) only.
+``metric`` = ``schema.METRICS`` and ``site`` = the attn2 paths; SDXL adds ``token_embedding_2``, ``encoder_layer_2``
+(prompt, layer_2, token, metric) of its second text encoder and ``pooled`` (prompt, metric). AlignIT branches have
+``key`` / ``value`` only. The baseline keeps its token labels (coordinates) only.
 """
 
 from __future__ import annotations
@@ -69,29 +70,43 @@ def kv_distances(kv: dict, base_kv: dict, ref: torch.Tensor, store_dtype, n_tok:
     return out, sites
 
 
-def distance_group(variables: dict, coords: xr.Dataset, sites: list[str], layers: int | None = None) -> xr.Dataset:
+def distance_group(variables: dict, coords: xr.Dataset, sites: list[str], layers: dict | None = None) -> xr.Dataset:
+    """The ``distance`` group; ``layers``: {layer dim: its length} (``layer``; SDXL also ``layer_2``)."""
     index = {"prompt": coords.prompt.values, "token": coords.token.values, "metric": np.array(METRICS, dtype=object)}
     index["site"] = np.array(sites, dtype=object)
-    if layers is not None:
-        index["layer"] = np.arange(layers)
+    index.update({dim: np.arange(n) for dim, n in (layers or {}).items()})
     return xr.Dataset(variables, coords=index)
+
+
+SUFFIX = {"text": "", "text_2": "_2", "text_out": ""}  # SDXL's second encoder: token_embedding_2, encoder_layer_2
 
 
 def summary_batch(
     stages: dict, base: dict, tokenized: list[TokenizedPrompt], start: int, store_dtype, n_tokens: int | None = None
 ) -> Batch:
-    """One customized model's batch as distances to the baseline's (``stages`` / ``base``: ``stage_tensors``)."""
+    """One customized model's batch as distances to the baseline's (``stages`` / ``base``: ``stage_tensors``).
+    SDXL's second encoder's stages get the suffix ``_2`` (``encoder_layer_2`` along ``layer_2``); its ``pooled``
+    embedding is compared prompt to prompt: (prompt, metric)."""
     coords = token_coords(tokenized, start, n_tokens)
     n_tok = coords.sizes["token"]
     ref = torch.as_tensor(coords.ref_index.values.astype(np.int64))
     store = TORCH_DTYPES[np.dtype(store_dtype).name]
-    pt, plt = ("prompt", "token", "metric"), ("prompt", "layer", "token", "metric")
-    variables = {}
-    for name in ("token_embedding", "encoder_layer", "encoder_output"):
-        d = partner_distances(stages[name][..., :n_tok, :], base[name], ref, store)
-        variables[name] = (plt if name == "encoder_layer" else pt, to_numpy(d))
+    variables, layers = {}, {}
+    for group, suffix in SUFFIX.items():
+        for name, t in stages.get(group, {}).items():
+            if name == "pooled":
+                own = torch.zeros(t.shape[0], 1, dtype=torch.int64)
+                d = partner_distances(t[:, None], base[group][name][:, None], own, store)[:, 0]
+                variables[name] = (("prompt", "metric"), to_numpy(d))
+                continue
+            d = partner_distances(t[..., :n_tok, :], base[group][name], ref, store)
+            if name == "encoder_layer":
+                layers["layer" + suffix] = t.shape[1]
+                variables[name + suffix] = (("prompt", "layer" + suffix, "token", "metric"), to_numpy(d))
+            else:
+                variables[name + suffix] = (("prompt", "token", "metric"), to_numpy(d))
     kv, sites = kv_distances(stages["kv"], base["kv"], ref, store, n_tok)
-    return Batch(coords, {GROUP: distance_group({**variables, **kv}, coords, sites, base["encoder_layer"].shape[1])})
+    return Batch(coords, {GROUP: distance_group({**variables, **kv}, coords, sites, layers)})
 
 
 def alignit_summary_batch(akv: AlignITKV, start: int, base_kv: dict, store_dtype, n_tokens: int | None = None) -> Batch:

@@ -10,6 +10,8 @@ Layout (every branch has the same shape)::
     /<model>/text           token_embedding (prompt, token, channel), encoder_layer (prompt, layer, token, channel),
                             encoder_output (prompt, token, channel)
     /<model>/kv/<attn2 path>  key, value (prompt, token, channel)
+    SDXL: /<model>/text and /<model>/text_2 (token_embedding, encoder_layer of each text encoder: their widths
+    differ), /<model>/text_out (encoder_output (prompt, token, channel), pooled (prompt, pooled_channel))
 
 ``<model>`` is ``baseline``, each customized model's name (``custom`` by default; ``--custom NAME=SPEC``), and
 ``alignit`` (one customized model) or ``alignit-<name>`` (several). ``ref_index`` is the position of

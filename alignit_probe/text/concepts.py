@@ -12,6 +12,12 @@ them out anywhere.
 Prompts are tokenized chunk by chunk (CLIP's BPE never merges across whitespace, and added tokens are split out
 first), so every token knows its role — ``special`` (start/end), ``padding``, ``concept``, ``context`` — and its
 partner in the other prompt by construction. The chunked result is checked against the tokenizer on the whole prompt.
+
+SDXL has a second tokenizer: the same BPE, padding with ``!`` (id 0, as SD2.x's). A prompt's positions and roles are
+the same for both encoders; ``ids_for(tokenizer_2, tp)`` numbers its tokens as the second tokenizer does (padding
+positions get its pad id, whatever their string), and the customized prompt is checked against that tokenizer too:
+a prompt the two split differently (the second splits its padding token ``!`` out of words) has no common positions
+and is refused.
 """
 
 from __future__ import annotations
@@ -228,9 +234,43 @@ def tokenize_pair(prompt: str, custom_pipe, baseline_tokenizer, concepts: list[C
     ct.text, bt.text = prompt, baseline_text(prompt, concepts)
     _check_against_tokenizer(ct, ctok, custom_pipe, ct.text)
     _check_against_tokenizer(bt, baseline_tokenizer, None, bt.text)
+    second = getattr(custom_pipe, "tokenizer_2", None)
+    if second is not None:  # SDXL: the same positions and roles for the second encoder
+        _check_second_tokenizer(ct, second, custom_pipe)
     ct.ref_index = align_positions(ct, bt)
     bt.ref_index = list(range(len(bt.ids)))
     return ct, bt
+
+
+def ids_for(tokenizer, tp: TokenizedPrompt) -> list[int]:
+    """``tp``'s token ids as ``tokenizer`` numbers them (SDXL's second tokenizer: the same BPE tokens, its own pad
+    id at every ``padding`` position). A token it lacks (an embedding loaded into one encoder only) is refused."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = tokenizer.convert_tokens_to_ids(tp.tokens)
+    out = []
+    for token, i, role in zip(tp.tokens, ids, tp.role):
+        if role == "padding":
+            out.append(pad)
+        elif i is None or (i == tokenizer.unk_token_id and token != tokenizer.unk_token):
+            raise ProbeError(
+                f"token {token!r} of prompt {tp.text!r} is unknown to the second tokenizer",
+                "load the embedding into both text encoders (SDXL Textual Inversion: clip_l and clip_g vectors)",
+            )
+        else:
+            out.append(i)
+    return out
+
+
+def _check_second_tokenizer(tp: TokenizedPrompt, tokenizer, pipe) -> None:
+    """SDXL's encoders see one sequence of positions only where both tokenizers split the prompt alike; the second
+    one splits its padding token ``!`` out of any word (``cat!`` → ``cat``, ``!``), the first does not."""
+    text = pipe.maybe_convert_prompt(tp.text, tokenizer) if hasattr(pipe, "maybe_convert_prompt") else tp.text
+    whole = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    if whole != ids_for(tokenizer, tp):
+        raise ProbeError(
+            f"SDXL's two tokenizers split prompt {tp.text!r} differently, so its tokens have no common positions",
+            f"remove {tokenizer.pad_token!r} (the second tokenizer's padding token, split out of words) from it",
+        )
 
 
 def _check_against_tokenizer(tp: TokenizedPrompt, tokenizer, pipe, text: str) -> None:

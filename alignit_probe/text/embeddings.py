@@ -8,13 +8,18 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..models.pipes import text_encoders
 
-def embedding_diagnostics(custom_pipe, baseline_pipe, token_ids: list[int], k: int = 5) -> xr.Dataset:
+
+def embedding_diagnostics(custom_pipe, baseline_pipe, token_ids: list[int], k: int = 5, encoder: int = 0) -> xr.Dataset:
     """Per learned vector (dim ``vector``): norm, its percentile and z-score among the baseline vocabulary's norms,
-    and the ``k`` nearest baseline vocabulary tokens (dim ``neighbor``)."""
+    and the ``k`` nearest baseline vocabulary tokens (dim ``neighbor``). ``encoder``: which text encoder (1: SDXL's
+    second; ``token_ids`` as its tokenizer numbers them)."""
+    _, base_tok, base_te = text_encoders(baseline_pipe)[encoder]
+    _, custom_tok, custom_te = text_encoders(custom_pipe)[encoder]
     with torch.no_grad():  # on the model's device, in float32 (half-precision weights upcast; no float64 copy)
-        vocab = baseline_pipe.text_encoder.get_input_embeddings().weight.detach()
-        learned = custom_pipe.text_encoder.get_input_embeddings().weight.detach()[token_ids].to(vocab.device)
+        vocab = base_te.get_input_embeddings().weight.detach()
+        learned = custom_te.get_input_embeddings().weight.detach()[token_ids].to(vocab.device)
         if vocab.dtype != torch.float64:
             vocab, learned = vocab.float(), learned.float()
         vnorm = torch.linalg.vector_norm(vocab, dim=-1)
@@ -26,7 +31,7 @@ def embedding_diagnostics(custom_pipe, baseline_pipe, token_ids: list[int], k: i
         top = cos.topk(k, dim=-1)
         near_cos, near_ids = top.values.double().cpu().numpy(), top.indices.cpu()
         vn, norm = vnorm.double().cpu().numpy(), norm.double().cpu()
-    names = baseline_pipe.tokenizer.convert_ids_to_tokens(near_ids.flatten().tolist())
+    names = base_tok.convert_ids_to_tokens(near_ids.flatten().tolist())
     return xr.Dataset(
         {
             "norm": ("vector", norm.numpy()),
@@ -37,7 +42,7 @@ def embedding_diagnostics(custom_pipe, baseline_pipe, token_ids: list[int], k: i
         },
         coords={
             "vector": np.arange(len(token_ids)),
-            "vector_token": ("vector", np.array(custom_pipe.tokenizer.convert_ids_to_tokens(token_ids), dtype=object)),
+            "vector_token": ("vector", np.array(custom_tok.convert_ids_to_tokens(token_ids), dtype=object)),
             "vector_id": ("vector", np.array(token_ids, dtype=np.int64)),
         },
         attrs={"vocab_norm_mean": float(vn.mean()), "vocab_norm_std": float(vn.std())},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..schema import ALIGNIT, BASELINE, STAGES, short_layer, unet_order_key
+from ..schema import ALIGNIT, BASELINE, STAGES, is_text_layer, layer_order, short_layer
 
 ROLE_ORDER = ("concept", "context", "special", "padding")
 
@@ -43,8 +43,7 @@ def stage_steps(rows: list[dict]) -> list[tuple[str, object]]:
 
     def key(step):
         stage, layer = step
-        inner = unet_order_key(layer) if isinstance(layer, str) else ((layer if layer is not None else -1),)
-        return (STAGES.index(stage), inner)
+        return (STAGES.index(stage), layer_order(layer))
 
     return sorted(steps, key=key)
 
@@ -54,6 +53,8 @@ def step_label(stage: str, layer: int | str | None) -> str:
         return stage
     if isinstance(layer, int):
         return f"layer {layer}"
+    if is_text_layer(layer):  # SDXL's second encoder: text_2 (token embeddings), text_2.<i>
+        return f"{stage} (2)" if "." not in layer else f"layer {layer.rpartition('.')[2]} (2)"
     return f"{stage[0].upper()} {short_layer(layer)}"
 
 

@@ -121,6 +121,8 @@ def stages_section(rows: list[dict]) -> dict | None:
     for model, stage in dict.fromkeys((s["model"], s["stage"]) for s in summary):
         sel = [cell.get((model, stage, r)) for r in ROLES]
         got = [s for s in sel if s]
+        if not got:  # a stage with rows of other roles only (SDXL's pooled: special)
+            continue
         table.append(
             dict(
                 model=model,

@@ -103,3 +103,17 @@ def write_dreambooth(toy_dir, out):
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     pipe.save_pretrained(str(out), safe_serialization=True)
     return Path(out)
+
+
+def write_finetune(base_dir, out, seed=4, scale=0.05):
+    """A DreamBooth-style full fine-tune of any supported pipeline (SDXL included): the UNet and every text encoder
+    perturbed, saved whole with save_pretrained."""
+    pipe = load_pipeline(base_dir)
+    gen = torch.Generator().manual_seed(seed)
+    modules = [pipe.unet, pipe.text_encoder] + [m for m in [getattr(pipe, "text_encoder_2", None)] if m is not None]
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                p.add_(scale * torch.randn(p.shape, generator=gen))
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    return Path(out)

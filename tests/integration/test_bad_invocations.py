@@ -187,3 +187,37 @@ def test_help_shows_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for default in ("(default: 30)", "(default: 7.5)", "(default: 1.0)", "(default: photo of a {concept})"):
         assert default in out, default
+
+
+@pytest.mark.parametrize(
+    "cls",
+    ["StableDiffusion3Pipeline", "FluxPipeline", "PixArtAlphaPipeline", "MysteryPipeline", None],
+)
+@pytest.mark.parametrize("where", ["baseline", "custom"])
+def test_unsupported_pipeline_class_is_one_line(cls, where, toy_dir, cd_dir, tmp_path, capsys):
+    """A pipeline directory of another class (SD3, FLUX, PixArt, unknown, none) is refused from its
+    model_index.json alone: exit 2, one line naming the class, no traceback, nothing loaded or written."""
+    import json
+
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    index = {"_class_name": cls, "_diffusers_version": "0.42.1"} if cls else {"_diffusers_version": "0.42.1"}
+    (fake / "model_index.json").write_text(json.dumps(index))
+    args = base_args(toy_dir, cd_dir, tmp_path / "s.zarr")
+    args = swap(args, toy_dir, str(fake)) if where == "baseline" else swap(args, cd_dir, str(fake))
+    rc, err = run(args, capsys)
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith(f"error: not supported: {fake} is a {cls or 'pipeline of unknown class'}"), errors
+    assert "StableDiffusionXLPipeline" in errors[0] and not (tmp_path / "s.zarr").exists()
+
+
+def test_unsupported_class_from_python(tmp_path):
+    import json
+
+    from alignit_probe.errors import ProbeError
+    from alignit_probe.models.load import load_pipeline
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(ProbeError, match=f"not supported: {tmp_path} is a FluxPipeline"):
+        load_pipeline(str(tmp_path))

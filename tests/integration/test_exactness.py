@@ -100,7 +100,7 @@ def custom(toy_dir, tmp_path_factory):
     return get
 
 
-def caught_in_step(pipe, prompt):
+def caught_in_step(pipe, prompt, **kwargs):
     """Run one real denoising step (CFG on) and catch, per attn2 site, the K/V its processor hands to SDPA.
 
     A forward pre-hook marks where each attn2 call starts in the SDPA log, a forward hook where it ends: the calls
@@ -118,6 +118,7 @@ def caught_in_step(pipe, prompt):
                 guidance_scale=7.5,
                 output_type="latent",
                 generator=torch.Generator().manual_seed(0),
+                **kwargs,
             )
     finally:
         for h in handles:
@@ -185,3 +186,78 @@ def test_custom_diffusion_trap_hooks_on_to_k_miss_its_kv(custom):
             naive = pipe.unet.get_submodule(path).to_k(cond)
             assert not torch.allclose(naive, k[1:], atol=1e-3), path
             assert torch.equal(recorded[path][0], k[1:]), path
+
+
+@pytest.mark.parametrize("kind", ["baseline", "custom_diffusion"])
+def test_sd2_record_kv_equals_kv_inside_a_denoising_step(sd2_dir, tmp_path, kind):
+    """SD2.x (pads with "!", linear projections, per-block head widths, v-prediction): recorded K/V from the
+    encoder output recorded as a stage equal, bit for bit, the K/V inside a real guided UNet step."""
+    from alignit_probe.record.batch import stage_tensors
+    from alignit_probe.text.concepts import Concept, tokenize_pair
+
+    if kind == "baseline":
+        pipe, prompt, concepts = load_pipeline(sd2_dir), "a photo of a cat!", []
+    else:
+        pipe = load_pair(sd2_dir, [str(_write_cd(sd2_dir, tmp_path / "cd"))], progress=False).custom
+        prompt, concepts = PROMPTS["custom_diffusion"], [Concept("<new1>", "cat")]
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.tokenizer.pad_token_id == 0 and pipe.scheduler.config.prediction_type == "v_prediction"
+    tp = tokenize_pair(prompt, pipe, pipe.tokenizer, concepts, allow_absent=True)[0]
+    recorded_stages = stage_tensors(pipe, [tp])
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(prompt, "cpu", 1, True)
+    assert (recorded_stages["text"]["encoder_output"] - cond).abs().max().item() == 0
+    caught = caught_in_step(pipe, prompt)
+    recorded_uncond = sites.record_kv(pipe.unet, uncond)
+    assert caught.keys() == recorded_stages["kv"].keys()
+    for path, (k, v) in caught.items():
+        assert (k[1:] - recorded_stages["kv"][path][0]).abs().max().item() == 0, path
+        assert (v[1:] - recorded_stages["kv"][path][1]).abs().max().item() == 0, path
+        assert torch.equal(k[:1], recorded_uncond[path][0]) and torch.equal(v[:1], recorded_uncond[path][1])
+
+
+SDXL_PROMPT = "a photo of sks cat on the beach"
+
+
+@pytest.mark.parametrize("kind, clip_skip", [("baseline", None), ("baseline", 1), ("dreambooth", None)])
+def test_sdxl_record_kv_equals_kv_inside_a_denoising_step(sdxl_dir, tmp_path, kind, clip_skip):
+    """SDXL: the recorded encoder output is exactly the pipeline's prompt_embeds (both encoders' penultimate states,
+    clip skip respected), the recorded pooled stage exactly the add_text_embeds the UNet gets, and the recorded K/V
+    exactly those inside a real guided SDXL UNet step (with added_cond_kwargs), 0.0 max |diff| in float32."""
+    from alignit_probe.record.batch import stage_tensors
+    from alignit_probe.text.concepts import ids_for, tokenize_pair
+    from tests.integration.artifact_files import write_finetune
+
+    if kind == "baseline":
+        pipe = load_pipeline(sdxl_dir)
+    else:
+        pair = load_pair(sdxl_dir, [str(write_finetune(sdxl_dir, tmp_path / "db"))], progress=False)
+        assert pair.method == "dreambooth" and pair.warnings == []
+        pipe = pair.custom
+    pipe.set_progress_bar_config(disable=True)
+    tp = tokenize_pair(SDXL_PROMPT, pipe, pipe.tokenizer, [], allow_absent=True)[0]
+    assert ids_for(pipe.tokenizer_2, tp) == pipe.tokenizer_2(SDXL_PROMPT, padding="max_length").input_ids
+    recorded = stage_tensors(pipe, [tp], clip_skip=clip_skip)
+    with torch.no_grad():
+        cond, uncond, pooled, _ = pipe.encode_prompt(
+            SDXL_PROMPT, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True, clip_skip=clip_skip
+        )
+    assert (recorded["text_out"]["encoder_output"] - cond).abs().max().item() == 0
+    assert (recorded["text_out"]["pooled"] - pooled).abs().max().item() == 0
+    assert recorded["text"]["encoder_layer"].shape[-1] + recorded["text_2"]["encoder_layer"].shape[-1] == cond.shape[-1]
+    added = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda m, a, kw: added.append(kw["added_cond_kwargs"]["text_embeds"]), with_kwargs=True
+    )
+    try:
+        caught = caught_in_step(pipe, SDXL_PROMPT, clip_skip=clip_skip)
+    finally:
+        hook.remove()
+    assert len(added) == 1 and (added[0][1:] - recorded["text_out"]["pooled"]).abs().max().item() == 0
+    recorded_uncond = sites.record_kv(pipe.unet, uncond)  # zeros: force_zeros_for_empty_prompt
+    assert caught.keys() == recorded["kv"].keys() and len(caught) == 8
+    for path, (k, v) in caught.items():
+        assert k.shape[0] == 2
+        assert (k[1:] - recorded["kv"][path][0]).abs().max().item() == 0, path
+        assert (v[1:] - recorded["kv"][path][1]).abs().max().item() == 0, path
+        assert torch.equal(k[:1], recorded_uncond[path][0]) and torch.equal(v[:1], recorded_uncond[path][1])

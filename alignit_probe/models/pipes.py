@@ -1,0 +1,36 @@
+"""Which pipelines the toolkit works on, and their text encoders.
+
+``StableDiffusionPipeline`` (SD1.x and SD2.x: one CLIP text encoder) and ``StableDiffusionXLPipeline`` (SDXL: two,
+CLIP ViT-L and OpenCLIP bigG, whose penultimate hidden states are concatenated into the UNet's encoder states and
+whose second one's projected pooled output conditions the UNet through its ``text_time`` embedding). Every text
+encoder has a store group: ``text`` (the only one, or SDXL's first) and ``text_2`` (SDXL's second).
+"""
+
+from __future__ import annotations
+
+SD = "StableDiffusionPipeline"
+SDXL = "StableDiffusionXLPipeline"
+SUPPORTED = (SD, SDXL)
+TEXT, TEXT_2 = "text", "text_2"
+
+
+def is_xl(pipe) -> bool:
+    """Whether ``pipe`` has SDXL's second text encoder (and so a pooled text embedding)."""
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def text_encoders(pipe) -> list[tuple[str, object, object]]:
+    """(store group, tokenizer, text encoder) of each text encoder, in the order the pipeline concatenates them."""
+    out = [(TEXT, pipe.tokenizer, pipe.text_encoder)]
+    if is_xl(pipe):
+        out.append((TEXT_2, pipe.tokenizer_2, pipe.text_encoder_2))
+    return out
+
+
+def not_supported(model: str, cls) -> tuple[str, str]:
+    """The message and fix of a ``ProbeError`` for a pipeline class this toolkit does not handle."""
+    return (
+        f"not supported: {model} is a {cls}",
+        "alignit-probe works on Stable Diffusion 1.x/2.x (StableDiffusionPipeline) and SDXL "
+        "(StableDiffusionXLPipeline) pipelines",
+    )

@@ -1,0 +1,223 @@
+"""SDXL artifacts in the training scripts' formats: Textual Inversion (learned_embeds + learned_embeds_2, and one
+file with clip_l / clip_g) into both text encoders, DreamBooth-LoRA (UNet and both text encoders), each loaded
+through diffusers' own loaders, checked by "did it load?" on both encoders, and recorded exactly."""
+
+import peft
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+from safetensors.torch import save_file
+
+from alignit_probe import Concept
+from alignit_probe import store as st
+from alignit_probe.analysis.metrics import compare_rows
+from alignit_probe.errors import ProbeError
+from alignit_probe.models.load import apply_artifact, load_pair, load_pipeline
+from alignit_probe.record.batch import stage_tensors
+from alignit_probe.record.run import RecordOptions, record_store
+from alignit_probe.text.concepts import tokenize_pair
+from tests.integration.test_exactness import caught_in_step
+
+W1, W2 = 32, 48  # the tiny SDXL's text-encoder widths
+NOTHING = "changed nothing: every stage is bit-identical to the model without it"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def vectors(n, width, seed):
+    return torch.randn(n, width, generator=torch.Generator().manual_seed(seed)) * 0.1
+
+
+def write_ti_folder(root, token="<xl-cat>", n=2, first=None, second=None):
+    """As textual_inversion_sdxl.py: learned_embeds.safetensors (text_encoder) + learned_embeds_2 (text_encoder_2)."""
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({token: vectors(n, W1, 1) if first is None else first}, str(root / "learned_embeds.safetensors"))
+    if second is not False:
+        save_file({token: vectors(n, W2, 2) if second is None else second}, str(root / "learned_embeds_2.safetensors"))
+    return root
+
+
+def write_ti_file(path, n=2, widths=(W1, W2)):
+    """The one-file SDXL embedding: {"clip_l": (n, 768), "clip_g": (n, 1280)}; the token is the file stem."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"clip_l": vectors(n, widths[0], 3), "clip_g": vectors(n, widths[1], 4)}, str(path))
+    return path
+
+
+def write_lora(base_dir, root, text=True):
+    """As train_dreambooth_lora_sdxl.py: peft adapters on the UNet (and both text encoders), save_lora_weights."""
+    pipe = load_pipeline(base_dir)
+    torch.manual_seed(5)
+    pipe.unet.add_adapter(
+        peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"], init_lora_weights=False)
+    )
+    layers = {"unet_lora_layers": peft.utils.get_peft_model_state_dict(pipe.unet)}
+    if text:  # (peft directly: transformers' own add_adapter may want a newer peft than diffusers does)
+        for name in ("text_encoder", "text_encoder_2"):
+            module = getattr(pipe, name)
+            config = peft.LoraConfig(
+                r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], init_lora_weights=False
+            )
+            peft.inject_adapter_in_model(config, module)
+            layers[f"{name}_lora_layers"] = peft.utils.get_peft_model_state_dict(module)
+    StableDiffusionXLPipeline.save_lora_weights(str(root), **layers)
+    return root
+
+
+def assert_exact(pipe, prompt, concepts):
+    """Recorded encoder output and pooled == encode_prompt's; recorded K/V == those inside a real SDXL UNet step."""
+    pipe.set_progress_bar_config(disable=True)
+    tp = tokenize_pair(prompt, pipe, pipe.tokenizer, concepts, allow_absent=True)[0]
+    recorded = stage_tensors(pipe, [tp])
+    with torch.no_grad():
+        cond, uncond, pooled, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=True)
+    assert (recorded["text_out"]["encoder_output"] - cond).abs().max().item() == 0
+    assert (recorded["text_out"]["pooled"] - pooled).abs().max().item() == 0
+    caught = caught_in_step(pipe, prompt)
+    assert caught.keys() == recorded["kv"].keys()
+    for path, (k, v) in caught.items():
+        assert (k[1:] - recorded["kv"][path][0]).abs().max().item() == 0, path
+        assert (v[1:] - recorded["kv"][path][1]).abs().max().item() == 0, path
+    return recorded
+
+
+@pytest.mark.parametrize("form", ["folder", "first-file", "clip_l_clip_g"])
+def test_textual_inversion_goes_into_both_encoders(sdxl_dir, tmp_path, form):
+    if form == "clip_l_clip_g":
+        spec, token = write_ti_file(tmp_path / "xlcat.safetensors"), "xlcat"
+    else:
+        folder = write_ti_folder(tmp_path / "ti")
+        spec, token = (folder if form == "folder" else folder / "learned_embeds.safetensors"), "<xl-cat>"
+    pair = load_pair(sdxl_dir, [str(spec)], progress=False)
+    assert pair.method == "textual_inversion" and pair.warnings == [], pair.warnings
+    art = pair.artifacts[0]
+    assert art.tokens == [token] and len(art.sha256) == 64
+    pipe = pair.custom
+    for tok, te, width in ((pipe.tokenizer, pipe.text_encoder, W1), (pipe.tokenizer_2, pipe.text_encoder_2, W2)):
+        ids = tok.convert_tokens_to_ids([token, f"{token}_1"])
+        assert tok.unk_token_id not in ids and te.get_input_embeddings().weight.shape[-1] == width
+    prompt = f"a photo of {token} on the beach"
+    recorded = assert_exact(pipe, prompt, [Concept(token)])
+    base = stage_tensors(
+        pair.baseline,
+        [tokenize_pair(prompt.replace(token, "cat"), pair.baseline, pair.baseline.tokenizer, [], True)[0]],
+    )
+    assert not torch.equal(
+        recorded["text_2"]["token_embedding"][:, 4:6], base["text_2"]["token_embedding"][:, 4:5].expand(-1, 2, -1)
+    )
+
+
+def text_encoder_lora_loads() -> bool:
+    """Whether transformers takes text-encoder LoRA with the installed peft (transformers 5 wants peft >= its
+    MIN_PEFT_VERSION)."""
+    import importlib.metadata
+
+    from packaging.version import Version
+
+    try:
+        from transformers.integrations.peft import MIN_PEFT_VERSION
+    except ImportError:
+        return True
+    return Version(importlib.metadata.version("peft")) >= Version(MIN_PEFT_VERSION)
+
+
+def test_text_encoder_lora_needs_a_peft_transformers_accepts(sdxl_dir, tmp_path):
+    """With a peft older than transformers' minimum, a LoRA with text-encoder layers is refused in one line before
+    anything loads (diffusers would fail half way through, inside transformers)."""
+    if text_encoder_lora_loads():
+        pytest.skip("the installed peft is recent enough")
+    lora = write_lora(sdxl_dir, tmp_path / "lora")
+    pipe = load_pipeline(sdxl_dir)
+    with pytest.raises(ProbeError, match="text-encoder layers, which transformers loads only with peft") as e:
+        apply_artifact(pipe, str(lora))
+    assert "UNet only" in e.value.fix and not pipe.get_list_adapters()
+
+
+@pytest.mark.skipif(not text_encoder_lora_loads(), reason="transformers needs a newer peft for text-encoder LoRA")
+def test_lora_on_unet_and_both_text_encoders(sdxl_dir, tmp_path):
+    pair = load_pair(sdxl_dir, [str(write_lora(sdxl_dir, tmp_path / "lora"))], progress=False)
+    assert pair.method == "lora" and pair.warnings == [], pair.warnings
+    prompt = "a photo of sks cat"
+    recorded = assert_exact(pair.custom, prompt, [])
+    tp = tokenize_pair(prompt, pair.baseline, pair.baseline.tokenizer, [], True)[0]
+    base = stage_tensors(pair.baseline, [tp])
+    for group in ("text", "text_2"):
+        assert not torch.equal(recorded[group]["encoder_layer"], base[group]["encoder_layer"]), group
+    assert not torch.equal(recorded["text_out"]["pooled"], base["text_out"]["pooled"])
+
+
+def test_unet_only_lora(sdxl_dir, tmp_path):
+    pair = load_pair(sdxl_dir, [str(write_lora(sdxl_dir, tmp_path / "lora", text=False))], progress=False)
+    assert pair.method == "lora" and pair.warnings == []
+    assert_exact(pair.custom, "a photo of sks cat", [])
+
+
+def test_did_it_load_covers_both_encoders(sdxl_dir, tmp_path):
+    base = load_pipeline(sdxl_dir)
+    cat1 = base.text_encoder.get_input_embeddings().weight[base.tokenizer.convert_tokens_to_ids("cat</w>")]
+    cat2 = base.text_encoder_2.get_input_embeddings().weight[base.tokenizer_2.convert_tokens_to_ids("cat</w>")]
+    alias = write_ti_folder(tmp_path / "alias", "<alias>", 1, cat1[None].detach(), cat2[None].detach())
+    art = apply_artifact(load_pipeline(sdxl_dir), str(alias))
+    assert any(NOTHING in w for w in art.warnings), art.warnings
+    half = write_ti_folder(tmp_path / "half", "<half>", 1, cat1[None].detach(), vectors(1, W2, 9))
+    art = apply_artifact(load_pipeline(sdxl_dir), str(half))
+    assert art.warnings == []  # the first encoder's row is an alias, the second's is new: it loaded
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("first-encoder-only", "first text encoder only"),
+        ("counts-differ", r"2 vector\(s\) for the first text encoder, 3 for the second"),
+        ("second-other-tokens", "does not hold the tokens"),
+        ("clip_g-too-narrow", "is 40-wide but the text encoder is 48-wide"),
+    ],
+)
+def test_bad_sdxl_textual_inversion_is_one_line(sdxl_dir, tmp_path, case, message):
+    if case == "first-encoder-only":
+        spec = write_ti_folder(tmp_path / "ti", second=False)
+    elif case == "counts-differ":
+        spec = write_ti_folder(tmp_path / "ti", n=2, second=vectors(3, W2, 5))
+    elif case == "second-other-tokens":
+        spec = write_ti_folder(tmp_path / "ti")
+        save_file({"<other>": vectors(2, W2, 6)}, str(spec / "learned_embeds_2.safetensors"))
+    else:
+        spec = write_ti_file(tmp_path / "zqxnarrow.safetensors", widths=(W1, 40))
+    pipe = load_pipeline(sdxl_dir)
+    n1, n2 = len(pipe.tokenizer), len(pipe.tokenizer_2)
+    with pytest.raises(ProbeError, match=message) as e:
+        apply_artifact(pipe, str(spec))
+    assert e.value.fix and "\n" not in str(e.value)
+    assert (len(pipe.tokenizer), len(pipe.tokenizer_2)) == (n1, n2)  # refused before anything was loaded
+
+
+def test_sdxl_artifacts_on_a_one_encoder_model_are_refused(toy_dir, tmp_path):
+    pipe = load_pipeline(toy_dir)
+    with pytest.raises(ProbeError, match="second text encoder .* one text encoder"):
+        apply_artifact(pipe, str(write_ti_file(tmp_path / "xlcat.safetensors")))
+    with pytest.raises(ProbeError, match="targets 'text_encoder_2', which this pipeline lacks"):
+        apply_artifact(pipe, str(write_lora_for_sd1_with_second_encoder(toy_dir, tmp_path / "lora")))
+
+
+def write_lora_for_sd1_with_second_encoder(toy_dir, root):
+    """A LoRA file whose text_encoder_2 keys an SD1 pipeline cannot take (an SDXL LoRA given the wrong baseline)."""
+    from safetensors.torch import load_file
+
+    te = load_pipeline(toy_dir).text_encoder
+    peft.inject_adapter_in_model(peft.LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj"]), te)
+    te = peft.utils.get_peft_model_state_dict(te)
+    StableDiffusionXLPipeline.save_lora_weights(str(root), text_encoder_2_lora_layers=te)
+    assert any(k.startswith("text_encoder_2.") for k in load_file(str(root / "pytorch_lora_weights.safetensors")))
+    return root
+
+
+def test_record_and_compare_a_textual_inversion(sdxl_dir, tmp_path):
+    pair = load_pair(sdxl_dir, [str(write_ti_folder(tmp_path / "ti"))], progress=False)
+    concepts = [Concept("<xl-cat>", "cat")]
+    prompts = ["a photo of <xl-cat> cat on the beach", "a <xl-cat> cat in the snow"]
+    tree = st.open_store(record_store(pair, concepts, prompts, tmp_path / "s.zarr", RecordOptions(), progress=False))
+    rows = [r for r in compare_rows(tree, n_boot=10) if r["metric"] == "relative_l2"]
+    emb = {(r["layer"], r["role"]): r["value"] for r in rows if r["stage"] == "token_embedding"}
+    for layer in (None, "text_2"):  # the learned vectors drift, every other token embedding is the baseline's
+        assert emb[layer, "concept"] > 0 and emb[layer, "context"] == 0 and emb[layer, "special"] == 0
+    assert {"embedding", "embedding_2"} <= set(tree["custom"].children)
+    assert tree["custom/embedding_2"].sizes["vector"] == 2
