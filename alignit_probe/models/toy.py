@@ -117,27 +117,42 @@ SCHEDULER_CONFIG = dict(
 )
 
 
-def build_toy_pipeline(seed: int = 0):
-    """A tiny SD1.x ``StableDiffusionPipeline`` with seeded random weights (float32, CPU)."""
+def sd_pipeline(
+    text_config: dict,
+    unet_config: dict,
+    vae_config: dict,
+    seed: int = 0,
+    pad_token: str | None = None,
+    prediction_type: str = "epsilon",
+):
+    """A ``StableDiffusionPipeline`` of these configs with seeded random weights (text encoder from ``seed``, UNet
+    from ``seed + 1``, VAE from ``seed + 2``), the real CLIP tokenizer (padding with ``pad_token`` if given) and
+    DDIM predicting ``prediction_type``."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    scheduler = dict(SCHEDULER_CONFIG, prediction_type=prediction_type)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG)).eval()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).eval()
     torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(**UNET_CONFIG).eval()
+    unet = UNet2DConditionModel(**unet_config).eval()
     torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(**VAE_CONFIG).eval()
+    vae = AutoencoderKL(**vae_config).eval()
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
+        tokenizer=clip_tokenizer(pad_token=pad_token),
         unet=unet,
-        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        scheduler=DDIMScheduler(**scheduler),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def build_toy_pipeline(seed: int = 0):
+    """A tiny SD1.x ``StableDiffusionPipeline`` with seeded random weights (float32, CPU)."""
+    return sd_pipeline(TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG, seed)
 
 
 SD2_TEXT_CONFIG = dict(TEXT_CONFIG, hidden_act="gelu", pad_token_id=0)
@@ -146,24 +161,8 @@ SD2_UNET_CONFIG = dict(UNET_CONFIG, attention_head_dim=(2, 4), use_linear_projec
 
 def build_sd2_pipeline(seed: int = 0):
     """A tiny SD2.x-shaped ``StableDiffusionPipeline`` (see the module docstring) with seeded random weights."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**SD2_TEXT_CONFIG)).eval()
-    torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(**SD2_UNET_CONFIG).eval()
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(**VAE_CONFIG).eval()
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(pad_token="!"),
-        unet=unet,
-        scheduler=DDIMScheduler(**SCHEDULER_CONFIG, prediction_type="v_prediction"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    return sd_pipeline(
+        SD2_TEXT_CONFIG, SD2_UNET_CONFIG, VAE_CONFIG, seed, pad_token="!", prediction_type="v_prediction"
     )
 
 
@@ -318,31 +317,17 @@ SD15_TEXT_CONFIG = dict(
 SD15_UNET_CONFIG = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the rest: diffusers' defaults
 
 
+SD15_VAE_CONFIG = dict(  # a narrow stand-in with SD's scale factor 8
+    block_out_channels=(8, 8, 8, 8),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=8,
+    layers_per_block=1,
+)
+
+
 def build_sd15_pipeline(seed: int = 0):
     """A pipeline of Stable Diffusion 1.5's shapes (CLIP ViT-L/14 text encoder, the 16-site SD1.5 UNet) with random
     seeded weights, for benchmarks. Its VAE is a narrow stand-in with SD's scale factor 8 (512×512 images ↔ 64×64
     latents): generate with ``output_type="latent"`` to time the denoising alone."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG)).eval()
-    torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=8,
-        layers_per_block=1,
-    ).eval()
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return sd_pipeline(SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, seed)
