@@ -34,7 +34,7 @@ def alignit_branch(model: str, n_custom: int) -> str:
     return ALIGNIT if n_custom == 1 else f"{ALIGNIT}-{model}"
 
 
-def text_layer(group: str, layer: int | None):
+def text_layer(group: str, layer: int | None) -> int | str | None:
     """The row label of a text encoder's layer (``layer`` None: its token embeddings): the index (None) for the
     first encoder, ``text_2.<i>`` (``text_2``) for SDXL's second."""
     if group != SECOND_ENCODER:
@@ -42,12 +42,12 @@ def text_layer(group: str, layer: int | None):
     return group if layer is None else f"{group}.{layer}"
 
 
-def is_text_layer(layer) -> bool:
+def is_text_layer(layer: int | str | None) -> bool:
     """Whether a row's layer label names a text-encoder layer (not an attn2 path)."""
     return not isinstance(layer, str) or layer == SECOND_ENCODER or layer.startswith(SECOND_ENCODER + ".")
 
 
-def layer_order(layer) -> tuple:
+def layer_order(layer: int | str | None) -> tuple:
     """Sort key of rows' layer labels within a stage: the first encoder's layers, the second's, attn2 paths in UNet
     order."""
     if not isinstance(layer, str):

@@ -16,7 +16,9 @@ without the modifier, consistent with the context K/V) or ``"custom"`` (the cust
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,6 +38,11 @@ from .plan import (
     partners_batch,
     tokenize_dummies,
 )
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from ..models.load import ModelPair
 
 
 @dataclass
@@ -67,7 +74,7 @@ class AlignITKV:
     custom_pooled: torch.Tensor | None = None
 
 
-def check_layouts(*unets) -> None:
+def check_layouts(*unets: UNet2DConditionModel) -> None:
     first = layout(unets[0])
     if any(layout(u) != first for u in unets[1:]):
         raise ProbeError(
@@ -76,7 +83,7 @@ def check_layouts(*unets) -> None:
         )
 
 
-def denoiser_of(pair, options: AlignITOptions):
+def denoiser_of(pair: ModelPair, options: AlignITOptions) -> StableDiffusionPipeline:
     if options.denoiser not in ("custom", "baseline"):
         raise ProbeError(f"unknown denoiser {options.denoiser!r}", "use custom or baseline")
     return pair.custom if options.denoiser == "custom" else pair.baseline
@@ -87,7 +94,7 @@ def check_pooled(options: AlignITOptions) -> None:
         raise ProbeError(f"unknown pooled-embedding policy {options.pooled!r}", "use --pooled baseline or custom")
 
 
-def validate(pair, concepts: list[Concept], options: AlignITOptions) -> None:
+def validate(pair: ModelPair, concepts: list[Concept], options: AlignITOptions) -> None:
     """Every AlignIT option checked against the models, before any work is done."""
     check_alpha(options.alpha)
     check_pooled(options)
@@ -97,7 +104,7 @@ def validate(pair, concepts: list[Concept], options: AlignITOptions) -> None:
 
 
 def alignit_kv(
-    pair,
+    pair: ModelPair,
     concepts: list[Concept],
     prompts: list[str],
     options: AlignITOptions | None = None,
@@ -158,7 +165,7 @@ def alignit_kv(
 
 
 @contextlib.contextmanager
-def alignit(pair, akv: AlignITKV):
+def alignit(pair: ModelPair, akv: AlignITKV) -> Iterator[StableDiffusionPipeline]:
     """The denoising pipeline with AlignIT's K/V injected (condition it on ``prompt_embeds=akv.cond_embeds``; SDXL
     also ``pooled_prompt_embeds=akv.cond_pooled``)."""
     pipe = denoiser_of(pair, akv.options)
@@ -167,19 +174,19 @@ def alignit(pair, akv: AlignITKV):
 
 
 def generate_alignit(
-    pair,
-    concepts,
-    prompts,
-    options=None,
+    pair: ModelPair,
+    concepts: list[Concept],
+    prompts: list[str],
+    options: AlignITOptions | None = None,
     *,
-    seed=0,
-    steps=30,
-    guidance_scale=7.5,
-    height=None,
-    width=None,
-    output_type="pil",
-    allow_absent=False,
-):
+    seed: int = 0,
+    steps: int = 30,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    output_type: str = "pil",
+    allow_absent: bool = False,
+) -> tuple[dict[str, list], AlignITKV]:
     """Baseline, customized and AlignIT images with the same seed; returns (dict of image lists, AlignITKV)."""
     akv = alignit_kv(pair, concepts, prompts, options, allow_absent)
     kw = dict(

@@ -4,14 +4,19 @@ compute the negative conditioning themselves unless it is given: zeros where ``f
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..errors import ProbeError
 from ..models.pipes import is_xl
 
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
 
 def generate_images(
-    pipe,
+    pipe: StableDiffusionPipeline,
     prompt_embeds: torch.Tensor,
     *,
     pooled_prompt_embeds: torch.Tensor | None = None,

@@ -11,11 +11,16 @@ baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ProbeError
 from ..text.concepts import Concept, TokenizedPrompt, align_positions, tokenize_pair
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
 
 DEFAULT_TEMPLATE = "photo of a {concept}"
 BASELINE = -1  # source index of the baseline prompt in a plan
@@ -44,7 +49,12 @@ def dummy_prompt(template: str, concept: Concept) -> str:
     return text
 
 
-def tokenize_dummies(custom_pipe, baseline_tokenizer, concepts: list[Concept], template=DEFAULT_TEMPLATE):
+def tokenize_dummies(
+    custom_pipe: StableDiffusionPipeline,
+    baseline_tokenizer: PreTrainedTokenizerBase,
+    concepts: list[Concept],
+    template: str = DEFAULT_TEMPLATE,
+) -> dict[int, TokenizedPrompt]:
     """The customized tokenization of each concept's dummy prompt (its first concept span is what AlignIT uses)."""
     dummies = {}
     for c, concept in enumerate(concepts):
@@ -111,7 +121,9 @@ def infuse_batch(plans: list[Plan], baseline: torch.Tensor, dummies: dict[int, t
     return table[idx[0], idx[1]]
 
 
-def partners_batch(plans: list[Plan], others: list[TokenizedPrompt], kv: torch.Tensor):
+def partners_batch(
+    plans: list[Plan], others: list[TokenizedPrompt], kv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``gather_onto`` for every plan at once: ``kv`` (prompt, token, channel) of prompts ``others`` moved onto the
     plans' positions, and the (prompt, token) mask of positions that have a partner."""
     pos = torch.tensor([align_positions(plan.tokens, other) for plan, other in zip(plans, others)]).to(kv.device)

@@ -8,16 +8,20 @@ chosen layers each chosen token position takes B's value (position by position; 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..capture.inject import inject_kv
 from ..capture.sites import record_kv, select_sites
 from ..errors import ProbeError
-from ..text.concepts import tokenize_pair
+from ..text.concepts import TokenizedPrompt, tokenize_pair
 from ..text.encoder import conditioning
 from .engine import check_layouts
 from .generation import generate_images
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 
 @dataclass
@@ -30,7 +34,7 @@ def _tokenized(pipe, prompt: str):
     return tokenize_pair(prompt, pipe, pipe.tokenizer, [], allow_absent=True)[0]
 
 
-def token_positions(tp, words: list[str]) -> list[int]:
+def token_positions(tp: TokenizedPrompt, words: list[str]) -> list[int]:
     """Positions of prompt A whose token (without the ``</w>`` end-of-word mark) is one of ``words``."""
     wanted = {w.lower() for w in words}
     pos = [i for i, t in enumerate(tp.tokens) if tp.role[i] != "padding" and t.replace("</w>", "").lower() in wanted]
@@ -43,11 +47,14 @@ def token_positions(tp, words: list[str]) -> list[int]:
 def swap_kv(
     key_src: Source,
     value_src: Source,
-    denoiser,
+    denoiser: StableDiffusionPipeline,
     tokens: list[str] | None = None,
     layers: list[str] | None = None,
     blocks: list[str] | None = None,
     with_pooled: bool = False,
+) -> (
+    tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor, list[int]]
+    | tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor, list[int], torch.Tensor | None]
 ):
     """(K/V to inject per attn2 path, conditioning embeddings of A, positions swapped); with ``with_pooled`` also
     A's pooled embedding (SDXL; None otherwise), last."""
@@ -72,17 +79,17 @@ def swap_kv(
 def generate_swap(
     key_src: Source,
     value_src: Source,
-    denoiser,
+    denoiser: StableDiffusionPipeline,
     *,
-    tokens=None,
-    layers=None,
-    blocks=None,
-    seed=0,
-    steps=30,
-    guidance_scale=7.5,
-    height=None,
-    width=None,
-    output_type="pil",
+    tokens: list[str] | None = None,
+    layers: list[str] | None = None,
+    blocks: list[str] | None = None,
+    seed: int = 0,
+    steps: int = 30,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    output_type: str = "pil",
     progress: bool = True,
 ) -> dict[str, list]:
     """Images of prompt A, prompt B, and the swap (keys of A, values of B), same seed."""

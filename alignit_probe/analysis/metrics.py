@@ -123,7 +123,7 @@ def distance_jobs(
             yield layer, lambda a=a, b=ref[layer]: token_distances(a, b, ref_index)
 
 
-def pooled_job(tree: xr.DataTree, model: str, reference: str):
+def pooled_job(tree: xr.DataTree, model: str, reference: str) -> Callable[[], xr.Dataset] | None:
     """A function returning the pooled embeddings' per-prompt distances {metric: (prompt, token=1)} of ``model``
     to ``reference`` (prompt to prompt), or None where either lacks one (SD1.x/SD2.x, AlignIT, summary stores)."""
     if DISTANCE in tree[model].children:  # a summary store holds them (prompt, metric)

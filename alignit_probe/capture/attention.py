@@ -47,8 +47,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,12 @@ from .guidance import CondRows
 from .map_options import AttentionSlices, daam_layers, select_layers
 from .maps_dataset import maps_dataset
 from .sdpa import intercept_sdpa
+
+if TYPE_CHECKING:
+    import xarray as xr
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["AttentionSlices", "AttentionCollector", "capture_attention", "daam_layers", "token_strings"]
 
@@ -114,7 +121,7 @@ class AttentionCapture(nn.Module):
         super().__init__()
         self.inner, self.index, self.collector = inner, index, collector
 
-    def project_kv(self, attn, c: torch.Tensor):
+    def project_kv(self, attn: Attention, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V as the wrapped processor computes them (``sites.project_kv`` keeps working through the wrapper)."""
         return sites.project_kv(attn, self.inner, c)
 
@@ -279,7 +286,7 @@ class AttentionCollector:
 
     def to_dataset(
         self, token_strings: Sequence[str] | Sequence[Sequence[str]] | None = None, normalize_maps: str | None = "max"
-    ):
+    ) -> xr.Dataset:
         """The maps as an ``xr.Dataset`` (built by ``maps_dataset.maps_dataset``).
 
         ``map`` (prompt, token, y, x): the global map, each (prompt, token) map divided by its max over (y, x)
@@ -296,7 +303,12 @@ class AttentionCollector:
 
 
 @contextlib.contextmanager
-def capture_attention(pipe, prompt_embeds: torch.Tensor, *, slices: AttentionSlices = AttentionSlices()):
+def capture_attention(
+    pipe: StableDiffusionPipeline | UNet2DConditionModel,
+    prompt_embeds: torch.Tensor,
+    *,
+    slices: AttentionSlices = AttentionSlices(),
+) -> Iterator[AttentionCollector]:
     """Capture cross-attention maps of the conditional rows while the block runs ``pipe(prompt_embeds=...)``.
 
     ``pipe``: a diffusers pipeline (or a UNet). Yields an ``AttentionCollector``; see the module docstring.
@@ -317,7 +329,7 @@ def capture_attention(pipe, prompt_embeds: torch.Tensor, *, slices: AttentionSli
         hook.remove()
 
 
-def token_strings(tokenizer, prompts: Sequence[str]) -> list[list[str]]:
+def token_strings(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[str]]:
     """The token strings each prompt is encoded as (padded to the tokenizer's max length), for ``to_dataset``."""
     ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True)
     return [tokenizer.convert_ids_to_tokens(row) for row in ids.input_ids]

@@ -10,6 +10,8 @@ untouched. Original processors come back on exit, also on error.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +20,10 @@ from ..errors import ProbeError
 from .guidance import CondRows
 from .sdpa import intercept_sdpa
 from .sites import SUFFIX, attn2_paths, project_kv
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
 
 
 class InjectKV(nn.Module):
@@ -47,7 +53,7 @@ class InjectKV(nn.Module):
             hit = self._heads[cache_key] = (idx, shape(self.key), shape(self.value))
         return hit
 
-    def project_kv(self, attn, c):
+    def project_kv(self, attn: Attention, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V this layer uses for encoder states ``c`` (so recording through the wrapper sees the injection)."""
         k, v = project_kv(attn, self.inner, c)
         rows, which = self.cond.match(c)
@@ -81,11 +87,11 @@ class InjectKV(nn.Module):
 
 @contextlib.contextmanager
 def inject_kv(
-    unet,
+    unet: UNet2DConditionModel,
     cond_embeds: torch.Tensor,
     kv: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]],
     require_use: bool = True,
-):
+) -> Iterator[dict[str, InjectKV]]:
     """Inject ``kv[path] = (key, value)`` (each (prompt, token, inner_dim) or None) at those attn2 layers for the
     conditional rows ``cond_embeds`` (the ``prompt_embeds`` the caller hands the pipeline)."""
     cond = CondRows(cond_embeds)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ProbeError
 from ..schema import block_of
 from . import sites
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
 
 __all__ = ["AGGREGATIONS", "AttentionSlices", "daam_layers", "select_layers"]
 
@@ -49,7 +53,7 @@ class AttentionSlices:
         return "all" if self.layers is None else "daam" if self.layers == "daam" else "given"
 
 
-def daam_layers(unet) -> list[str]:
+def daam_layers(unet: UNet2DConditionModel) -> list[str]:
     """The attn2 layers DAAM aggregates by default: outside the mid block, and not 8× downsampled from the latent
     grid at the UNet's default sample size (see module docstring)."""
     size = unet.config.sample_size
@@ -58,7 +62,7 @@ def daam_layers(unet) -> list[str]:
     return [p for p in sites.attn2_paths(unet) if block_of(p) != "mid" and size // sides[p] != 8]
 
 
-def select_layers(unet, layers: Sequence[str] | str | None) -> list[str]:
+def select_layers(unet: UNet2DConditionModel, layers: Sequence[str] | str | None) -> list[str]:
     """attn2 paths to capture, in the UNet's module order (``AttentionSlices.layers``)."""
     if layers is None:
         return sites.attn2_paths(unet)

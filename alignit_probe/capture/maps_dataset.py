@@ -5,6 +5,7 @@ built from a collector's running sums, which it reads through public attributes 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -46,7 +47,7 @@ def _variables(collector) -> dict:
 
 
 def maps_dataset(
-    collector,
+    collector: Any,  # a capture.attention.AttentionCollector (that module imports this one)
     token_strings: Sequence[str] | Sequence[Sequence[str]] | None = None,
     normalize_maps: str | None = "max",
 ) -> xr.Dataset:

@@ -18,12 +18,17 @@ intercepted, so a new customization method is recorded exactly without any code 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ProbeError
 from ..schema import block_of
 from .sdpa import intercept_sdpa, recording
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
 
 SUFFIX = ".processor"
 STANDARD_PROCESSORS = {"AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "FusedAttnProcessor2_0"}
@@ -44,12 +49,12 @@ class Site:
         return self.inner_dim // self.heads
 
 
-def attn2_paths(unet) -> list[str]:
+def attn2_paths(unet: UNet2DConditionModel) -> list[str]:
     """Module paths of every cross-attention layer, in ``unet.attn_processors`` order."""
     return [k[: -len(SUFFIX)] for k in unet.attn_processors if k.endswith(".attn2" + SUFFIX)]
 
 
-def find_sites(unet) -> list[Site]:
+def find_sites(unet: UNet2DConditionModel) -> list[Site]:
     sites = []
     for path in attn2_paths(unet):
         attn = unet.get_submodule(path)
@@ -57,12 +62,12 @@ def find_sites(unet) -> list[Site]:
     return sites
 
 
-def layout(unet) -> list[tuple[str, int, int]]:
+def layout(unet: UNet2DConditionModel) -> list[tuple[str, int, int]]:
     """What must agree between two UNets for their K/V to be compared: (path, heads, inner_dim) per site."""
     return [(s.path, s.heads, s.inner_dim) for s in find_sites(unet)]
 
 
-def project_kv(attn, processor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def project_kv(attn: Attention, processor: object, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V of encoder states ``c`` (batch, token, channel) as ``processor`` computes them in ``attn``."""
     own = getattr(processor, "project_kv", None)
     if callable(own):
@@ -79,7 +84,7 @@ def project_kv(attn, processor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return probe_kv(attn, processor, c)
 
 
-def probe_kv(attn, processor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_kv(attn: Attention, processor: object, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """K/V of an unknown processor, caught at its attention call on a one-token query."""
     query = torch.zeros(c.shape[0], 1, attn.to_q.in_features, dtype=c.dtype, device=c.device)
     calls: list = []
@@ -95,7 +100,9 @@ def probe_kv(attn, processor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return merge(k), merge(v)
 
 
-def record_kv(unet, c: torch.Tensor, paths: list[str] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def record_kv(
+    unet: UNet2DConditionModel, c: torch.Tensor, paths: list[str] | None = None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """K/V at every (or the chosen) attn2 site for encoder states ``c``, computed by each site's active processor."""
     processors = unet.attn_processors
     out = {}
@@ -105,7 +112,12 @@ def record_kv(unet, c: torch.Tensor, paths: list[str] | None = None) -> dict[str
     return out
 
 
-def select_sites(unet, layers=None, blocks=None, resolutions=None) -> list[str]:
+def select_sites(
+    unet: UNet2DConditionModel,
+    layers: list[str] | None = None,
+    blocks: list[str] | None = None,
+    resolutions: list[int] | None = None,
+) -> list[str]:
     """attn2 paths chosen by exact path, by block (down/mid/up), and/or by resolution (attention-map side at the
     UNet's default sample size). All given filters apply together; none given: every site."""
     sites = find_sites(unet)
@@ -135,7 +147,7 @@ def select_sites(unet, layers=None, blocks=None, resolutions=None) -> list[str]:
     ]
 
 
-def site_resolutions(unet) -> dict[str, int]:
+def site_resolutions(unet: UNet2DConditionModel) -> dict[str, int]:
     """Side of each attn2 layer's attention map at the UNet's default sample size (64, 32, 16, 8 for SD1.5)."""
     n_down = len(unet.config.block_out_channels)
     size = unet.config.sample_size

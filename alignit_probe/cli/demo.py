@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import ProbeError
 from .common import Subparsers, save_images, subparser
 
 PROMPTS = (
@@ -37,6 +38,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0, progress = time.perf_counter(), not args.no_progress
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ProbeError(f"output {out} is a file", "choose a folder for --out (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.arch == "sd1" else f"-{args.arch}"
     base, artifact = out / f"toy-baseline{suffix}", out / f"toy-custom-diffusion{suffix}"

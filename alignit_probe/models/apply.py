@@ -10,14 +10,19 @@ load?" (``verify``) compares every stage before and after, and the new token row
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ProbeError
-from .artifacts import RETRAINED, parse_artifact
+from .artifacts import RETRAINED, Parsed, parse_artifact
 from .install import build_custom_diffusion, check_embeddings, check_lora, set_processors
 from .pipes import TEXT_2, is_xl, text_encoders
 from .verify import PROBE, stages, verify
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -35,7 +40,7 @@ class Artifact:
     warnings: list[str] = field(default_factory=list)
 
 
-def token_sets(pipe, parsed) -> list[tuple[object, object, dict]]:
+def token_sets(pipe: StableDiffusionPipeline, parsed: Parsed) -> list[tuple[object, object, dict]]:
     """(tokenizer, text encoder, {token: vectors}) per text encoder that the artifact's tokens go into."""
     encoders = text_encoders(pipe)
     if not is_xl(pipe):
@@ -63,12 +68,12 @@ def token_sets(pipe, parsed) -> list[tuple[object, object, dict]]:
     return [(tok, te, parsed.embeddings if group != TEXT_2 else parsed.embeddings_2) for group, tok, te in encoders]
 
 
-def apply_artifact(pipe, path: str) -> Artifact:
+def apply_artifact(pipe: StableDiffusionPipeline, path: str) -> Artifact:
     """Validate one artifact, apply it to ``pipe`` in place, and check that it changed something."""
     return apply_parsed(pipe, parse_artifact(path))
 
 
-def apply_parsed(pipe, parsed) -> Artifact:
+def apply_parsed(pipe: StableDiffusionPipeline, parsed: Parsed) -> Artifact:
     """Apply one ``artifacts.Parsed`` to ``pipe``: everything is checked first, so a refused artifact leaves the
     pipeline untouched."""
     art = Artifact(parsed.path, parsed.kind, parsed.sha256, parsed.tokens, list(parsed.warnings))
@@ -97,7 +102,13 @@ def apply_parsed(pipe, parsed) -> Artifact:
     return art
 
 
-def load_tokens(pipe, parsed, tokenizer, text_encoder, embeddings: dict) -> None:
+def load_tokens(
+    pipe: StableDiffusionPipeline,
+    parsed: Parsed,
+    tokenizer: PreTrainedTokenizerBase,
+    text_encoder: PreTrainedModel,
+    embeddings: dict,
+) -> None:
     """Delegate to diffusers' ``load_textual_inversion`` for one text encoder (multi-vector tokens become <tok>,
     <tok>_1, ...).
 
@@ -117,7 +128,7 @@ def load_tokens(pipe, parsed, tokenizer, text_encoder, embeddings: dict) -> None
                 ) from e
 
 
-def load_lora(pipe, parsed) -> None:
+def load_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
     """Delegate to diffusers' ``load_lora_weights``; keep every LoRA loaded so far active (diffusers activates
     only the newest adapter)."""
     names = list(dict.fromkeys(n for v in pipe.get_list_adapters().values() for n in v))
@@ -133,7 +144,7 @@ def load_lora(pipe, parsed) -> None:
         pipe.set_adapters(names + [name], adapter_weights=[1.0] * (len(names) + 1))
 
 
-def check_tokenizable(pipe, art: Artifact) -> None:
+def check_tokenizable(pipe: StableDiffusionPipeline, art: Artifact) -> None:
     """A warning for every token some tokenizer of ``pipe`` never produces (prompts could not use it)."""
     if not art.tokens:
         return

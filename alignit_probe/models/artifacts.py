@@ -130,7 +130,7 @@ def first_line(e: Exception) -> str:
     return (text[0] if text else type(e).__name__)[:160]
 
 
-def check_finite(state: dict, path, prefix: str = "") -> None:
+def check_finite(state: dict, path: str | Path, prefix: str = "") -> None:
     for key, value in state.items():
         if isinstance(value, dict):
             check_finite(value, path, f"{prefix}{key}.")

@@ -3,14 +3,22 @@ processors built and installed for exactly the layers its weights cover."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..errors import ProbeError
 from .artifacts import RETRAINED, Parsed, first_line
 from .pipes import is_xl
 
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def check_embeddings(parsed: Parsed, tokenizer, text_encoder, embeddings: dict | None = None) -> None:
+
+def check_embeddings(
+    parsed: Parsed, tokenizer: PreTrainedTokenizerBase, text_encoder: PreTrainedModel, embeddings: dict | None = None
+) -> None:
     """Widths fit the text encoder; tokens are new to the tokenizer (``embeddings``: the vectors for this encoder,
     default ``parsed.embeddings``)."""
     dim = text_encoder.get_input_embeddings().weight.shape[-1]
@@ -36,7 +44,7 @@ def _lora_target(key: str) -> tuple[str, str] | None:
     return None
 
 
-def check_lora(pipe, parsed: Parsed) -> None:
+def check_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
     """Every LoRA layer targets an existing module with matching widths (after diffusers' own key conversion)."""
     from diffusers.utils.state_dict_utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
 
@@ -104,7 +112,7 @@ def check_text_encoder_peft(path: str) -> None:
         )
 
 
-def build_custom_diffusion(unet, parsed: Parsed) -> dict:
+def build_custom_diffusion(unet: UNet2DConditionModel, parsed: Parsed) -> dict:
     """Validated Custom Diffusion processors, {processor path: processor}, for every layer the weights cover."""
     from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
 
@@ -148,13 +156,13 @@ def build_custom_diffusion(unet, parsed: Parsed) -> dict:
     return new
 
 
-def set_processors(unet, new: dict) -> None:
+def set_processors(unet: UNet2DConditionModel, new: dict) -> None:
     """Replace the named processors, keep every other layer's (``set_attn_processor`` pops from the dict it gets
     and wants one entry per layer: hand it a fresh, complete one)."""
     unet.set_attn_processor({name: new.get(name, proc) for name, proc in unet.attn_processors.items()})
 
 
-def install_custom_diffusion(unet, parsed: Parsed) -> list[str]:
+def install_custom_diffusion(unet: UNet2DConditionModel, parsed: Parsed) -> list[str]:
     """Install Custom Diffusion processors for every layer the weights cover; other layers keep theirs.
 
     diffusers 0.42.1's ``unet.load_attn_procs`` installs nothing unless given the private ``_pipeline`` argument,

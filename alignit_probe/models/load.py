@@ -12,6 +12,7 @@ load?": each artifact is checked to change something (``apply``, ``verify``).
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,7 +100,7 @@ def note(enabled: bool, text: str) -> None:
         print(text, file=sys.stderr)
 
 
-def pipeline_class(model) -> str | None:
+def pipeline_class(model: str | Path) -> str | None:
     """The ``_class_name`` in the ``model_index.json`` of a pipeline directory (None for a hub id: read when it
     loads). Anything but a supported class is refused here, before any weights are read."""
     model = str(model)
@@ -118,7 +119,7 @@ def pipeline_class(model) -> str | None:
     return cls
 
 
-def check_pipeline_path(model) -> str:
+def check_pipeline_path(model: str | Path) -> str:
     """``model`` as given, checked without loading anything: an existing diffusers directory of a supported
     pipeline class, or something shaped like a hub id (org/name)."""
     model = str(model)
@@ -136,7 +137,9 @@ def check_pipeline_path(model) -> str:
     return model
 
 
-def load_pipeline(model: str, device="cpu", dtype=torch.float32) -> StableDiffusionPipeline:
+def load_pipeline(
+    model: str, device: str | torch.device | None = "cpu", dtype: torch.dtype = torch.float32
+) -> StableDiffusionPipeline:
     """The pipeline of a diffusers directory or hub id, of the class its ``model_index.json`` names
     (``StableDiffusionPipeline`` without safety checker, or ``StableDiffusionXLPipeline`` without watermarker)."""
     import diffusers
@@ -200,7 +203,13 @@ def _custom_model(
     return ModelPair(base, custom, str(baseline), customs, "+".join(methods), artifacts, warnings, name)
 
 
-def load_models(baseline: str, customs, device=None, dtype=torch.float32, progress: bool = True) -> ModelSet:
+def load_models(
+    baseline: str,
+    customs: str | Path | Sequence[str | Path] | Mapping[str, str | Path | Sequence[str | Path]],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> ModelSet:
     """The baseline and every customized model. ``customs``: ``--custom`` values (``[NAME=]SPEC``), or a dict
     {name: SPEC or SPECs}. Every path and artifact file is checked before any model is loaded."""
     if isinstance(customs, (str, Path)):
@@ -236,7 +245,13 @@ def load_models(baseline: str, customs, device=None, dtype=torch.float32, progre
     return ModelSet(base, str(baseline), pairs)
 
 
-def load_pair(baseline: str, customs, device=None, dtype=torch.float32, progress: bool = True) -> ModelPair:
+def load_pair(
+    baseline: str,
+    customs: str | Path | Sequence[str | Path] | Mapping[str, str | Path | Sequence[str | Path]],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> ModelPair:
     """Baseline and one customized pipeline, every custom SPEC applied in order, each artifact verified."""
     models = load_models(baseline, customs, device, dtype, progress)
     if len(models.pairs) != 1:
@@ -247,7 +262,9 @@ def load_pair(baseline: str, customs, device=None, dtype=torch.float32, progress
     return models.pairs[0]
 
 
-def models_from_pipelines(baseline, customs: dict, baseline_id: str = "in-memory baseline") -> ModelSet:
+def models_from_pipelines(
+    baseline: StableDiffusionPipeline, customs: dict, baseline_id: str = "in-memory baseline"
+) -> ModelSet:
     """A ``ModelSet`` of pipelines already in memory (a user's own modified pipeline: the debugging case).
     ``customs``: {name: pipeline}. Each is checked to differ from the baseline on the text path or the UNet."""
     pairs = []

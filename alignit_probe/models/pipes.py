@@ -8,18 +8,23 @@ encoder has a store group: ``text`` (the only one, or SDXL's first) and ``text_2
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
 SD = "StableDiffusionPipeline"
 SDXL = "StableDiffusionXLPipeline"
 SUPPORTED = (SD, SDXL)
 TEXT, TEXT_2 = "text", "text_2"
 
 
-def is_xl(pipe) -> bool:
+def is_xl(pipe: StableDiffusionPipeline) -> bool:
     """Whether ``pipe`` has SDXL's second text encoder (and so a pooled text embedding)."""
     return getattr(pipe, "text_encoder_2", None) is not None
 
 
-def text_encoders(pipe) -> list[tuple[str, object, object]]:
+def text_encoders(pipe: StableDiffusionPipeline) -> list[tuple[str, object, object]]:
     """(store group, tokenizer, text encoder) of each text encoder, in the order the pipeline concatenates them."""
     out = [(TEXT, pipe.tokenizer, pipe.text_encoder)]
     if is_xl(pipe):
@@ -27,7 +32,7 @@ def text_encoders(pipe) -> list[tuple[str, object, object]]:
     return out
 
 
-def not_supported(model: str, cls) -> tuple[str, str]:
+def not_supported(model: str, cls: str | None) -> tuple[str, str]:
     """The message and fix of a ``ProbeError`` for a pipeline class this toolkit does not handle."""
     return (
         f"not supported: {model} is a {cls}",

@@ -55,7 +55,7 @@ def check_model_name(name: str) -> None:
         )
 
 
-def check_device(device) -> torch.device:
+def check_device(device: str | torch.device | None) -> torch.device:
     """The torch device for ``device`` (None: cuda if available), refused at once if this machine lacks it."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

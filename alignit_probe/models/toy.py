@@ -23,8 +23,13 @@ import tempfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 N_MERGES = 49152 - 256 - 2  # as in openai/CLIP's SimpleTokenizer
@@ -56,7 +61,7 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return {tok: i for i, tok in enumerate(vocab)}, [" ".join(m) for m in merges]
 
 
-def clip_tokenizer(pad_token: str | None = None):
+def clip_tokenizer(pad_token: str | None = None) -> CLIPTokenizer:
     """A real ``CLIPTokenizer``: SD1.x settings (77 tokens, padding with ``<|endoftext|>``), or padding with
     ``pad_token`` (``"!"``, id 0: SD2.x's tokenizer and SDXL's second one)."""
     from transformers import CLIPTokenizer
@@ -124,7 +129,7 @@ def sd_pipeline(
     seed: int = 0,
     pad_token: str | None = None,
     prediction_type: str = "epsilon",
-):
+) -> StableDiffusionPipeline:
     """A ``StableDiffusionPipeline`` of these configs with seeded random weights (text encoder from ``seed``, UNet
     from ``seed + 1``, VAE from ``seed + 2``), the real CLIP tokenizer (padding with ``pad_token`` if given) and
     DDIM predicting ``prediction_type``."""
@@ -150,7 +155,7 @@ def sd_pipeline(
     )
 
 
-def build_toy_pipeline(seed: int = 0):
+def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """A tiny SD1.x ``StableDiffusionPipeline`` with seeded random weights (float32, CPU)."""
     return sd_pipeline(TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG, seed)
 
@@ -159,7 +164,7 @@ SD2_TEXT_CONFIG = dict(TEXT_CONFIG, hidden_act="gelu", pad_token_id=0)
 SD2_UNET_CONFIG = dict(UNET_CONFIG, attention_head_dim=(2, 4), use_linear_projection=True)
 
 
-def build_sd2_pipeline(seed: int = 0):
+def build_sd2_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """A tiny SD2.x-shaped ``StableDiffusionPipeline`` (see the module docstring) with seeded random weights."""
     return sd_pipeline(
         SD2_TEXT_CONFIG, SD2_UNET_CONFIG, VAE_CONFIG, seed, pad_token="!", prediction_type="v_prediction"
@@ -188,7 +193,7 @@ EULER_CONFIG = dict(
 )
 
 
-def build_sdxl_pipeline(seed: int = 0):
+def build_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     """A tiny SDXL-shaped ``StableDiffusionXLPipeline`` (see the module docstring) with seeded random weights."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -326,7 +331,7 @@ SD15_VAE_CONFIG = dict(  # a narrow stand-in with SD's scale factor 8
 )
 
 
-def build_sd15_pipeline(seed: int = 0):
+def build_sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """A pipeline of Stable Diffusion 1.5's shapes (CLIP ViT-L/14 text encoder, the 16-site SD1.5 UNet) with random
     seeded weights, for benchmarks. Its VAE is a narrow stand-in with SD's scale factor 8 (512×512 images ↔ 64×64
     latents): generate with ``output_type="latent"`` to time the denoising alone."""

@@ -11,15 +11,21 @@ to an existing vocabulary row makes the token a mere alias. When nothing differs
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..capture import sites
 from .pipes import TEXT, is_xl, text_encoders
 
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
 PROBE = "a photo"
 
 
-def stages(pipe, prompt: str = PROBE) -> dict[str, torch.Tensor]:
+def stages(pipe: StableDiffusionPipeline, prompt: str = PROBE) -> dict[str, torch.Tensor]:
     """Every stage of the text path for ``prompt``, plus one UNet output, keyed by stage name."""
     unet, out, penultimate, pooled = pipe.unet, {}, [], None
     with torch.no_grad():
@@ -50,7 +56,7 @@ def stages(pipe, prompt: str = PROBE) -> dict[str, torch.Tensor]:
     return out
 
 
-def differs(before: dict, after: dict, names) -> bool:
+def differs(before: dict, after: dict, names: Iterable[str]) -> bool:
     return any(n not in before or n not in after or not torch.equal(before[n], after[n]) for n in names)
 
 

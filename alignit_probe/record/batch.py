@@ -9,17 +9,25 @@ processor (``capture.sites.project_kv``) from ``encoder_output``. ``stage_tensor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
 import xarray as xr
+from numpy.typing import DTypeLike
 
 from ..capture.sites import record_kv
 from ..store.batch import Batch, token_coords
 from ..text.concepts import TokenizedPrompt
 from ..text.encoder import encode_groups, output_group
 
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from tqdm import tqdm
 
-def to_host(t: torch.Tensor, dtype) -> np.ndarray:
+
+def to_host(t: torch.Tensor, dtype: DTypeLike) -> np.ndarray:
     """To host memory in the store's dtype, converted on the device (one copy, no float32 detour)."""
     return t.detach().to(TORCH_DTYPES[np.dtype(dtype).name]).cpu().numpy()
 
@@ -27,7 +35,13 @@ def to_host(t: torch.Tensor, dtype) -> np.ndarray:
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def stage_tensors(pipe, tokenized: list[TokenizedPrompt], *, clip_skip=None, kv_sites: list[str] | None = None):
+def stage_tensors(
+    pipe: StableDiffusionPipeline,
+    tokenized: list[TokenizedPrompt],
+    *,
+    clip_skip: int | None = None,
+    kv_sites: list[str] | None = None,
+) -> dict:
     """Every stage of one batch on the model's device: the text groups of ``text.encoder.encode_groups`` ({group:
     {stage: tensor}}, each (prompt, [layer,] token, channel) over all token positions; SDXL's ``pooled`` (prompt,
     channel)) and ``kv`` ({attn2 path: (key, value)})."""
@@ -36,7 +50,7 @@ def stage_tensors(pipe, tokenized: list[TokenizedPrompt], *, clip_skip=None, kv_
     return {**groups, "kv": record_kv(pipe.unet, c, kv_sites)}
 
 
-def text_dataset(stages: dict, index: dict, cut: slice, store_dtype) -> xr.Dataset:
+def text_dataset(stages: dict, index: dict, cut: slice, store_dtype: DTypeLike) -> xr.Dataset:
     """One text group as a Dataset: ``encoder_layer`` (prompt, layer, token, channel), ``pooled`` (prompt,
     pooled_channel: its own width), every other stage (prompt, token, channel)."""
     variables, coords = {}, dict(index)
@@ -52,12 +66,12 @@ def text_dataset(stages: dict, index: dict, cut: slice, store_dtype) -> xr.Datas
 
 
 def record_batch(
-    pipe,
+    pipe: StableDiffusionPipeline,
     tokenized: list[TokenizedPrompt],
     start: int,
     *,
-    clip_skip=None,
-    store_dtype=np.float32,
+    clip_skip: int | None = None,
+    store_dtype: DTypeLike = np.float32,
     kv_sites: list[str] | None = None,
     n_tokens: int | None = None,
 ) -> Batch:
@@ -81,8 +95,14 @@ def record_batch(
 
 
 def iter_record(
-    pipe, tokenized: list[TokenizedPrompt], *, start: int = 0, batch_size: int = 8, progress=None, **kwargs
-):
+    pipe: StableDiffusionPipeline,
+    tokenized: list[TokenizedPrompt],
+    *,
+    start: int = 0,
+    batch_size: int = 8,
+    progress: tqdm | None = None,
+    **kwargs: Any,
+) -> Iterator[Batch]:
     """Record prompts batch by batch (a generator: callers stream batches to disk)."""
     for i in range(0, len(tokenized), batch_size):
         yield record_batch(pipe, tokenized[i : i + batch_size], start + i, **kwargs)

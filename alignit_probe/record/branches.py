@@ -5,15 +5,18 @@ baseline alone (``baseline_maps``, ``write_maps_store``: a store with the baseli
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
+from numpy.typing import DTypeLike
 
 from ..alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv
 from ..alignit.generation import generate_images
 from ..alignit.plan import alignit_plan, tokenize_dummies
-from ..capture.attention import AttentionSlices, capture_attention
+from ..capture.attention import AttentionCollector, AttentionSlices, capture_attention
 from ..capture.sites import attn2_paths
 from ..schema import ALIGNIT, BASELINE
 from ..store.batch import Batch, token_coords
@@ -22,8 +25,16 @@ from ..text.concepts import Concept, TokenizedPrompt, tokenize_pair
 from ..text.encoder import conditioning
 from .batch import to_host
 
+if TYPE_CHECKING:
+    from pathlib import Path
 
-def alignit_batch(akv: AlignITKV, start: int, store_dtype=np.float32) -> Batch:
+    from diffusers import StableDiffusionPipeline
+    from tqdm import tqdm
+
+    from ..models.load import ModelPair
+
+
+def alignit_batch(akv: AlignITKV, start: int, store_dtype: DTypeLike = np.float32) -> Batch:
     """The infused K/V of one batch of prompts (global indices from ``start``) as a store batch."""
     coords = token_coords([p.tokens for p in akv.plans], start)
     index = {"prompt": coords.prompt.values, "token": coords.token.values}
@@ -38,7 +49,7 @@ def alignit_batch(akv: AlignITKV, start: int, store_dtype=np.float32) -> Batch:
     return Batch(coords, groups)
 
 
-def alignit_length(pair, concepts: list[Concept], prompts: list[str], options: AlignITOptions) -> int:
+def alignit_length(pair: ModelPair, concepts: list[Concept], prompts: list[str], options: AlignITOptions) -> int:
     """The most token positions an AlignIT sequence of ``prompts`` fills (start and end token included): what
     ``--drop-padding`` must keep for the alignit branch. Tokenization only, no model."""
     dummies = tokenize_dummies(pair.custom, pair.baseline.tokenizer, concepts, options.template)
@@ -49,7 +60,7 @@ def alignit_length(pair, concepts: list[Concept], prompts: list[str], options: A
     return n
 
 
-def alignit_attrs(pair, options: AlignITOptions, extra_attrs: dict | None = None) -> dict:
+def alignit_attrs(pair: ModelPair, options: AlignITOptions, extra_attrs: dict | None = None) -> dict:
     """The attributes of an AlignIT branch (``/<alignit branch>``)."""
     return {
         "model_id": pair.baseline_id,
@@ -64,8 +75,8 @@ def alignit_attrs(pair, options: AlignITOptions, extra_attrs: dict | None = None
 
 
 def write_alignit_branch(
-    writer,
-    pair,
+    writer: StoreWriter,
+    pair: ModelPair,
     concepts: list[Concept],
     prompts: list[str],
     options: AlignITOptions,
@@ -73,8 +84,8 @@ def write_alignit_branch(
     branch: str = ALIGNIT,
     span: range | None = None,
     batch_size: int = 8,
-    store_dtype=np.float32,
-    progress=None,
+    store_dtype: DTypeLike = np.float32,
+    progress: tqdm | None = None,
     extra_attrs: dict | None = None,
 ) -> list[str]:
     """Compute AlignIT K/V batch by batch for ``prompts[span]`` (default all) and append them as branch ``branch``,
@@ -98,7 +109,7 @@ def write_alignit_branch(
 
 
 def generation_maps(
-    pair,
+    pair: ModelPair,
     akv: AlignITKV,
     *,
     include_alignit: bool,
@@ -122,20 +133,20 @@ def generation_maps(
     return out
 
 
-def branch_maps(collector) -> xr.Dataset:
+def branch_maps(collector: AttentionCollector) -> xr.Dataset:
     """A collector's maps as a store node: no ``token_text`` (the branch's token labels say it), prompts 0…P−1."""
     ds = collector.to_dataset()
     ds = ds.drop_vars([v for v in ("token_text",) if v in ds.coords])
     return ds.assign_coords(prompt=np.arange(ds.sizes["prompt"]))
 
 
-def baseline_tokens(pipe, prompts: list[str]) -> list[TokenizedPrompt]:
+def baseline_tokens(pipe: StableDiffusionPipeline, prompts: list[str]) -> list[TokenizedPrompt]:
     """The prompts as the baseline alone sees them: no concept, every word ``context`` (labels of the store)."""
     return [tokenize_pair(p, pipe, pipe.tokenizer, [], allow_absent=True)[1] for p in prompts]
 
 
 def baseline_maps(
-    pipe, prompts: list[str], *, slices: AttentionSlices = AttentionSlices(), **gen
+    pipe: StableDiffusionPipeline, prompts: list[str], *, slices: AttentionSlices = AttentionSlices(), **gen
 ) -> dict[str, tuple[xr.Dataset, list]]:
     """{``baseline``: (maps Dataset, images)} of the baseline pipeline alone (DAAM's use; ``gen``:
     ``generate_images``' keywords)."""
@@ -145,7 +156,9 @@ def baseline_maps(
     return {BASELINE: (branch_maps(collector), images)}
 
 
-def write_maps_store(out, tokenized: list[TokenizedPrompt], maps: xr.Dataset, *, attrs: dict, model_attrs: dict):
+def write_maps_store(
+    out: str | os.PathLike, tokenized: list[TokenizedPrompt], maps: xr.Dataset, *, attrs: dict, model_attrs: dict
+) -> Path:
     """A store holding the baseline branch's token labels and ``baseline/attention`` only (no recorded stages);
     ``attrs``: root attributes (``concepts``, ``versions``, ``command``, …), ``model_attrs``: the branch's."""
     root = {"concepts": [], "custom_models": [], "warnings": [], "n_prompts": len(tokenized), **attrs}

@@ -18,15 +18,27 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, is_dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..capture.sites import SUFFIX, attn2_paths
 from ..models.pipes import is_xl
-from ..text.concepts import baseline_text
+from ..text.concepts import Concept, baseline_text
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
+
+    from ..models.load import ModelSet
 
 
-def kept_tokens(prompts: list[str], custom_pipe, baseline_tokenizer, concepts) -> int:
+def kept_tokens(
+    prompts: list[str],
+    custom_pipe: StableDiffusionPipeline,
+    baseline_tokenizer: PreTrainedTokenizerBase,
+    concepts: list[Concept],
+) -> int:
     """T for ``--drop-padding``: the most positions any prompt fills (start and end token included), over the
     customized and the baseline tokenization of every prompt (all shards), so all stores share one token axis."""
     ctok = custom_pipe.tokenizer
@@ -60,7 +72,7 @@ def _weights_digest(modules, samples: int = 4096) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(pipe) -> str:
+def model_fingerprint(pipe: StableDiffusionPipeline) -> str:
     """What a model contributes to the recorded stages: tokenizer vocabulary size and added tokens, the text
     encoder's weights (SDXL: both encoders and tokenizers), and every attn2 site's K/V projections and processor."""
     unet, tok = pipe.unet, pipe.tokenizer
@@ -84,7 +96,9 @@ def _plain(x):
     return asdict(x) if is_dataclass(x) else x
 
 
-def job_fingerprint(models, concepts, prompts: list[str], options: dict, versions: dict) -> str:
+def job_fingerprint(
+    models: ModelSet, concepts: list[Concept], prompts: list[str], options: dict, versions: dict
+) -> str:
     """sha256 of the job's definition (see the module docstring); ``models``: a ``ModelSet``."""
     prompt_hash = hashlib.sha256("\x1e".join(prompts).encode()).hexdigest()
     customs = {

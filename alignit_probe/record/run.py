@@ -13,6 +13,7 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -32,6 +33,13 @@ from . import jobs
 from .batch import record_batch
 from .branches import alignit_length, write_alignit_branch
 from .summary import record_summary
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from tqdm import tqdm
+
+    from ..text.tables import TokenTable
 
 STORE_DTYPES = ("float32", "float16")
 
@@ -78,13 +86,20 @@ def versions() -> dict:
     }
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True):
+def progress_bar(total: int, desc: str, enabled: bool = True) -> tqdm:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled or total == 0, file=sys.stderr)
 
 
-def model_attrs(models, name: str, device, dtype, seed, clip_skip) -> dict:
+def model_attrs(
+    models: ModelSet,
+    name: str,
+    device: str | torch.device | None,
+    dtype: torch.dtype,
+    seed: int,
+    clip_skip: int | None,
+) -> dict:
     common = dict(dtype=str(dtype).replace("torch.", ""), device=str(device), seed=seed, clip_skip=clip_skip)
     if name == BASELINE:
         return {"model_id": models.baseline_id, "method": "baseline", "artifacts": [], "warnings": [], **common}
@@ -99,14 +114,16 @@ def model_attrs(models, name: str, device, dtype, seed, clip_skip) -> dict:
     }
 
 
-def as_model_set(models) -> ModelSet:
+def as_model_set(models: ModelSet | ModelPair) -> ModelSet:
     """A ``ModelSet``, or a ``ModelPair`` as the set of its one customized model."""
     if isinstance(models, ModelPair):
         return ModelSet(models.baseline, models.baseline_id, [models])
     return models
 
 
-def check_job(models, concepts: list[Concept], prompts: list[str], options: RecordOptions) -> None:
+def check_job(
+    models: ModelSet | ModelPair, concepts: list[Concept], prompts: list[str], options: RecordOptions
+) -> None:
     """Every option checked against the models before any work (a bad option never leaves a partial store)."""
     options.check()
     models = as_model_set(models)
@@ -116,7 +133,17 @@ def check_job(models, concepts: list[Concept], prompts: list[str], options: Reco
             validate(pair, concepts, options.alignit)
 
 
-def record_models(writer, branches, tables, span: range, options, *, n_tokens, attrs: dict, progress) -> None:
+def record_models(
+    writer: StoreWriter,
+    branches: list[tuple[str, StableDiffusionPipeline]],
+    tables: dict[str, TokenTable],
+    span: range,
+    options: RecordOptions,
+    *,
+    n_tokens: int | None,
+    attrs: dict,
+    progress: tqdm,
+) -> None:
     """Record every stage of each (name, pipeline) of ``branches`` on ``prompts[span]`` batch by batch, continuing
     after what ``writer`` already holds for each."""
     done = min(writer.written(name) for name, _ in branches)
@@ -138,7 +165,7 @@ def record_models(writer, branches, tables, span: range, options, *, n_tokens, a
 
 
 def record_store(
-    models,
+    models: ModelSet | ModelPair,
     concepts: list[Concept],
     prompts: list[str],
     out: str | os.PathLike,

@@ -16,9 +16,12 @@ metric), ``encoder_layer`` (prompt, layer, token, metric), ``key`` / ``value`` (
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
 import xarray as xr
+from numpy.typing import DTypeLike
 
 from ..alignit.engine import AlignITKV, alignit_kv
 from ..schema import BASELINE, METRICS, alignit_branch
@@ -26,6 +29,14 @@ from ..store.batch import Batch, token_coords
 from ..text.concepts import TokenizedPrompt
 from .batch import TORCH_DTYPES, stage_tensors
 from .branches import alignit_attrs
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from ..models.load import ModelSet
+    from ..store.writer import StoreWriter
+    from ..text.concepts import Concept
+    from ..text.tables import TokenTable
 
 GROUP = "distance"
 
@@ -59,7 +70,9 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.to(torch.float64).cpu().numpy()
 
 
-def kv_distances(kv: dict, base_kv: dict, ref: torch.Tensor, store_dtype, n_tok: int) -> tuple[dict, list[str]]:
+def kv_distances(
+    kv: dict, base_kv: dict, ref: torch.Tensor, store_dtype: torch.dtype, n_tok: int
+) -> tuple[dict, list[str]]:
     """``key`` / ``value`` distances (prompt, site, token, metric) of the sites both have, and those sites."""
     sites = [p for p in kv if p in base_kv]
     out = {}
@@ -82,7 +95,12 @@ SUFFIX = {"text": "", "text_2": "_2", "text_out": ""}  # SDXL's second encoder: 
 
 
 def summary_batch(
-    stages: dict, base: dict, tokenized: list[TokenizedPrompt], start: int, store_dtype, n_tokens: int | None = None
+    stages: dict,
+    base: dict,
+    tokenized: list[TokenizedPrompt],
+    start: int,
+    store_dtype: DTypeLike,
+    n_tokens: int | None = None,
 ) -> Batch:
     """One customized model's batch as distances to the baseline's (``stages`` / ``base``: ``stage_tensors``).
     SDXL's second encoder's stages get the suffix ``_2`` (``encoder_layer_2`` along ``layer_2``); its ``pooled``
@@ -109,7 +127,9 @@ def summary_batch(
     return Batch(coords, {GROUP: distance_group({**variables, **kv}, coords, sites, layers)})
 
 
-def alignit_summary_batch(akv: AlignITKV, start: int, base_kv: dict, store_dtype, n_tokens: int | None = None) -> Batch:
+def alignit_summary_batch(
+    akv: AlignITKV, start: int, base_kv: dict, store_dtype: DTypeLike, n_tokens: int | None = None
+) -> Batch:
     """One AlignIT batch as K/V distances to the baseline's (``base_kv``: the baseline's ``stage_tensors`` K/V of
     the same prompts). All positions are kept (the writer cuts them to ``n_tokens``); partners beyond ``n_tokens``
     count as none, as in a full store with ``--drop-padding``."""
@@ -123,7 +143,17 @@ def alignit_summary_batch(akv: AlignITKV, start: int, base_kv: dict, store_dtype
 
 
 def record_summary(
-    writer, models, concepts, prompts, tables, span: range, options, *, n_tokens, attrs: dict, progress=None
+    writer: StoreWriter,
+    models: ModelSet,
+    concepts: list[Concept],
+    prompts: list[str],
+    tables: dict[str, TokenTable],
+    span: range,
+    options: Any,  # a record.run.RecordOptions (that module imports this one)
+    *,
+    n_tokens: int | None,
+    attrs: dict,
+    progress: tqdm | None = None,
 ) -> None:
     """Record ``prompts[span]`` batch by batch as distances (the baseline, every customized model and, with
     ``options.alignit``, every AlignIT branch), continuing after what ``writer`` already holds for each branch.

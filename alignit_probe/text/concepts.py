@@ -23,10 +23,16 @@ and is refused.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import ProbeError
 from ..schema import ROLES  # noqa: F401  (re-exported: roles are a property of tokens)
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,7 @@ def _unknown(tok, token: str) -> ProbeError:
     return ProbeError(f"concept token {token!r} is unknown to the customized model's tokenizer", fix)
 
 
-def modifier_ids(pipe, concept: Concept) -> list[int]:
+def modifier_ids(pipe: StableDiffusionPipeline, concept: Concept) -> list[int]:
     """The ids ``pipe``'s tokenizer produces for the concept's token in a prompt (after ``maybe_convert_prompt``):
     one or several for an added token (multi-vector embeddings), one or several for plain text (``sks`` →
     ``sks</w>``; a word BPE splits into pieces)."""
@@ -190,7 +196,13 @@ def _assemble(pieces, tokenizer, max_length: int) -> TokenizedPrompt:
     return TokenizedPrompt("", ids, tokens, role, concept, label, dropped)
 
 
-def tokenize_pair(prompt: str, custom_pipe, baseline_tokenizer, concepts: list[Concept], allow_absent=False):
+def tokenize_pair(
+    prompt: str,
+    custom_pipe: StableDiffusionPipeline,
+    baseline_tokenizer: PreTrainedTokenizerBase,
+    concepts: list[Concept],
+    allow_absent: bool = False,
+) -> tuple[TokenizedPrompt, TokenizedPrompt]:
     """(customized TokenizedPrompt with ref_index into the baseline one, baseline TokenizedPrompt)."""
     mods = [modifier_ids(custom_pipe, c) for c in concepts]
     if not allow_absent and not any(_occurs(prompt, c) for c in concepts):
@@ -242,7 +254,7 @@ def tokenize_pair(prompt: str, custom_pipe, baseline_tokenizer, concepts: list[C
     return ct, bt
 
 
-def ids_for(tokenizer, tp: TokenizedPrompt) -> list[int]:
+def ids_for(tokenizer: PreTrainedTokenizerBase, tp: TokenizedPrompt) -> list[int]:
     """``tp``'s token ids as ``tokenizer`` numbers them (SDXL's second tokenizer: the same BPE tokens, its own pad
     id at every ``padding`` position). A token it lacks (an embedding loaded into one encoder only) is refused."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -284,7 +296,14 @@ def _check_against_tokenizer(tp: TokenizedPrompt, tokenizer, pipe, text: str) ->
         )
 
 
-def tokenize_prompts(prompts, custom_pipe, baseline_tokenizer, concepts, allow_absent=False, first=0):
+def tokenize_prompts(
+    prompts: Sequence[str],
+    custom_pipe: StableDiffusionPipeline,
+    baseline_tokenizer: PreTrainedTokenizerBase,
+    concepts: list[Concept],
+    allow_absent: bool = False,
+    first: int = 0,
+) -> tuple[list[TokenizedPrompt], list[TokenizedPrompt], list[str]]:
     """Tokenize every prompt; returns (customized list, baseline list, warnings; prompts numbered from ``first``)."""
     customs, bases, warnings = [], [], []
     for k, p in enumerate(prompts, first):

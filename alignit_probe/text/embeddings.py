@@ -4,14 +4,25 @@ for a concept to dominate the prompt."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import xarray as xr
 
 from ..models.pipes import text_encoders
 
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
-def embedding_diagnostics(custom_pipe, baseline_pipe, token_ids: list[int], k: int = 5, encoder: int = 0) -> xr.Dataset:
+
+def embedding_diagnostics(
+    custom_pipe: StableDiffusionPipeline,
+    baseline_pipe: StableDiffusionPipeline,
+    token_ids: list[int],
+    k: int = 5,
+    encoder: int = 0,
+) -> xr.Dataset:
     """Per learned vector (dim ``vector``): norm, its percentile and z-score among the baseline vocabulary's norms,
     and the ``k`` nearest baseline vocabulary tokens (dim ``neighbor``). ``encoder``: which text encoder (1: SDXL's
     second; ``token_ids`` as its tokenizer numbers them)."""

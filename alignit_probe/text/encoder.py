@@ -11,15 +11,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..models.pipes import TEXT, is_xl, text_encoders
 from .concepts import TokenizedPrompt, ids_for
 
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
+
 TEXT_OUT = "text_out"
 
 
-def token_ids(tokenizer, first, tokenized: list[TokenizedPrompt]) -> torch.Tensor:
+def token_ids(
+    tokenizer: PreTrainedTokenizerBase, first: PreTrainedTokenizerBase, tokenized: list[TokenizedPrompt]
+) -> torch.Tensor:
     """(prompt, token) ids of ``tokenized`` as ``tokenizer`` numbers them (``first``: the tokenizer they came
     from; SDXL's second tokenizer pads differently)."""
     if tokenizer is first:
@@ -27,7 +35,9 @@ def token_ids(tokenizer, first, tokenized: list[TokenizedPrompt]) -> torch.Tenso
     return torch.tensor([ids_for(tokenizer, t) for t in tokenized])
 
 
-def encode_groups(pipe, tokenized: list[TokenizedPrompt], clip_skip: int | None = None, layers: bool = True):
+def encode_groups(
+    pipe: StableDiffusionPipeline, tokenized: list[TokenizedPrompt], clip_skip: int | None = None, layers: bool = True
+) -> dict[str, dict[str, torch.Tensor]]:
     """{group: {stage: tensor}} (see the module docstring) on the text encoders' devices; (prompt, [layer,] token,
     channel), ``pooled`` (prompt, channel). ``layers=False`` leaves out token embeddings and layers (the
     conditioning alone)."""
@@ -65,7 +75,9 @@ def output_group(groups: dict) -> dict:
     return groups[TEXT_OUT] if TEXT_OUT in groups else groups[TEXT]
 
 
-def conditioning(pipe, tokenized: list[TokenizedPrompt], clip_skip: int | None = None):
+def conditioning(
+    pipe: StableDiffusionPipeline, tokenized: list[TokenizedPrompt], clip_skip: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(encoder states c, pooled embedding or None) for tokenized prompts, on the UNet's device and dtype: what the
     pipeline is called with (``prompt_embeds=``, SDXL's ``pooled_prompt_embeds=``)."""
     out = output_group(encode_groups(pipe, tokenized, clip_skip, layers=False))
@@ -74,6 +86,8 @@ def conditioning(pipe, tokenized: list[TokenizedPrompt], clip_skip: int | None =
     return c, None if pooled is None else pooled.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
 
 
-def encoder_states(pipe, tokenized: list[TokenizedPrompt], clip_skip: int | None = None) -> torch.Tensor:
+def encoder_states(
+    pipe: StableDiffusionPipeline, tokenized: list[TokenizedPrompt], clip_skip: int | None = None
+) -> torch.Tensor:
     """The conditional encoder output c for tokenized prompts, on the UNet's device and dtype."""
     return conditioning(pipe, tokenized, clip_skip)[0]

@@ -3,10 +3,16 @@ memory."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..schema import ROLES
-from .concepts import TokenizedPrompt, tokenize_pair
+from .concepts import Concept, TokenizedPrompt, tokenize_pair
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
 
 
 class TokenTable:
@@ -55,7 +61,13 @@ class TokenTable:
         return self._get(k - self.span.start)
 
 
-def tokenize_table(prompts: list[str], span: range, custom_pipe, baseline_tokenizer, concepts):
+def tokenize_table(
+    prompts: list[str],
+    span: range,
+    custom_pipe: StableDiffusionPipeline,
+    baseline_tokenizer: PreTrainedTokenizerBase,
+    concepts: list[Concept],
+) -> tuple[TokenTable, TokenTable, list[str]]:
     """Tokenize (and role-align) ``prompts[span]`` one by one into compact tables; returns (customized table,
     baseline table, warnings). The warnings are ``concepts.tokenize_prompts``' (global prompt numbers)."""
     length = custom_pipe.tokenizer.model_max_length

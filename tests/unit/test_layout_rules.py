@@ -206,3 +206,22 @@ def test_compare_frame_has_exactly_the_json_columns(tmp_path):
     assert tuple(frame.columns) == ROW_COLUMNS
     ctx = frame[(frame.stage == "token_embedding") & (frame.role == "context") & (frame.metric == "relative_l2")]
     assert len(ctx) == 1 and ctx.value.iloc[0] > 0
+
+
+def test_public_functions_are_annotated():
+    """Every public function and method: each parameter (but self/cls) and the return type annotated."""
+    missing = []
+    for name, path in MODULES.items():
+
+        def walk(body, owner="", name=name):
+            for node in body:
+                if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                    walk(node.body, node.name + ".", name)
+                elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+                    args = [a for a in node.args.args + node.args.kwonlyargs if a.arg not in ("self", "cls")]
+                    bare = [a.arg for a in args if a.annotation is None] + (["->"] if node.returns is None else [])
+                    if bare:
+                        missing.append(f"{name}.{owner}{node.name}: {' '.join(bare)}")
+
+        walk(ast.parse(path.read_text()).body)
+    assert not missing, missing
