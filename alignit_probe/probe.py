@@ -296,6 +296,13 @@ class Probe:
         """Keys from ``key_prompt``, values from ``value_prompt`` (all tokens, or at ``tokens``; all attn2 layers,
         or ``layers``/``blocks``): images {``A``, ``B``, ``keys A + values B``}. Models: ``baseline`` or a NAME."""
         names = {key_model, value_model, denoiser}
+        if self.custom is None and names != {BASELINE}:
+            roles = (("key", key_model), ("value", value_model), ("denoiser", denoiser))
+            which, name = next((w, n) for w, n in roles if n != BASELINE)
+            raise ProbeError(
+                f"the {which} model {name!r} is not loaded: only the baseline is",
+                "pass a customized model (--custom NAME=SPEC), or use baseline",
+            )
         if names == {BASELINE} and self.custom is None:
             pipes = {BASELINE: self.baseline_only()}
         else:

@@ -221,3 +221,23 @@ def test_unsupported_class_from_python(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(ProbeError, match=f"not supported: {tmp_path} is a FluxPipeline"):
         load_pipeline(str(tmp_path))
+
+
+def test_swap_names_a_model_that_is_not_loaded(toy_dir, tmp_path, capsys):
+    argv = [
+        "swap",
+        "--baseline",
+        toy_dir,
+        "--key-prompt",
+        "a dog",
+        "--value-prompt",
+        "a cat",
+        "--key-model",
+        "mine",
+        "--out",
+        str(tmp_path / "sw"),
+        "--no-progress",
+    ]
+    rc, err = run(argv, capsys)
+    assert rc == 2 and "key model 'mine' is not loaded" in err and "Traceback" not in err
+    assert not (tmp_path / "sw").exists()
