@@ -1,8 +1,6 @@
 """load_pair / apply_artifact on the toy pipeline, with artifacts written in the training scripts' own formats."""
 
 import hashlib
-import os
-import shutil
 from pathlib import Path
 
 import peft
@@ -10,24 +8,21 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusionAttnProcessor2_0
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from alignit_probe.capture import sites
-from alignit_probe.errors import ProbeError
 from alignit_probe.models.load import apply_artifact, load_pair, load_pipeline
-from alignit_probe.models.toy import UNET_CONFIG
 from tests.integration.artifact_files import (
     DIM,
     cd_processors,
     encoder_output,
     to_kohya,
     write_cd,
-    write_dreambooth,
     write_lora,
     write_ti,
 )
+from tests.integration.load_checks import NOTHING
 
-NOTHING = "changed nothing: every stage is bit-identical to the model without it"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -36,51 +31,6 @@ def _sha(*files):
     for f in sorted(map(Path, files), key=lambda p: p.name):
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def arts(toy_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("artifacts")
-    a = {"root": root}
-    a["ti1"] = root / "ti1" / "learned_embeds.safetensors"
-    a["ti1_t"] = write_ti(a["ti1"], "<one>", 1)
-    a["ti3"] = root / "ti3" / "learned_embeds.safetensors"
-    a["ti3_t"] = write_ti(a["ti3"], "<three>", 3)
-    a["ti3bin"] = root / "ti3bin" / "learned_embeds.bin"
-    a["ti3bin_t"] = write_ti(a["ti3bin"], "<three-bin>", 3, safe=False)
-    a["cd"] = write_cd(toy_dir, root / "cd")
-    a["cdbin"] = write_cd(toy_dir, root / "cdbin", safe=False, tokens=("<new1>", "<new2>"))
-    a["lora"] = root / "lora"
-    a["lora_kv"] = write_lora(toy_dir, a["lora"])
-    a["db"] = write_dreambooth(toy_dir, root / "db")
-    return a
-
-
-@pytest.fixture(scope="module")
-def base(toy_dir):
-    return load_pipeline(toy_dir)
-
-
-@pytest.fixture(scope="module")
-def clean(toy_dir):
-    """One pipeline shared by the bad-input tests: each also checks that a refused artifact left it untouched."""
-    return load_pipeline(toy_dir)
-
-
-def assert_untouched(pipe, base):
-    assert len(pipe.tokenizer) == len(base.tokenizer)
-    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight, base.text_encoder.get_input_embeddings().weight)
-    assert all(type(p) is AttnProcessor2_0 for p in pipe.unet.attn_processors.values())
-    assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(), base.unet.state_dict().values()))
-    assert pipe.unet.state_dict().keys() == base.unet.state_dict().keys()
-
-
-def _err(excinfo, *words):
-    msg = str(excinfo.value)
-    assert excinfo.value.fix, msg
-    for w in words:
-        assert w.lower() in msg.lower(), msg
-    return msg
 
 
 # ------------------------------------------------------------------------------------------- textual inversion
@@ -285,132 +235,3 @@ def test_lora_off_the_text_path_is_told(toy_dir, tmp_path):
     StableDiffusionPipeline.save_lora_weights(str(tmp_path), unet_lora_layers=layers)
     art = apply_artifact(load_pipeline(toy_dir), str(tmp_path))
     assert len(art.warnings) == 1 and "leaves the text path unchanged" in art.warnings[0]
-
-
-# --------------------------------------------------------------------------------------------------- bad inputs
-def test_missing_paths(toy_dir, tmp_path):
-    with pytest.raises(ProbeError) as e:
-        load_pair(toy_dir, [str(tmp_path / "nope.safetensors")])
-    _err(e, "nope.safetensors", "does not exist")
-    with pytest.raises(ProbeError) as e:
-        load_pipeline(str(tmp_path / "nowhere"))
-    _err(e, "nowhere")
-    with pytest.raises(ProbeError) as e:
-        load_pipeline(str(tmp_path))  # a folder, but no model_index.json
-    _err(e, "model_index.json")
-    with pytest.raises(ProbeError) as e:
-        load_pipeline("no-such-org/no-such-model")
-    _err(e, "cannot load pipeline")
-    with pytest.raises(ProbeError) as e:
-        load_pair(toy_dir, [])
-    _err(e, "no customized model")
-
-
-def test_unknown_files(clean, tmp_path, base):
-    pipe = clean
-    (tmp_path / "notes.txt").write_text("not weights")
-    save_file({"conv_in.weight": torch.zeros(4, 4, 3, 3)}, str(tmp_path / "unet.safetensors"))
-    save_file({"conv_out.weight": torch.zeros(4, 4, 3, 3)}, str(tmp_path / "unet2.safetensors"))
-    with pytest.raises(ProbeError) as e:
-        apply_artifact(pipe, str(tmp_path / "notes.txt"))
-    _err(e, "notes.txt", "not a weights file")
-    with pytest.raises(ProbeError) as e:
-        apply_artifact(pipe, str(tmp_path / "unet.safetensors"))
-    _err(e, "no customization this tool knows", "conv_in.weight")
-    with pytest.raises(ProbeError) as e:
-        apply_artifact(pipe, str(tmp_path))  # two candidate files, none with a known name
-    _err(e, "no customization weights")
-    assert_untouched(pipe, base)
-
-
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def test_crafted_pickle_is_refused_not_run(toy_dir, tmp_path):
-    marker = tmp_path / "pwned"
-    (tmp_path / "ti").mkdir()
-    torch.save({"<evil>": _Evil(marker)}, tmp_path / "ti" / "learned_embeds.bin")
-    with pytest.raises(ProbeError) as e:
-        load_pair(toy_dir, [str(tmp_path / "ti")], progress=False)
-    _err(e, "refused to unpickle", "safetensors")
-    assert not marker.exists()
-
-
-def test_corrupt_files(clean, base, arts, tmp_path):
-    pipe = clean
-    for src, name in ((arts["ti3"], "cut.safetensors"), (arts["ti3bin"], "cut.bin")):
-        data = src.read_bytes()
-        (tmp_path / name).write_bytes(data[: len(data) // 2])
-        with pytest.raises(ProbeError) as e:
-            apply_artifact(pipe, str(tmp_path / name))
-        _err(e, name, "corrupt or truncated")
-    assert_untouched(pipe, base)
-
-
-def test_nan_and_inf(clean, base, arts, tmp_path):
-    pipe = clean
-    bad = torch.randn(2, DIM)
-    bad[1, 3] = float("nan")
-    write_ti(tmp_path / "nan.safetensors", "<nan>", 2, value=bad)
-    with pytest.raises(ProbeError) as e:
-        apply_artifact(pipe, str(tmp_path / "nan.safetensors"))
-    _err(e, "NaN", "<nan>")
-    cd = shutil.copytree(arts["cd"], tmp_path / "cd")
-    state = load_file(str(cd / "pytorch_custom_diffusion_weights.safetensors"))
-    next(iter(state.values()))[0, 0] = float("inf")
-    save_file(state, str(cd / "pytorch_custom_diffusion_weights.safetensors"))
-    with pytest.raises(ProbeError) as e:
-        apply_artifact(pipe, str(cd))
-    _err(e, "NaN or inf", "custom_diffusion")
-    assert_untouched(pipe, base)
-
-
-def test_wrong_widths(clean, base, arts, tmp_path):
-    pipe = clean
-    write_ti(tmp_path / "wide.safetensors", "<wide>", 1, value=torch.randn(1, 768))
-    with pytest.raises(ProbeError) as e:
-        apply_artifact(pipe, str(tmp_path / "wide.safetensors"))
-    _err(e, "768-wide", f"{DIM}-wide")
-    lora = load_file(str(arts["lora"] / "pytorch_lora_weights.safetensors"))
-    key = next(k for k in lora if "attn2.to_k.lora_A" in k)
-    lora[key] = torch.randn(4, 768)
-    save_file(lora, str(tmp_path / "lora768.safetensors"))
-    with pytest.raises(ProbeError) as e:
-        apply_artifact(pipe, str(tmp_path / "lora768.safetensors"))
-    _err(e, "input width 768", "attn2.to_k")
-    cd = load_file(str(arts["cd"] / "pytorch_custom_diffusion_weights.safetensors"))
-    key = next(k for k in cd if "to_k_custom_diffusion" in k)
-    cd[key] = torch.randn(cd[key].shape[0], 768)
-    save_file(cd, str(tmp_path / "cd768.safetensors"))
-    with pytest.raises(ProbeError) as e:
-        apply_artifact(pipe, str(tmp_path / "cd768.safetensors"))
-    _err(e, "768", "to_k_custom_diffusion")
-    folder = shutil.copytree(arts["cd"], tmp_path / "cd")  # modifier token fine, weights too wide: nothing applied
-    save_file(cd, str(folder / "pytorch_custom_diffusion_weights.safetensors"))
-    with pytest.raises(ProbeError) as e:
-        apply_artifact(pipe, str(folder))
-    _err(e, "768")
-    assert_untouched(pipe, base)
-
-
-def test_duplicate_token_and_misplaced_pipeline(toy_dir, arts):
-    with pytest.raises(ProbeError) as e:
-        load_pair(toy_dir, [str(arts["ti1"]), str(arts["ti1"])], progress=False)
-    _err(e, "<one>", "already in the tokenizer")
-    with pytest.raises(ProbeError) as e:
-        load_pair(toy_dir, [str(arts["ti1"]), str(arts["db"])], progress=False)
-    _err(e, "must be the first")
-
-
-def test_different_attn2_layouts(toy_dir, tmp_path):
-    pipe = load_pipeline(toy_dir)
-    pipe.register_modules(unet=UNet2DConditionModel(**{**UNET_CONFIG, "attention_head_dim": 8}))
-    pipe.save_pretrained(str(tmp_path / "other"), safe_serialization=True)
-    with pytest.raises(ProbeError) as e:
-        load_pair(toy_dir, [str(tmp_path / "other")], progress=False)
-    _err(e, "different cross-attention layouts")
