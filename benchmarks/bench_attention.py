@@ -3,14 +3,17 @@
     python benchmarks/bench_attention.py                       # toy pipeline, CPU
     python benchmarks/bench_attention.py --size sd15 --steps 4 --height 256 --width 256   # SD1.5 shapes, random
     python benchmarks/bench_attention.py --size sd15 --device cuda --dtype float16
+    python benchmarks/bench_attention.py --size sdxl --device cuda --dtype float16 --steps 20   # 1024x1024
 
 Time: the same pipeline call (steps, seed, size, guidance) without and with ``capture_attention``, alternated,
 median of ``--repeats``, after one warm-up of each. Targets: ratio ≤ 1.3×.
 Memory at ``--mem-steps`` (default 5 and 50): the collector's accumulator bytes (exact), tracemalloc's peak of
 Python allocations (torch's CPU tensors are not traced), the process's peak RSS during the call (Linux VmHWM,
 reset through /proc/self/clear_refs where the kernel allows it) and, on CUDA, torch.cuda.max_memory_allocated.
-Target: flat in steps. ``sd15``: SD1.5's UNet and CLIP-L text-encoder configs with random weights; the VAE is a
-tiny stand-in and is not run (``output_type="latent"``).
+Target: flat in steps. ``sd15``: SD1.5's UNet and CLIP-L text-encoder configs with random weights; ``sdxl``:
+SDXL-base-1.0's UNet (70 attn2 layers) and both text encoders, random weights, built on the device, 1024×1024 by
+default (the prompt's encoder states and pooled embedding from ``encode_prompt``). Their VAE is a tiny stand-in and
+is not run (``output_type="latent"``).
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 from alignit_probe.capture.attention import AttentionSlices, capture_attention  # noqa: E402
 from alignit_probe.capture.sites import attn2_paths  # noqa: E402
-from alignit_probe.models.toy import build_sd15_pipeline, build_toy_pipeline  # noqa: E402
+from alignit_probe.models.pipes import is_xl  # noqa: E402
+from alignit_probe.models.toy import build_sd15_pipeline, build_sdxl_shapes_pipeline, build_toy_pipeline  # noqa: E402
 
 PROMPT = "a photo of a xylophonist dog on the beach"
 
@@ -60,11 +65,11 @@ def mib(n) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", choices=["toy", "sd15"], default="toy")
-    ap.add_argument("--steps", type=int, default=None, help="steps of the timed runs (toy 20, sd15 4)")
+    ap.add_argument("--size", choices=["toy", "sd15", "sdxl"], default="toy")
+    ap.add_argument("--steps", type=int, default=None, help="steps of the timed runs (toy 20, sd15 and sdxl 4)")
     ap.add_argument("--mem-steps", default="5,50", help="step counts compared for memory")
-    ap.add_argument("--height", type=int, default=None)
-    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--height", type=int, default=None, help="image height (default: the model's: sdxl 1024)")
+    ap.add_argument("--width", type=int, default=None, help="image width (default: the model's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
     ap.add_argument("--guidance", type=float, default=7.5)
@@ -81,19 +86,28 @@ def main(argv=None) -> None:
 
     if args.threads or args.device == "cpu":
         torch.set_num_threads(args.threads or 1)
-    sd15 = args.size == "sd15"
-    steps = args.steps or (4 if sd15 else 20)
+    toy = args.size == "toy"
+    steps = args.steps or (20 if toy else 4)
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
-    pipe = (build_sd15_pipeline if sd15 else build_toy_pipeline)(args.seed)
-    if args.device != "cpu" or dtype != torch.float32:
-        pipe = pipe.to(args.device, dtype)
+    if args.size == "sdxl":  # 2.6 B parameters: initialized on the device
+        pipe = build_sdxl_shapes_pipeline(args.seed, args.device, dtype)
+    else:
+        pipe = (build_toy_pipeline if toy else build_sd15_pipeline)(args.seed)
+        if args.device != "cpu" or dtype != torch.float32:
+            pipe = pipe.to(args.device, dtype)
     pipe.set_progress_bar_config(disable=True)
     height = args.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = args.width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    output_type = "latent" if sd15 else "np"
-    ids = pipe.tokenizer([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    with torch.no_grad():
-        pe = pipe.text_encoder(ids.to(args.device))[0]
+    output_type = "np" if toy else "latent"
+    extra = {}
+    if is_xl(pipe):  # both encoders' penultimate states and the pooled embedding, as pipe(prompt=...) computes them
+        with torch.no_grad():
+            pe, _, pooled, _ = pipe.encode_prompt(PROMPT, device=args.device, do_classifier_free_guidance=False)
+        extra["pooled_prompt_embeds"] = pooled
+    else:
+        ids = pipe.tokenizer([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with torch.no_grad():
+            pe = pipe.text_encoder(ids.to(args.device))[0]
     slices = (
         AttentionSlices()
         if args.slices == "global"
@@ -111,6 +125,7 @@ def main(argv=None) -> None:
             width=width,
             output_type=output_type,
             generator=torch.Generator(args.device).manual_seed(args.seed),
+            **extra,
         )
         if not maps:
             return pipe(**kw), None

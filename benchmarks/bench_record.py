@@ -1,17 +1,21 @@
 """Cost of recording every text-encoding stage to a zarr store, against the compute floor and against catching K/V
-with hooks inside a UNet denoising step. SD1.5 shapes, random weights.
+with hooks inside a UNet denoising step. SD1.5 or SDXL-base shapes, random weights.
 
     python benchmarks/bench_record.py                                  # CPU, float32
     python benchmarks/bench_record.py --device cuda --dtype float16 --prompts 256 --batch-size 32
+    python benchmarks/bench_record.py --size sdxl --device cuda --dtype float16 --prompts 32 --batch-size 16
 
 Measured side by side in one run, all per prompt and per model (the store holds baseline and customized model):
 
-* floor: the text encoder and every attn2 K/V projection of both models on pre-tokenized prompts, batch by batch,
-  nothing kept (the least any recorder must compute);
+* floor: the text encoder(s) and every attn2 K/V projection of both models on pre-tokenized prompts, batch by
+  batch, nothing kept (the least any recorder must compute; SDXL: both encoders with their hidden states, the
+  penultimate ones concatenated into the UNet's encoder states as ``encode_prompt`` does, the second one's pooled
+  output, then K/V);
 * record: ``probe.record_store`` end to end (tokenization and role alignment, every stage of both models, the zarr
   store written, embedding diagnostics, commit) — target ≤ 1.2× the floor;
-* naive: one UNet forward at 64×64 latents per prompt batch with forward hooks on every attn2 ``to_k``/``to_v``
-  copying K/V to the host (plus the text encoder) — record must be ≥ 35× faster;
+* naive: one UNet forward at the model's latent size (``--height``/``--width``: SD1.5 64×64, SDXL 128×128) per
+  prompt batch with forward hooks on every attn2 ``to_k``/``to_v`` copying K/V to the host (plus the text
+  encoders; SDXL's UNet also gets the pooled embedding and the six size/crop time ids) — record must be ≥ 35× faster;
 * summary (``--summary``): ``record_store`` with ``RecordOptions(summary=True)`` end to end (every stage of both
   models computed, the per-token distances of the customized model to the baseline computed on the device and
   written instead of the activations) — target ≤ 1.5× the floor. Its runs alternate with the floor's too.
@@ -19,15 +23,17 @@ Measured side by side in one run, all per prompt and per model (the store holds 
 Floor and record (and summary) runs alternate (after one warm-up of each); ms/prompt are medians, record/floor is the
 median of the ratios of adjacent runs (on a shared machine, load comes and goes between runs).
 
-SD1.5: ``UNet2DConditionModel()``'s default config (320/640/1280/1280 channels, cross-attention 768, 16 attn2
-sites), CLIP ViT-L/14's text encoder (768 wide, 12 layers, 12 heads) with the real CLIP tokenizer; the customized
-model shares the UNet and carries a Textual Inversion token ``<new1>`` in its own copy of the text encoder.
+``--size sd15``: ``UNet2DConditionModel()``'s default config (320/640/1280/1280 channels, cross-attention 768, 16
+attn2 sites), CLIP ViT-L/14's text encoder (768 wide, 12 layers, 12 heads) with the real CLIP tokenizer.
+``--size sdxl``: SDXL-base-1.0's UNet (2.6 B parameters, 70 attn2 sites, cross-attention 2048) and text encoders
+(CLIP ViT-L/14 and OpenCLIP bigG: 1280 wide, 32 layers), built on the device (``build_sdxl_shapes_pipeline``).
+The customized model shares the UNet and carries a Textual Inversion token ``<new1>`` in its own copy of the text
+encoder(s) (``ti_pair.py``: SDXL's in both).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import shutil
 import statistics
@@ -35,19 +41,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package and benchmarks.ti_pair
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-from alignit_probe.capture.sites import record_kv  # noqa: E402
+from alignit_probe.capture.sites import attn2_paths, record_kv  # noqa: E402
 from alignit_probe.models.load import ModelPair  # noqa: E402
-from alignit_probe.models.toy import clip_tokenizer  # noqa: E402
+from alignit_probe.models.pipes import is_xl  # noqa: E402
+from alignit_probe.models.toy import build_sd15_pipeline, build_sdxl_shapes_pipeline  # noqa: E402
 from alignit_probe.record.run import RecordOptions, record_store  # noqa: E402
 from alignit_probe.text.concepts import Concept  # noqa: E402
+from benchmarks.ti_pair import ti_pair  # noqa: E402
 
 SUBJECTS = ["cat", "dog", "teapot", "backpack", "robot", "castle", "bicycle", "owl"]
 SCENES = [
@@ -69,75 +81,28 @@ def prompts(n: int) -> list[str]:
     ]
 
 
-def build_sd15(seed: int = 0):
-    """SD1.5-shaped pipeline with random weights (tiny VAE, never run)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from alignit_probe.models.toy import SCHEDULER_CONFIG
-
-    torch.manual_seed(seed)
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            projection_dim=768,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    ).eval()
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
-    vae = AutoencoderKL(
-        block_out_channels=(8,),
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        norm_num_groups=8,
-        layers_per_block=1,
-    ).eval()
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+def build_pair(size: str, device: str, dtype: torch.dtype) -> ModelPair:
+    """The baseline of ``size``'s shapes on ``device``/``dtype`` and its Textual Inversion customization."""
+    if size == "sdxl":
+        return ti_pair(build_sdxl_shapes_pipeline(0, device, dtype), "sdxl-random")
+    return ti_pair(build_sd15_pipeline(0).to(device, dtype), "sd15-random")
 
 
-def build_pair(device: str, dtype: torch.dtype):
-    from diffusers import StableDiffusionPipeline
-
-    base = build_sd15().to(device, dtype)
-    base.set_progress_bar_config(disable=True)
-    parts = dict(
-        base.components, text_encoder=copy.deepcopy(base.text_encoder), tokenizer=copy.deepcopy(base.tokenizer)
-    )
-    custom = StableDiffusionPipeline(**parts)
-    custom.load_textual_inversion(
-        {"<new1>": torch.randn(768, generator=torch.Generator().manual_seed(1))}, token="<new1>"
-    )
-    custom.text_encoder.to(device, dtype)
-    return ModelPair(
-        baseline=base,
-        custom=custom,
-        baseline_id="sd15-random",
-        custom_ids=["ti-random"],
-        method="textual_inversion",
-        artifacts=[],
-        warnings=[],
-    )
+def encode(pipe: StableDiffusionPipeline, ids: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(encoder states c, pooled embedding or None) of pre-tokenized prompts (one id tensor per tokenizer), as the
+    pipeline's ``encode_prompt`` computes them."""
+    if not is_xl(pipe):
+        return pipe.text_encoder(ids[0])[0], None
+    states = []
+    for te, i in zip((pipe.text_encoder, pipe.text_encoder_2), ids):
+        out = te(i, output_hidden_states=True)
+        states.append(out.hidden_states[-2])
+    return torch.cat(states, dim=-1), out[0]
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=("sd15", "sdxl"), default="sd15", help="the models' shapes (random weights)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument(
         "--dtype",
@@ -150,6 +115,8 @@ def main(argv=None) -> None:
     ap.add_argument("--store-dtype", choices=["float32", "float16"], default="float32")
     ap.add_argument("--repeats", type=int, default=6, help="floor/record runs, alternated; medians reported")
     ap.add_argument("--naive-batch", type=int, default=2, help="prompts per hooked UNet forward")
+    ap.add_argument("--height", type=int, default=None, help="naive's image height (default: sd15 512, sdxl 1024)")
+    ap.add_argument("--width", type=int, default=None, help="naive's image width (default: sd15 512, sdxl 1024)")
     ap.add_argument("--out", default=None, help="folder for the stores (default: a temporary folder)")
     ap.add_argument(
         "--summary", action="store_true", help="also time record --summary (distances on the device), alternated"
@@ -160,16 +127,21 @@ def main(argv=None) -> None:
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()
-    pair = build_pair(args.device, dtype)
+    pair = build_pair(args.size, args.device, dtype)
     build_s = time.perf_counter() - t0
     texts = prompts(args.prompts)
     concepts = [Concept("<new1>", None)]
     base_texts = [t.replace("<new1> ", "") for t in texts]
 
-    def ids_of(pipe, batch):
-        return pipe.tokenizer(
-            batch, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-        ).input_ids.to(args.device)
+    def ids_of(pipe, batch) -> tuple[torch.Tensor, ...]:
+        """Ids of ``batch`` for each of the pipeline's tokenizers (SDXL's second one pads with "!")."""
+        tokenizers = (pipe.tokenizer, pipe.tokenizer_2) if is_xl(pipe) else (pipe.tokenizer,)
+        return tuple(
+            tok(batch, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids.to(
+                args.device
+            )
+            for tok in tokenizers
+        )
 
     batches = {
         m: [ids_of(getattr(pair, m), tx[i : i + args.batch_size]) for i in range(0, len(tx), args.batch_size)]
@@ -186,7 +158,7 @@ def main(argv=None) -> None:
             for m in ("baseline", "custom"):
                 pipe = getattr(pair, m)
                 for ids in batches[m]:
-                    c = pipe.text_encoder(ids)[0]
+                    c, _pooled = encode(pipe, ids)
                     record_kv(pipe.unet, c)
         sync()
         return time.perf_counter() - t
@@ -230,8 +202,13 @@ def main(argv=None) -> None:
         shutil.rmtree(folder)
         return seconds
 
+    unet_config, scale = pair.custom.unet.config, pair.custom.vae_scale_factor
+    height = args.height or unet_config.sample_size * scale
+    width = args.width or unet_config.sample_size * scale
+    latent_hw = (height // scale, width // scale)
+
     def naive() -> float:
-        """Hooked UNet forward(s) at 64x64 latents for one prompt batch: K/V of every attn2 copied to the host."""
+        """Hooked UNet forward(s) at the latent size for one prompt batch: K/V of every attn2 copied to the host."""
         pipe = pair.custom
         ids = ids_of(pipe, [pipe.maybe_convert_prompt(t, pipe.tokenizer) for t in texts[: args.naive_batch]])
         caught, handles = [], []
@@ -239,13 +216,18 @@ def main(argv=None) -> None:
             if name.endswith("attn2"):
                 for proj in (mod.to_k, mod.to_v):
                     handles.append(proj.register_forward_hook(lambda _m, _i, out: caught.append(out.cpu())))
-        latents = torch.randn(len(ids), 4, 64, 64, generator=torch.Generator().manual_seed(0)).to(args.device, dtype)
+        n = len(ids[0])
+        latents = torch.randn(n, 4, *latent_hw, generator=torch.Generator().manual_seed(0)).to(args.device, dtype)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]] * n, device=args.device, dtype=dtype)
         try:
             sync()
             t = time.perf_counter()
             with torch.no_grad():
-                c = pipe.text_encoder(ids)[0]
-                pipe.unet(latents, torch.tensor(500, device=args.device), encoder_hidden_states=c)
+                c, pooled = encode(pipe, ids)
+                added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
+                pipe.unet(
+                    latents, torch.tensor(500, device=args.device), encoder_hidden_states=c, added_cond_kwargs=added
+                )
             sync()
             return time.perf_counter() - t
         finally:
@@ -271,21 +253,23 @@ def main(argv=None) -> None:
     ratio = statistics.median(r / f for r, f in zip(records, floors))  # adjacent runs: robust to machine load
     size = sizes[-1]
     print(
-        f"bench_record: device={args.device} ({torch.cuda.get_device_name() if cuda else 'cpu'}) "
+        f"bench_record: size={args.size} device={args.device} ({torch.cuda.get_device_name() if cuda else 'cpu'}) "
         f"dtype={str(dtype).removeprefix('torch.')} store_dtype={args.store_dtype} prompts={args.prompts} "
-        f"batch={args.batch_size} threads={torch.get_num_threads()} torch={torch.__version__} "
+        f"batch={args.batch_size} attn2_layers={len(attn2_paths(pair.custom.unet))} "
+        f"threads={torch.get_num_threads()} torch={torch.__version__} "
         f"(models built in {build_s:.0f} s)"
     )
     print(f"  store: {size / 2**20:.1f} MiB on disk, {size / per / 2**20:.2f} MiB per prompt and model")
     print(
-        f"  floor  (text encoder + attn2 K/V, nothing kept) {f_ms:9.1f} ms/prompt   runs (s): "
+        f"  floor  (text encoder(s) + attn2 K/V, nothing kept) {f_ms:6.1f} ms/prompt   runs (s): "
         f"{' '.join(f'{t:.2f}' for t in floors)}"
     )
     print(
         f"  record (record_store to zarr, all stages)       {r_ms:9.1f} ms/prompt   runs (s): "
         f"{' '.join(f'{t:.2f}' for t in records)}"
     )
-    print(f"  naive  (hooked UNet step, 64x64, batch {args.naive_batch})        {n_ms:9.1f} ms/prompt")
+    hw = f"{latent_hw[0]}x{latent_hw[1]}"
+    print(f"  naive  (hooked UNet step, {hw}, batch {args.naive_batch}){'':>{13 - len(hw)}}{n_ms:9.1f} ms/prompt")
     print(
         f"  record / floor = {ratio:.3f}x   (median of the {args.repeats} adjacent pairs; target <= 1.2x; "
         f"fastest record / fastest floor {min(records) / min(floors):.3f}x)"

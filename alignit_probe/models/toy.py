@@ -12,14 +12,17 @@ projections in its transformers, and a v-prediction scheduler. SDXL's: two CLIP 
 (the second with a projection, whose pooled output conditions the UNet) with SDXL's legacy token-id configs (eos id 2,
 so the pooled state is taken at the highest token id), two tokenizers (the second padding with ``!``), a
 ``text_time`` UNet with two transformer layers per block where it attends to text, cross-attention over both
-encoders' widths, and an Euler scheduler.
+encoders' widths, and an Euler scheduler. For benchmarks, ``build_sd15_pipeline`` and ``build_sdxl_shapes_pipeline``
+give the real models' shapes (random weights, narrow VAE stand-ins).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -193,29 +196,42 @@ EULER_CONFIG = dict(
 )
 
 
-def build_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
-    """A tiny SDXL-shaped ``StableDiffusionXLPipeline`` (see the module docstring) with seeded random weights."""
+def sdxl_pipeline(
+    text_configs: tuple[dict, dict],
+    unet_config: dict,
+    vae_config: dict,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> StableDiffusionXLPipeline:
+    """A ``StableDiffusionXLPipeline`` of these configs with seeded random weights (text encoders from ``seed`` and
+    ``seed + 3``, UNet from ``seed + 1``, VAE from ``seed + 2``), both tokenizers and Euler. Each module is built on
+    ``device`` (random init of billions of parameters takes minutes on a CPU, seconds on a GPU), then cast to
+    ``dtype``, one at a time (the peak stays near the largest module's float32 size)."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT_CONFIGS[0])).eval()
-    torch.manual_seed(seed + 3)
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_CONFIGS[1])).eval()
-    torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).eval()
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(**VAE_CONFIG).eval()
+    def build(offset: int, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        torch.manual_seed(seed + offset)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            module = make().eval()
+        return module if dtype in (None, module.dtype) else module.to(dtype)
+
     return StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
+        text_encoder=build(0, lambda: CLIPTextModel(CLIPTextConfig(**text_configs[0]))),
+        text_encoder_2=build(3, lambda: CLIPTextModelWithProjection(CLIPTextConfig(**text_configs[1]))),
+        unet=build(1, lambda: UNet2DConditionModel(**unet_config)),
+        vae=build(2, lambda: AutoencoderKL(**vae_config)),
         tokenizer=clip_tokenizer(),
         tokenizer_2=clip_tokenizer(pad_token="!"),
-        unet=unet,
         scheduler=EulerDiscreteScheduler(**EULER_CONFIG),
         add_watermarker=False,
     )
+
+
+def build_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """A tiny SDXL-shaped ``StableDiffusionXLPipeline`` (see the module docstring) with seeded random weights."""
+    return sdxl_pipeline(SDXL_TEXT_CONFIGS, SDXL_UNET_CONFIG, VAE_CONFIG, seed)
 
 
 ARCHS = ("sd1", "sd2", "sdxl")
@@ -336,3 +352,34 @@ def build_sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     seeded weights, for benchmarks. Its VAE is a narrow stand-in with SD's scale factor 8 (512×512 images ↔ 64×64
     latents): generate with ``output_type="latent"`` to time the denoising alone."""
     return sd_pipeline(SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, seed)
+
+
+SDXL_BASE_TEXT_CONFIGS = (  # CLIP ViT-L/14 and OpenCLIP bigG, with SDXL's legacy ids (as SDXL_TEXT_CONFIGS)
+    dict(SD15_TEXT_CONFIG, bos_token_id=0, eos_token_id=2, pad_token_id=1),
+    dict(SDXL_TEXT_CONFIGS[1], hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20)
+    | dict(projection_dim=1280),
+)
+SDXL_BASE_UNET_CONFIG = dict(  # stabilityai/stable-diffusion-xl-base-1.0's unet/config.json (the rest: defaults)
+    sample_size=128,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    use_linear_projection=True,
+    cross_attention_dim=2048,  # 768 + 1280
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,  # 6 time ids x 256 + the pooled embedding's 1280
+    layers_per_block=2,
+)
+
+
+def build_sdxl_shapes_pipeline(
+    seed: int = 0, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> StableDiffusionXLPipeline:
+    """A pipeline of SDXL-base-1.0's shapes (CLIP ViT-L/14 and OpenCLIP bigG text encoders, the 70-site UNet with
+    2.6 B parameters) with random seeded weights, built on ``device`` and cast to ``dtype``, for benchmarks. Its VAE
+    is SD1.5's narrow stand-in (scale factor 8: 1024×1024 images ↔ 128×128 latents): generate with
+    ``output_type="latent"``. On a CPU, float32 needs about 14 GB and a minute or two to initialize."""
+    return sdxl_pipeline(SDXL_BASE_TEXT_CONFIGS, SDXL_BASE_UNET_CONFIG, SD15_VAE_CONFIG, seed, device, dtype)
