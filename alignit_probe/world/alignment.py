@@ -113,9 +113,11 @@ def concept_rows(
     model: str | None = None,
     steps: int = STEPS,
     guidance: float = GUIDANCE,
+    with_baseline: bool = True,
 ) -> list[dict]:
-    """Rows of the baseline, the customized model and each AlignIT variant ({label: AlignITOptions}; none: only
-    baseline and customized) on ``concept_prompts``. The customized model's rows are labelled ``custom``."""
+    """Rows of the baseline (unless ``with_baseline`` is false), the customized model and each AlignIT variant
+    ({label: AlignITOptions}; none: only baseline and customized) on ``concept_prompts``, all from the same noise.
+    The customized model's rows are labelled ``custom``."""
     from ..alignit.engine import alignit
     from ..alignit.generation import generate_images
 
@@ -135,8 +137,8 @@ def concept_rows(
         for label, options in (variants or {None: None}).items():
             akv = probe.alignit_kv(batch, options, model=pair.name)
             if encoded is None:
-                base = generate_images(pair.baseline, akv.baseline_embeds, **kw)
-                out["baseline"].append(np.asarray(base))
+                if with_baseline:
+                    out["baseline"].append(np.asarray(generate_images(pair.baseline, akv.baseline_embeds, **kw)))
                 out["custom"].append(np.asarray(generate_images(pair.custom, akv.custom_embeds, **kw)))
                 encoded = True
             if label is not None:
