@@ -77,7 +77,8 @@ def main() -> int:
     for k, method in enumerate(args.methods):
         folder = train(method, out / "models" / method, args)
         concept = WorldConcept.load(folder)
-        probe = Probe(baseline, [str(folder)], [Concept(concept.token, concept.class_word)], device=args.device)
+        concepts = [Concept(concept.token, concept.class_word)]
+        probe = Probe(baseline, [str(folder)], concepts, device=args.device, progress=False)
         rows = concept_rows(probe, concept, args.samples, args.seed, variants, with_baseline=k == 0)
         table += [dict(method="—" if r["model"] == "baseline" else method, **r) for r in rows]
         print(f"{method}: evaluated ({time.time() - started:.0f} s so far)", flush=True)

@@ -4,15 +4,14 @@ atomically, and the ``Probe`` built from the arguments. Bad inputs raise ``Probe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import re
-import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import ProbeError
+from ..outputs import out_dir, staged_folder  # noqa: F401  (the commands import them from here)
 
 if TYPE_CHECKING:
     from ..alignit.engine import AlignITOptions
@@ -218,33 +217,6 @@ def check_concepts(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ outputs
-def out_dir(path: str, overwrite: bool) -> Path:
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ProbeError(f"output {out} is a file", "choose a folder for --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ProbeError(f"output folder {out} is not empty", "pass --overwrite or choose another --out")
-    if not out.parent.exists():
-        raise ProbeError(f"folder {out.parent} does not exist", "create it first or choose another --out")
-    return out
-
-
-@contextlib.contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """Write into ``<out>.partial``; move it to ``out`` only when the block succeeds (else remove it)."""
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-
-
 def save_images(images: dict, folder: Path) -> None:
     """``images[name][k]`` → ``folder/<k>-<name>.png``."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
 from .common import Formatter, Subparsers, out_dir, subparser
+from .world_train import add_train_parser
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -159,6 +160,8 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--weights", default=None, help="weights from `world pretrain` (default: the shipped ones)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=cmd_pipeline)
+
+    add_train_parser(cmds)
 
     p = command("eval", "exact prompt alignment: baseline, customized model and AlignIT, with 95%% bootstrap CIs")
     p.add_argument("--baseline", default="world", help="world (shipped), a `world pretrain` file, or a pipeline dir")
