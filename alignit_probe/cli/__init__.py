@@ -25,7 +25,8 @@ def quiet_libraries(progress: bool = True) -> None:
         os.environ["TQDM_DISABLE"] = "1"
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="transformers|diffusers|xarray|zarr|torch")
+    libraries = "transformers|diffusers|huggingface_hub|xarray|zarr|torch"
+    warnings.filterwarnings("ignore", category=UserWarning, module=libraries)
     warnings.simplefilter("default", ProbeWarning)
     shown: set[str] = set()
     default_show = warnings.showwarning
