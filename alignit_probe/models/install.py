@@ -156,6 +156,29 @@ def build_custom_diffusion(unet: UNet2DConditionModel, parsed: Parsed) -> dict:
     return new
 
 
+def fresh_custom_diffusion(unet: UNet2DConditionModel) -> dict:
+    """Custom Diffusion processors for every layer, as diffusers' train_custom_diffusion.py starts them: attn2 layers
+    with their own K/V projections copied from ``to_k``/``to_v`` (to be trained), the other layers plain."""
+    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
+
+    procs = {}
+    for name in unet.attn_processors:
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        cross = name.endswith("attn2.processor")
+        proc = CustomDiffusionAttnProcessor2_0(
+            train_kv=cross,
+            train_q_out=False,
+            hidden_size=attn.to_q.out_features,
+            cross_attention_dim=attn.to_k.in_features if cross else None,
+        )
+        if cross:
+            proc.load_state_dict(
+                {"to_k_custom_diffusion.weight": attn.to_k.weight, "to_v_custom_diffusion.weight": attn.to_v.weight}
+            )
+        procs[name] = proc.to(device=unet.device, dtype=unet.dtype)
+    return procs
+
+
 def set_processors(unet: UNet2DConditionModel, new: dict) -> None:
     """Replace the named processors, keep every other layer's (``set_attn_processor`` pops from the dict it gets
     and wants one entry per layer: hand it a fresh, complete one)."""

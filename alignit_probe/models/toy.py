@@ -268,8 +268,9 @@ def write_toy_custom_diffusion(
     perturbation standing in for training) and ``<token>.safetensors`` (the modifier token's embedding; none with
     ``token=None``, as for SDXL, whose tokens need vectors for both encoders: ``write_toy_textual_inversion``)."""
     from diffusers import DiffusionPipeline
-    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
     from safetensors.torch import save_file
+
+    from .install import fresh_custom_diffusion
 
     pipe = DiffusionPipeline.from_pretrained(str(baseline_dir))
     out = Path(out)
@@ -278,22 +279,14 @@ def write_toy_custom_diffusion(
     if token is not None:
         vec = _near(pipe.text_encoder, pipe.tokenizer, init_word, scale, gen)
         save_file({token: vec.contiguous()}, str(out / f"{token}.safetensors"))
-    unet, procs = pipe.unet, {}
-    for name in unet.attn_processors:
-        attn = unet.get_submodule(name[: -len(".processor")])
-        cross = name.endswith("attn2.processor")
-        proc = CustomDiffusionAttnProcessor2_0(
-            train_kv=cross,
-            train_q_out=False,
-            hidden_size=attn.to_q.out_features,
-            cross_attention_dim=attn.to_k.in_features if cross else None,
-        )
-        if cross:
-            with torch.no_grad():
-                for mine, base in ((proc.to_k_custom_diffusion, attn.to_k), (proc.to_v_custom_diffusion, attn.to_v)):
-                    w = base.weight
+    unet = pipe.unet
+    procs = fresh_custom_diffusion(unet)  # attn2 K/V copied from the UNet's; plus seeded noise standing in for training
+    with torch.no_grad():
+        for name, proc in procs.items():
+            if name.endswith("attn2.processor"):
+                for mine in (proc.to_k_custom_diffusion, proc.to_v_custom_diffusion):
+                    w = mine.weight.clone()
                     mine.weight.copy_(w + scale * w.std() * torch.randn(w.shape, generator=gen))
-        procs[name] = proc
     unet.set_attn_processor(procs)
     unet.save_attn_procs(str(out), safe_serialization=True)
     return out

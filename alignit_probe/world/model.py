@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..models.toy import MAX_LENGTH, SCHEDULER_CONFIG, clip_tokenizer
+from ..models import toy
+from ..models.toy import SCHEDULER_CONFIG, clip_tokenizer
 from .scenes import ATTRIBUTES, POSITION_WORDS
 
 if TYPE_CHECKING:
@@ -30,43 +31,10 @@ WEIGHTS_FILE = "world.safetensors"
 STEPS = 10
 GUIDANCE = 4.0
 HEIGHT = WIDTH = 32
-TEXT_CONFIG = dict(
-    vocab_size=49408,
-    hidden_size=64,
-    intermediate_size=256,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    max_position_embeddings=MAX_LENGTH,
-    hidden_act="quick_gelu",
-    projection_dim=64,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-)
-UNET_CONFIG = dict(
-    sample_size=16,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=1,
-    block_out_channels=(64, 128),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    mid_block_type="UNetMidBlock2DCrossAttn",
-    cross_attention_dim=64,
-    attention_head_dim=4,
-    norm_num_groups=16,
-)
-VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    down_block_types=("DownEncoderBlock2D",) * 2,
-    up_block_types=("UpDecoderBlock2D",) * 2,
-    norm_num_groups=16,
-    sample_size=32,
-)
+# the toy's SD1.x configs, wider: 64-wide text encoder, UNet widths 64/128, VAE widths 32/64
+TEXT_CONFIG = dict(toy.TEXT_CONFIG, hidden_size=64, intermediate_size=256, projection_dim=64)
+UNET_CONFIG = dict(toy.UNET_CONFIG, block_out_channels=(64, 128), cross_attention_dim=64)
+VAE_CONFIG = dict(toy.VAE_CONFIG, block_out_channels=(32, 64), norm_num_groups=16)
 EMBEDDING_SUFFIX = "token_embedding.weight"  # "text_model." in front in some transformers versions
 
 

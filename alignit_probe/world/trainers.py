@@ -257,26 +257,13 @@ def textual_inversion(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: 
 
 
 def custom_diffusion(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: float, **_) -> Plan:
-    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
+    from ..models.install import fresh_custom_diffusion
 
     (token_id,) = add_tokens(pipe, [concept.token], concept.class_word)
     weight = pipe.text_encoder.get_input_embeddings().weight.requires_grad_(True)
     zero_grads, restore = only_rows(weight, [token_id])
-    unet, procs = pipe.unet, {}
-    for name in unet.attn_processors:
-        attn = unet.get_submodule(name.removesuffix(".processor"))
-        cross = name.endswith("attn2.processor")
-        proc = CustomDiffusionAttnProcessor2_0(
-            train_kv=cross,
-            train_q_out=False,
-            hidden_size=attn.to_q.out_features,
-            cross_attention_dim=attn.to_k.in_features if cross else None,
-        )
-        if cross:
-            proc.load_state_dict(
-                {"to_k_custom_diffusion.weight": attn.to_k.weight, "to_v_custom_diffusion.weight": attn.to_v.weight}
-            )
-        procs[name] = proc.to(unet.device)
+    unet = pipe.unet
+    procs = fresh_custom_diffusion(unet)
     layers = [p for proc in procs.values() for p in proc.parameters()]
     unet.set_attn_processor(dict(procs))  # it pops from the dict it gets
 
