@@ -1,5 +1,6 @@
 """The paper's table on the toy world: for each customization method, the baseline, the customized model and AlignIT
-(plus keys-only, values-only and up-blocks-only AlignIT), scored exactly on prompts that put the concept in a context
+(plus keys-only, values-only and up-blocks-only AlignIT, and AlignIT taking the end token and padding from the
+customized model's dummy prompt instead of the baseline), scored exactly on prompts that put the concept in a context
 its references never showed.
 
     python analyses/world_table.py --out analyses/world/table [--samples 200] [--methods …] [--device cpu]
@@ -28,6 +29,7 @@ VARIANTS = {
     "alignit K only": AlignITOptions(values=False),
     "alignit V only": AlignITOptions(keys=False),
     "alignit up blocks": AlignITOptions(blocks=["up"]),
+    "alignit end from dummy": AlignITOptions(end_tokens="dummy"),
 }
 ATTRIBUTES = ("background", "position", "concept_fidelity")
 COLUMNS = ("method", "model", "attribute", "accuracy", "ci_low", "ci_high", "n")
@@ -40,7 +42,10 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seed of training, prompts and noise")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="customization methods")
     ap.add_argument(
-        "--ablations", action=argparse.BooleanOptionalAction, default=True, help="K-only, V-only, up-blocks AlignIT"
+        "--ablations",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="K-only, V-only, up-blocks and end-from-dummy AlignIT",
     )
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: each method's)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda …")

@@ -56,6 +56,15 @@ class AlignITOptions:
     alpha: float = 1.0
     denoiser: str = "custom"  # or "baseline"
     pooled: str = "baseline"  # SDXL's pooled embedding: the baseline's of the prompt without modifier, or "custom"
+    end_tokens: str = "baseline"  # end token and padding: the baseline's (the paper), or "dummy": the customized
+    # model's on the first concept's dummy prompt
+
+
+def end_from(options: AlignITOptions, dummies: dict) -> int | None:
+    """The concept whose dummy prompt gives the end token and padding (None: the baseline's)."""
+    if options.end_tokens not in ("baseline", "dummy"):
+        raise ProbeError(f"unknown end-token source {options.end_tokens!r}", "use --end-tokens baseline or dummy")
+    return min(dummies) if options.end_tokens == "dummy" else None
 
 
 @dataclass
@@ -98,6 +107,7 @@ def validate(pair: ModelPair, concepts: list[Concept], options: AlignITOptions) 
     """Every AlignIT option checked against the models, before any work is done."""
     check_alpha(options.alpha)
     check_pooled(options)
+    end_from(options, {0: None})
     check_layouts(pair.baseline.unet, pair.custom.unet)
     select_sites(denoiser_of(pair, options).unet, options.layers, options.blocks, options.resolutions)
     tokenize_dummies(pair.custom, pair.baseline.tokenizer, concepts, options.template)
@@ -123,7 +133,7 @@ def alignit_kv(
     sites = select_sites(denoiser.unet, options.layers, options.blocks, options.resolutions)
     ct, bt, warnings = tokenize_prompts(prompts, pair.custom, pair.baseline.tokenizer, concepts, allow_absent, first)
     dummies = tokenize_dummies(pair.custom, pair.baseline.tokenizer, concepts, options.template)
-    plans = [alignit_plan(c, b, dummies) for c, b in zip(ct, bt)]
+    plans = [alignit_plan(c, b, dummies, end_from(options, dummies)) for c, b in zip(ct, bt)]
     warnings += [
         f"prompt {k}: AlignIT sequence truncated by {p.dropped} token(s)"
         for k, p in enumerate(plans, first)

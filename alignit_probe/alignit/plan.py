@@ -65,8 +65,15 @@ def tokenize_dummies(
     return dummies
 
 
-def alignit_plan(custom: TokenizedPrompt, baseline: TokenizedPrompt, dummies: dict[int, TokenizedPrompt]) -> Plan:
-    """Rebuild the sequence: the customized prompt's order, baseline tokens outside spans, dummy spans inside."""
+def alignit_plan(
+    custom: TokenizedPrompt,
+    baseline: TokenizedPrompt,
+    dummies: dict[int, TokenizedPrompt],
+    end_from: int | None = None,
+) -> Plan:
+    """Rebuild the sequence: the customized prompt's order, baseline tokens outside spans, dummy spans inside. With
+    ``end_from`` (a concept index), the end token and the padding come from that concept's dummy prompt instead of
+    the baseline (in a causal encoder they summarise the whole prompt, so they carry the concept too)."""
     n = len(baseline.ids)
     eos_c = custom.label.index(("eos",))
     spans = custom.spans
@@ -82,19 +89,22 @@ def alignit_plan(custom: TokenizedPrompt, baseline: TokenizedPrompt, dummies: di
     room = n - 2
     dropped = max(0, len(content) - room)
     content = content[:room]
-    pads = [p for p, r in enumerate(baseline.role) if r == "padding"]
-    fill = pads[-1] if pads else baseline.label.index(("eos",))
+    end = baseline if end_from is None else dummies[end_from]
+    end_source = BASELINE if end_from is None else end_from
+    pads = [p for p, r in enumerate(end.role) if r == "padding"]
+    fill = pads[-1] if pads else end.label.index(("eos",))
     n_pad = room - len(content)
     pad_src = (pads + [fill] * n_pad)[:n_pad]
-    source = [BASELINE] + [s for s, _, _ in content] + [BASELINE] * (1 + n_pad)
-    position = [0] + [p for _, p, _ in content] + [baseline.label.index(("eos",))] + pad_src
+    source = [BASELINE] + [s for s, _, _ in content] + [end_source] * (1 + n_pad)
+    position = [0] + [p for _, p, _ in content] + [end.label.index(("eos",))] + pad_src
     label = [("bos",)] + [lab for _, _, lab in content] + [("eos",)] + [("pad", j) for j in range(n_pad)]
 
     def pick(attr):
         return [getattr(baseline if s == BASELINE else dummies[s], attr)[p] for s, p in zip(source, position)]
 
-    concept = [-1 if s == BASELINE else s for s in source]
-    role = ["concept" if s != BASELINE else r for s, r in zip(source, pick("role"))]
+    in_span = [s != BASELINE and lab[0] == "concept" for s, lab in zip(source, label)]
+    concept = [s if span else -1 for s, span in zip(source, in_span)]
+    role = ["concept" if span else r for span, r in zip(in_span, pick("role"))]
     tp = TokenizedPrompt(custom.text, pick("ids"), pick("tokens"), role, concept, label, dropped)
     tp.ref_index = align_positions(tp, baseline)
     return Plan(tp, source, position, dropped)

@@ -148,6 +148,12 @@ def add_alignit_args(p: argparse.ArgumentParser) -> None:
         default="baseline",
         help="SDXL's pooled text embedding: the baseline's of the prompt without modifier, or the customized one's",
     )
+    g.add_argument(
+        "--end-tokens",
+        choices=("baseline", "dummy"),
+        default="baseline",
+        help="end token and padding K/V: the baseline's (the paper) or the customized model's on the dummy prompt",
+    )
 
 
 def alignit_options(args: argparse.Namespace) -> AlignITOptions:
@@ -165,6 +171,7 @@ def alignit_options(args: argparse.Namespace) -> AlignITOptions:
         alpha=args.alpha,
         denoiser=args.denoiser,
         pooled=args.pooled,
+        end_tokens=args.end_tokens,
     )
 
 

@@ -126,7 +126,7 @@ def custom_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
         device=str(device),
         progress=not args.no_progress,
     )
-    variants = {"alignit": AlignITOptions()} if args.alignit else None
+    variants = {"alignit": AlignITOptions(end_tokens=args.end_tokens)} if args.alignit else None
     return concept_rows(
         probe, concept, args.samples, args.seed, variants, steps=args.steps, guidance=args.guidance_scale
     )
@@ -175,6 +175,12 @@ def add_parser(sub: Subparsers) -> None:
         "default: the world_concept.json next to --custom",
     )
     p.add_argument("--alignit", action="store_true", help="also AlignIT's images (rows model=alignit)")
+    p.add_argument(
+        "--end-tokens",
+        choices=("baseline", "dummy"),
+        default="baseline",
+        help="AlignIT's end token and padding: the baseline's (the paper) or the customized model's dummy prompt's",
+    )
     p.add_argument("--samples", type=int, default=200, help="prompt × seed samples")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise")
     p.add_argument("--steps", type=int, default=STEPS, help="denoising steps (the world's default)")

@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 from numpy.typing import DTypeLike
 
-from ..alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv
+from ..alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv, end_from
 from ..alignit.generation import generate_images
 from ..alignit.plan import alignit_plan, tokenize_dummies
 from ..capture.attention import AttentionCollector, AttentionSlices, capture_attention
@@ -55,7 +55,8 @@ def alignit_length(pair: ModelPair, concepts: list[Concept], prompts: list[str],
     dummies = tokenize_dummies(pair.custom, pair.baseline.tokenizer, concepts, options.template)
     n = 1
     for p in prompts:
-        plan = alignit_plan(*tokenize_pair(p, pair.custom, pair.baseline.tokenizer, concepts), dummies)
+        pair_tokens = tokenize_pair(p, pair.custom, pair.baseline.tokenizer, concepts)
+        plan = alignit_plan(*pair_tokens, dummies, end_from(options, dummies))
         n = max(n, sum(r != "padding" for r in plan.tokens.role))
     return n
 

@@ -20,8 +20,12 @@ PROMPTS = ["photo of a <new1> cat on the beach", "a <new1> in a red hat"]
 GEN = dict(seed=0, steps=2, guidance_scale=7.5, output_type="np")
 
 
-def test_alignit_kv_invariants(cd_pair):
-    akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS)
+@pytest.mark.parametrize("end_tokens", ["baseline", "dummy"])
+def test_alignit_kv_invariants(cd_pair, end_tokens):
+    """Every position's K/V is, bit for bit, the baseline's (context; start; end and padding unless
+    ``end_tokens="dummy"``) or the customized model's on the dummy prompt (concept span; end and padding with
+    ``"dummy"``)."""
+    akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS, AlignITOptions(end_tokens=end_tokens))
     base_kv = record_kv(cd_pair.baseline.unet, encoder_states(cd_pair.baseline, akv.baseline))
     dummy = akv.plans[0]  # any plan: all share the one dummy prompt
     from alignit_probe.alignit.plan import tokenize_dummies
@@ -38,6 +42,14 @@ def test_alignit_kv_invariants(cd_pair):
                 )
                 assert torch.equal(k[p, i], ref_k[pos]) and torch.equal(v[p, i], ref_v[pos])
     assert dummy.tokens.role.count("concept") == 2
+    for plan in akv.plans:
+        for s, lab, role in zip(plan.source, plan.tokens.label, plan.tokens.role):
+            if lab[0] in ("eos", "pad"):
+                assert s == (BASELINE if end_tokens == "baseline" else 0) and role in ("special", "padding")
+            elif lab[0] != "concept":
+                assert s == BASELINE and role != "concept"
+    with pytest.raises(ProbeError, match="end-token"):
+        alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(end_tokens="custom"))
 
 
 def test_injected_kv_reach_attention_for_conditional_rows_only(cd_pair):
