@@ -148,8 +148,9 @@ def figure(rows: list[dict], path: Path) -> None:
         ax.set_title(attribute)
         ax.set_ylim(0, 1.05)
     axes[0].set_ylabel("accuracy (exact scorer)")
-    axes[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
