@@ -21,9 +21,8 @@ from pathlib import Path
 from _common import Parser, run
 
 from alignit_probe import AlignITOptions, Concept, Probe, ProbeError
+from alignit_probe.world.trainers import DEFAULT_TOKENS, METHODS
 
-METHODS = ("textual-inversion", "custom-diffusion", "dreambooth", "lora")
-TOKENS = {"textual-inversion": "<new1>", "custom-diffusion": "<new1>", "dreambooth": "sks", "lora": "sks"}
 VARIANTS = {
     "alignit": AlignITOptions(),
     "alignit K only": AlignITOptions(values=False),
@@ -59,7 +58,7 @@ def train(method: str, folder: Path, args) -> Path:
     if (folder / "train_config.json").is_file():
         print(f"{method}: reusing {folder}", flush=True)
         return folder
-    concept = WorldConcept(token=TOKENS[method])
+    concept = WorldConcept(token=DEFAULT_TOKENS[method])
     start = time.time()
     train_concept(method, folder, concept, steps=args.steps, device=args.device, seed=args.seed, progress=False)
     print(f"{method}: trained in {time.time() - start:.0f} s", flush=True)

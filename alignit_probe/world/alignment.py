@@ -20,7 +20,7 @@ import torch
 from .concept import CONTEXT, IDENTITY, WorldConcept
 from .evaluate import correctness, world_images
 from .model import GUIDANCE, HEIGHT, STEPS, WIDTH
-from .scenes import ATTRIBUTES, NAMES, sample_scenes
+from .scenes import ATTRIBUTES, sample_scenes
 from .scorer import score_images
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ def concept_rows(
     prompts = concept_prompts(concept, samples, seed)
     pair = probe.models.pair(model)
     kw = dict(steps=steps, guidance_scale=guidance, height=HEIGHT, width=WIDTH, output_type="np", progress=False)
+    plans = variants or {None: None}  # without variants: the encodings only, no AlignIT images
     out: dict[str, list] = {"baseline": [], "custom": [], **{label: [] for label in variants or {}}}
     chunks = range(0, samples, BATCH)
     if probe.progress:
@@ -133,14 +134,12 @@ def concept_rows(
     for start in chunks:
         batch = prompts.with_token[start : start + BATCH]
         kw["seed"] = seed * 1_000_003 + start
-        encoded = None
-        for label, options in (variants or {None: None}).items():
-            akv = probe.alignit_kv(batch, options, model=pair.name)
-            if encoded is None:
-                if with_baseline:
-                    out["baseline"].append(np.asarray(generate_images(pair.baseline, akv.baseline_embeds, **kw)))
-                out["custom"].append(np.asarray(generate_images(pair.custom, akv.custom_embeds, **kw)))
-                encoded = True
+        akvs = {label: probe.alignit_kv(batch, options, model=pair.name) for label, options in plans.items()}
+        first = next(iter(akvs.values()))
+        if with_baseline:
+            out["baseline"].append(np.asarray(generate_images(pair.baseline, first.baseline_embeds, **kw)))
+        out["custom"].append(np.asarray(generate_images(pair.custom, first.custom_embeds, **kw)))
+        for label, akv in akvs.items():
             if label is not None:
                 with alignit(pair, akv) as pipe:
                     out[label].append(np.asarray(generate_images(pipe, akv.cond_embeds, **kw)))
@@ -152,4 +151,3 @@ def concept_rows(
 
 
 ROW_KEYS = ("model", "attribute", "accuracy", "ci_low", "ci_high", "n")
-ATTRIBUTE_NAMES = (*NAMES, FIDELITY)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ProbeError
-from .scenes import ATTRIBUTES, NAMES, POSITION_WORDS, Scenes, render, sample_scenes
+from .scenes import ATTRIBUTES, POSITION_WORDS, Scenes, render, sample_scenes
 
 CONCEPT_FILE = "world_concept.json"
 # what makes the object itself: the context attributes (background, position) are what prompts vary
@@ -65,11 +65,6 @@ class WorldConcept:
 
     def train_prompt(self) -> str:
         return self.prompt()
-
-    def scene_values(self) -> list[int]:
-        """The attribute indices of the concept (``NAMES`` order; background the references')."""
-        full = dict(self.attributes, background=self.background, position="center")
-        return [ATTRIBUTES[a].index(full[a]) for a in NAMES]
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CONCEPT_FILE

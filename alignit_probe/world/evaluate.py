@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,11 +22,10 @@ def world_images(
     batch: int = 64,
     steps: int = STEPS,
     guidance: float = GUIDANCE,
-    generate: Callable | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """Images (sample, 32, 32, 3) in [0, 1] for ``prompts``, each from its own seed (so a sample does not depend on
-    the batch it falls in). ``generate(prompts, generators)`` replaces the plain pipeline call (AlignIT)."""
+    the batch it falls in)."""
     device = pipe.unet.device
     pipe.set_progress_bar_config(disable=True)
     out = []
@@ -39,19 +37,16 @@ def world_images(
     for start in chunks:
         ps = prompts[start : start + batch]
         gens = [torch.Generator(device).manual_seed(s) for s in seeds[start : start + batch]]
-        if generate is not None:
-            images = generate(ps, gens)
-        else:
-            with torch.no_grad():
-                images = pipe(
-                    ps,
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    height=HEIGHT,
-                    width=WIDTH,
-                    generator=gens,
-                    output_type="np",
-                ).images
+        with torch.no_grad():
+            images = pipe(
+                ps,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                height=HEIGHT,
+                width=WIDTH,
+                generator=gens,
+                output_type="np",
+            ).images
         out.append(np.asarray(images, dtype=np.float32))
     return np.concatenate(out) if out else np.zeros((0, HEIGHT, WIDTH, 3), np.float32)
 
@@ -72,11 +67,9 @@ def sample_accuracy(
     n: int,
     seed: int = 0,
     split: str = "held_out",
-    device: torch.device | str | None = None,
     batch: int = 64,
 ) -> dict:
     """Mean accuracy per attribute of ``n`` sampled captions of ``split`` (rounded to 4 digits)."""
-    device = torch.device(device or pipe.unet.device)
     scenes = sample_scenes(n, torch.Generator().manual_seed(seed), split)
     images = world_images(pipe, scenes.captions(), [seed * 100_003 + i for i in range(n)], batch=batch)
     table = correctness(images, scenes)

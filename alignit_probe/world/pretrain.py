@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .evaluate import sample_accuracy
 from .model import assemble, weights_state, world_components
 from .scenes import render, sample_scenes
+from .train_loop import noised
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -139,14 +140,11 @@ def pretrain(out: str | Path, recipe: Recipe, device: str = "cpu", log_path: str
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         with torch.no_grad():
             z = parts["vae"].encode(render(scenes) * 2 - 1).latent_dist.sample(generator=gen) * scale
-        noise = torch.randn(z.shape, generator=gen, device=device)
-        t = torch.randint(0, len(alphas), (z.shape[0],), generator=gen, device=device)
-        a = alphas[t].sqrt()[:, None, None, None]
-        s = (1 - alphas[t]).sqrt()[:, None, None, None]
+        noisy, t, target = noised(z, alphas, gen)
         with autocast:
             cond = te(ids_of(captions))[0]
-            pred = unet(a * z + s * noise, t, cond).sample
-        loss = F.mse_loss(pred.float(), a * noise - s * z)
+            pred = unet(noisy, t, cond).sample
+        loss = F.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -163,9 +161,7 @@ def pretrain(out: str | Path, recipe: Recipe, device: str = "cpu", log_path: str
             _log(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", log)
         if step % every == 0 or step == total:
             pipe = assemble(dict(parts, unet=ema["unet"], text_encoder=ema["text_encoder"]))
-            acc = sample_accuracy(
-                pipe, recipe.eval_samples, 1234, "held_out", device, 256 if device.type == "cuda" else 64
-            )
+            acc = sample_accuracy(pipe, recipe.eval_samples, 1234, "held_out", 256 if device.type == "cuda" else 64)
             worst = min(acc.values())
             curve.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - t0, 1), **acc})
             _log(f"eval step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in acc.items()), log)

@@ -56,9 +56,6 @@ class Scenes:
     def captions(self, prefix: str = "a photo of a") -> list[str]:
         return [caption(v, n, prefix) for v, n in zip(self.values.tolist(), self.named.tolist())]
 
-    def to(self, device: torch.device | str) -> Scenes:
-        return Scenes(self.values.to(device), self.named.to(device), self.jitter.to(device))
-
 
 def caption(values: list[int], named: list[bool], prefix: str = "a photo of a") -> str:
     """The caption naming the attributes flagged in ``named``: ``a photo of a large red striped circle on the left on

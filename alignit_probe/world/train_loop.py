@@ -90,6 +90,18 @@ def prompt_ids(pipe: StableDiffusionPipeline, prompt: str) -> torch.Tensor:
     return enc.input_ids.to(pipe.text_encoder.device)
 
 
+def noised(
+    z: torch.Tensor, alphas: torch.Tensor, gen: torch.Generator, v_prediction: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training example of latents ``z``: (noisy latents, timesteps, target) — uniform timesteps, the target v
+    (``a·noise − s·z``) or the noise."""
+    noise = torch.randn(z.shape, generator=gen, device=z.device)
+    t = torch.randint(0, len(alphas), (z.shape[0],), generator=gen, device=z.device)
+    a = alphas[t].sqrt()[:, None, None, None]
+    s = (1 - alphas[t]).sqrt()[:, None, None, None]
+    return a * z + s * noise, t, (a * noise - s * z) if v_prediction else noise
+
+
 def fit(
     pipe: StableDiffusionPipeline,
     plan: Plan,
@@ -124,13 +136,10 @@ def fit(
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, leave=False)
     for _ in bar:
         z = (mean + std * torch.randn(mean.shape, generator=gen, device=device)) * scale
-        noise = torch.randn(z.shape, generator=gen, device=device)
-        t = torch.randint(0, len(alphas), (k,), generator=gen, device=device)
-        a = alphas[t].sqrt()[:, None, None, None]
-        s = (1 - alphas[t]).sqrt()[:, None, None, None]
+        noisy, t, target = noised(z, alphas, gen, v_prediction)
         cond = (te(ids)[0] if fixed is None else fixed).expand(k, -1, -1)
-        pred = unet(a * z + s * noise, t, cond).sample
-        loss = F.mse_loss(pred.float(), (a * noise - s * z) if v_prediction else noise)
+        pred = unet(noisy, t, cond).sample
+        loss = F.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         plan.after_backward()
