@@ -17,6 +17,7 @@ import torch
 from ..errors import ProbeError
 from .artifacts import RETRAINED, Parsed, parse_artifact
 from .install import build_custom_diffusion, check_embeddings, check_lora, set_processors
+from .peft_text import peft_load_adapter
 from .pipes import TEXT_2, is_xl, text_encoders
 from .verify import PROBE, stages, verify
 
@@ -129,12 +130,13 @@ def load_tokens(
 
 
 def load_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
-    """Delegate to diffusers' ``load_lora_weights``; keep every LoRA loaded so far active (diffusers activates
-    only the newest adapter)."""
+    """Delegate to diffusers' ``load_lora_weights`` (text-encoder layers too, see ``peft_text``); keep every LoRA
+    loaded so far active (diffusers activates only the newest adapter)."""
     names = list(dict.fromkeys(n for v in pipe.get_list_adapters().values() for n in v))
     name = f"artifact_{len(names)}"
     try:
-        pipe.load_lora_weights(dict(parsed.weights), adapter_name=name)
+        with peft_load_adapter([te for _, _, te in text_encoders(pipe)]):
+            pipe.load_lora_weights(dict(parsed.weights), adapter_name=name)
     except Exception as e:
         raise ProbeError(
             f"diffusers could not load the LoRA in {parsed.path} ({str(e).strip()[:160]})",

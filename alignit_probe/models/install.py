@@ -61,8 +61,6 @@ def check_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
         if prefix not in parts:
             raise ProbeError(f"LoRA in {parsed.path} targets {prefix!r}, which this pipeline lacks", RETRAINED)
         parts[prefix][rest] = value
-    if any(part for component, part in parts.items() if component != "unet"):
-        check_text_encoder_peft(parsed.path)
     for component, part in parts.items():
         if not part:
             continue
@@ -74,6 +72,8 @@ def check_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
             if target is None or value.ndim < 2:
                 continue
             path, role = target
+            if component != "unet" and not hasattr(root, "text_model"):
+                path = path.removeprefix("text_model.")  # as diffusers: transformers 5 flattens CLIPTextModel
             try:
                 module = root.get_submodule(path)
             except AttributeError:
@@ -90,26 +90,6 @@ def check_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
                     f"LoRA in {parsed.path} has {side} width {got} at {component}.{path}, which is {want}-wide",
                     RETRAINED,
                 )
-
-
-def check_text_encoder_peft(path: str) -> None:
-    """diffusers loads a LoRA's text-encoder part through transformers' ``load_adapter``, which refuses peft
-    versions below its own minimum: say so before anything is loaded."""
-    import importlib.metadata
-
-    from packaging.version import Version
-
-    try:
-        from transformers.integrations.peft import MIN_PEFT_VERSION
-    except ImportError:  # transformers 4.x names no minimum there
-        return
-    have = importlib.metadata.version("peft")
-    if Version(have) < Version(MIN_PEFT_VERSION):
-        raise ProbeError(
-            f"the LoRA in {path} has text-encoder layers, which transformers loads only with peft >= "
-            f"{MIN_PEFT_VERSION} (installed: {have})",
-            f"upgrade peft (pip install -U 'peft>={MIN_PEFT_VERSION}'), or use a LoRA of the UNet only",
-        )
 
 
 def build_custom_diffusion(unet: UNet2DConditionModel, parsed: Parsed) -> dict:

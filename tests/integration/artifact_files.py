@@ -83,12 +83,38 @@ def write_lora(toy_dir, out, zero=False, seed=3):
     return sites.record_kv(pipe.unet, encoder_output())
 
 
+TEXT_LORA_PROMPT = "a photo of sks dog"
+
+
+def write_text_encoder_lora(toy_dir, out, seed=6):
+    """As train_dreambooth_lora.py --train_text_encoder: peft adapters on the UNet and on the text encoder's
+    q/k/v/out projections, saved with save_lora_weights. Returns the trained text encoder's output on
+    TEXT_LORA_PROMPT, which the loaded LoRA must reproduce exactly."""
+    pipe = load_pipeline(toy_dir)
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_v"], init_lora_weights=False))
+    text = peft.LoraConfig(
+        r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], init_lora_weights=False
+    )
+    peft.inject_adapter_in_model(text, pipe.text_encoder)  # (transformers' add_adapter may want a newer peft)
+    StableDiffusionPipeline.save_lora_weights(
+        str(out),
+        unet_lora_layers=peft.utils.get_peft_model_state_dict(pipe.unet),
+        text_encoder_lora_layers=peft.utils.get_peft_model_state_dict(pipe.text_encoder),
+    )
+    ids = pipe.tokenizer(TEXT_LORA_PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
 def to_kohya(diffusers_file, out_file):
     """diffusers/peft LoRA keys renamed by hand to kohya's (lora_unet_<module_path_with_underscores>)."""
     kohya = {}
     for key, value in load_file(str(diffusers_file)).items():
-        module, role = key.removeprefix("unet.").rsplit(".lora_", 1)
-        name = "lora_unet_" + module.replace(".", "_")
+        module, role = key.rsplit(".lora_", 1)
+        component, module = module.split(".", 1)
+        prefix = {"unet": "lora_unet_", "text_encoder": "lora_te_text_model_"}[component]
+        name = prefix + module.removeprefix("text_model.").replace(".", "_")
         kohya[f"{name}.{'lora_down' if role.startswith('A') else 'lora_up'}.weight"] = value
         kohya[f"{name}.alpha"] = torch.tensor(4.0)
     save_file(kohya, str(out_file))

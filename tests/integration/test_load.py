@@ -12,13 +12,17 @@ from safetensors.torch import load_file
 
 from alignit_probe.capture import sites
 from alignit_probe.models.load import apply_artifact, load_pair, load_pipeline
+from alignit_probe.record.batch import stage_tensors
+from alignit_probe.text.concepts import tokenize_pair
 from tests.integration.artifact_files import (
     DIM,
     cd_processors,
     encoder_output,
+    TEXT_LORA_PROMPT,
     to_kohya,
     write_cd,
     write_lora,
+    write_text_encoder_lora,
     write_ti,
 )
 from tests.integration.load_checks import NOTHING
@@ -164,6 +168,41 @@ def test_lora_kohya_format(toy_dir, arts, tmp_path):
     kv = sites.record_kv(pipe.unet, encoder_output())
     for path, (k, v) in arts["lora_kv"].items():  # alpha == rank: the same adapter as the diffusers file
         assert torch.allclose(kv[path][0], k, atol=1e-6) and torch.allclose(kv[path][1], v, atol=1e-6)
+
+
+def recorded_encoder_output(pipe):
+    tp = tokenize_pair(TEXT_LORA_PROMPT, pipe, pipe.tokenizer, [], True)[0]
+    return stage_tensors(pipe, [tp])["text"]["encoder_output"]
+
+
+@pytest.mark.parametrize("form", ["diffusers", "kohya"])
+def test_lora_with_text_encoder_layers(toy_dir, tmp_path, base, form):
+    """train_dreambooth_lora.py --train_text_encoder (and its kohya form): the text encoder's LoRA loads, with
+    peft directly where transformers refuses the installed peft, and the recorded encoder output is the trained
+    text encoder's, exactly (diffusers file) or to float rounding (kohya's alpha path)."""
+    trained = write_text_encoder_lora(toy_dir, tmp_path / "lora")
+    spec = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    if form == "kohya":
+        spec = to_kohya(spec, tmp_path / "kohya.safetensors")
+    assert any(".q_proj." in k or "_q_proj." in k for k in load_file(str(spec)))
+    pair = load_pair(toy_dir, [str(spec)], progress=False)
+    assert (pair.method, pair.warnings) == ("lora", [])
+    assert pair.custom.get_list_adapters() == {"unet": ["artifact_0"], "text_encoder": ["artifact_0"]}
+    assert "load_adapter" not in vars(pair.custom.text_encoder)  # the override lasted one load only
+    got = recorded_encoder_output(pair.custom)
+    if form == "diffusers":
+        assert torch.equal(got[0], trained[0])
+    else:
+        assert torch.allclose(got[0], trained[0], atol=1e-5)
+    assert not torch.allclose(recorded_encoder_output(base)[0], trained[0], atol=1e-3)
+
+
+def test_text_encoder_lora_mixes_with_a_second_lora(toy_dir, arts, tmp_path):
+    """Two LoRAs, one with text-encoder layers: both stay active on the UNet, the text encoder keeps its own."""
+    trained = write_text_encoder_lora(toy_dir, tmp_path / "te")
+    pair = load_pair(toy_dir, [str(tmp_path / "te"), str(arts["lora"])], progress=False)
+    assert sorted(pair.custom.get_active_adapters()) == ["artifact_0", "artifact_1"] and pair.warnings == []
+    assert torch.equal(recorded_encoder_output(pair.custom)[0], trained[0])
 
 
 def test_two_loras_both_stay_active(toy_dir, arts, tmp_path, base):

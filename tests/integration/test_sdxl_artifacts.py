@@ -51,7 +51,7 @@ def write_lora(base_dir, root, text=True):
         peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"], init_lora_weights=False)
     )
     layers = {"unet_lora_layers": peft.utils.get_peft_model_state_dict(pipe.unet)}
-    if text:  # (peft directly: transformers' own add_adapter may want a newer peft than diffusers does)
+    if text:  # (peft directly: transformers' own add_adapter may want a newer peft than is installed)
         for name in ("text_encoder", "text_encoder_2"):
             module = getattr(pipe, name)
             config = peft.LoraConfig(
@@ -106,36 +106,13 @@ def test_textual_inversion_goes_into_both_encoders(sdxl_dir, tmp_path, form):
     )
 
 
-def text_encoder_lora_loads() -> bool:
-    """Whether transformers takes text-encoder LoRA with the installed peft (transformers 5 wants peft >= its
-    MIN_PEFT_VERSION)."""
-    import importlib.metadata
-
-    from packaging.version import Version
-
-    try:
-        from transformers.integrations.peft import MIN_PEFT_VERSION
-    except ImportError:
-        return True
-    return Version(importlib.metadata.version("peft")) >= Version(MIN_PEFT_VERSION)
-
-
-def test_text_encoder_lora_needs_a_peft_transformers_accepts(sdxl_dir, tmp_path):
-    """With a peft older than transformers' minimum, a LoRA with text-encoder layers is refused in one line before
-    anything loads (diffusers would fail half way through, inside transformers)."""
-    if text_encoder_lora_loads():
-        pytest.skip("the installed peft is recent enough")
-    lora = write_lora(sdxl_dir, tmp_path / "lora")
-    pipe = load_pipeline(sdxl_dir)
-    with pytest.raises(ProbeError, match="text-encoder layers, which transformers loads only with peft") as e:
-        apply_artifact(pipe, str(lora))
-    assert "UNet only" in e.value.fix and not pipe.get_list_adapters()
-
-
-@pytest.mark.skipif(not text_encoder_lora_loads(), reason="transformers needs a newer peft for text-encoder LoRA")
 def test_lora_on_unet_and_both_text_encoders(sdxl_dir, tmp_path):
+    """train_dreambooth_lora_sdxl.py --train_text_encoder: loads with any peft diffusers takes (with peft directly
+    where transformers refuses the installed one), exact as everywhere."""
     pair = load_pair(sdxl_dir, [str(write_lora(sdxl_dir, tmp_path / "lora"))], progress=False)
     assert pair.method == "lora" and pair.warnings == [], pair.warnings
+    adapters = pair.custom.get_list_adapters()
+    assert adapters == {"unet": ["artifact_0"], "text_encoder": ["artifact_0"], "text_encoder_2": ["artifact_0"]}
     prompt = "a photo of sks cat"
     recorded = assert_exact(pair.custom, prompt, [])
     tp = tokenize_pair(prompt, pair.baseline, pair.baseline.tokenizer, [], True)[0]
