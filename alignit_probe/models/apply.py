@@ -134,9 +134,10 @@ def load_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
     loaded so far active (diffusers activates only the newest adapter)."""
     names = list(dict.fromkeys(n for v in pipe.get_list_adapters().values() for n in v))
     name = f"artifact_{len(names)}"
+    source, where = lora_source(parsed)
     try:
         with peft_load_adapter([te for _, _, te in text_encoders(pipe)]):
-            pipe.load_lora_weights(dict(parsed.weights), adapter_name=name)
+            pipe.load_lora_weights(source, adapter_name=name, **where)
     except Exception as e:
         raise ProbeError(
             f"diffusers could not load the LoRA in {parsed.path} ({str(e).strip()[:160]})",
@@ -144,6 +145,24 @@ def load_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
         ) from e
     if names:
         pipe.set_adapters(names + [name], adapter_weights=[1.0] * (len(names) + 1))
+
+
+def lora_source(parsed: Parsed) -> tuple[object, dict]:
+    """What ``load_lora_weights`` gets: the weights already read, or the file itself where it carries diffusers'
+    LoRA adapter metadata (``lora_alpha`` and ranks per component, written by ``save_lora_weights(...,
+    unet_lora_adapter_metadata=...)`` when alpha ≠ rank), which diffusers reads only from a file: from a dict it
+    would take alpha = rank and scale the LoRA wrongly."""
+    main = parsed.files[0]
+    if main.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(main), framework="pt") as f:
+            if LORA_METADATA in (f.metadata() or {}):
+                return str(main.parent), {"weight_name": main.name}
+    return dict(parsed.weights), {}
+
+
+LORA_METADATA = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 
 
 def check_tokenizable(pipe: StableDiffusionPipeline, art: Artifact) -> None:

@@ -86,25 +86,33 @@ def write_lora(toy_dir, out, zero=False, seed=3):
 TEXT_LORA_PROMPT = "a photo of sks dog"
 
 
-def write_text_encoder_lora(toy_dir, out, seed=6):
-    """As train_dreambooth_lora.py --train_text_encoder: peft adapters on the UNet and on the text encoder's
-    q/k/v/out projections, saved with save_lora_weights. Returns the trained text encoder's output on
-    TEXT_LORA_PROMPT, which the loaded LoRA must reproduce exactly."""
+def write_text_encoder_lora(toy_dir, out, seed=6, alpha=4):
+    """As train_dreambooth_lora.py --train_text_encoder: peft adapters (rank 4) on the UNet's to_k/to_v and on the
+    text encoder's q/k/v/out projections, saved with save_lora_weights, with the adapters' configs as LoRA adapter
+    metadata when ``alpha`` is not the rank. Returns (the trained text encoder's output on TEXT_LORA_PROMPT, the
+    trained UNet's K/V on a fixed c), which the loaded LoRA must reproduce exactly."""
     pipe = load_pipeline(toy_dir)
     torch.manual_seed(seed)
-    pipe.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_v"], init_lora_weights=False))
-    text = peft.LoraConfig(
-        r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], init_lora_weights=False
-    )
-    peft.inject_adapter_in_model(text, pipe.text_encoder)  # (transformers' add_adapter may want a newer peft)
+    configs = [
+        peft.LoraConfig(r=4, lora_alpha=alpha, target_modules=modules, init_lora_weights=False)
+        for modules in (["to_k", "to_v"], ["q_proj", "k_proj", "v_proj", "out_proj"])
+    ]
+    pipe.unet.add_adapter(configs[0])
+    peft.inject_adapter_in_model(configs[1], pipe.text_encoder)  # (transformers' add_adapter may want a newer peft)
+    metadata = {}
+    if alpha != 4:  # as the training scripts that take --lora_alpha
+        for component, config in zip(("unet", "text_encoder"), configs):
+            meta = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
+            metadata[f"{component}_lora_adapter_metadata"] = meta
     StableDiffusionPipeline.save_lora_weights(
         str(out),
         unet_lora_layers=peft.utils.get_peft_model_state_dict(pipe.unet),
         text_encoder_lora_layers=peft.utils.get_peft_model_state_dict(pipe.text_encoder),
+        **metadata,
     )
     ids = pipe.tokenizer(TEXT_LORA_PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
-        return pipe.text_encoder(ids)[0]
+        return pipe.text_encoder(ids)[0], sites.record_kv(pipe.unet, encoder_output())
 
 
 def to_kohya(diffusers_file, out_file):

@@ -175,12 +175,13 @@ def recorded_encoder_output(pipe):
     return stage_tensors(pipe, [tp])["text"]["encoder_output"]
 
 
-@pytest.mark.parametrize("form", ["diffusers", "kohya"])
+@pytest.mark.parametrize("form", ["diffusers", "kohya", "alpha-metadata"])
 def test_lora_with_text_encoder_layers(toy_dir, tmp_path, base, form):
-    """train_dreambooth_lora.py --train_text_encoder (and its kohya form): the text encoder's LoRA loads, with
-    peft directly where transformers refuses the installed peft, and the recorded encoder output is the trained
-    text encoder's, exactly (diffusers file) or to float rounding (kohya's alpha path)."""
-    trained = write_text_encoder_lora(toy_dir, tmp_path / "lora")
+    """train_dreambooth_lora.py --train_text_encoder (and its kohya form; and lora_alpha ≠ rank, which diffusers
+    keeps in the file's LoRA adapter metadata): the text encoder's LoRA loads, with peft directly where transformers
+    refuses the installed peft, and the recorded encoder output and K/V are the trained model's, exactly (diffusers
+    files) or to float rounding (kohya's alpha path)."""
+    trained, trained_kv = write_text_encoder_lora(toy_dir, tmp_path / "lora", alpha=8 if "alpha" in form else 4)
     spec = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
     if form == "kohya":
         spec = to_kohya(spec, tmp_path / "kohya.safetensors")
@@ -189,9 +190,10 @@ def test_lora_with_text_encoder_layers(toy_dir, tmp_path, base, form):
     assert (pair.method, pair.warnings) == ("lora", [])
     assert pair.custom.get_list_adapters() == {"unet": ["artifact_0"], "text_encoder": ["artifact_0"]}
     assert "load_adapter" not in vars(pair.custom.text_encoder)  # the override lasted one load only
-    got = recorded_encoder_output(pair.custom)
-    if form == "diffusers":
+    got, kv = recorded_encoder_output(pair.custom), sites.record_kv(pair.custom.unet, encoder_output())
+    if form != "kohya":
         assert torch.equal(got[0], trained[0])
+        assert all(torch.equal(kv[p][0], k) and torch.equal(kv[p][1], v) for p, (k, v) in trained_kv.items())
     else:
         assert torch.allclose(got[0], trained[0], atol=1e-5)
     assert not torch.allclose(recorded_encoder_output(base)[0], trained[0], atol=1e-3)
@@ -199,7 +201,7 @@ def test_lora_with_text_encoder_layers(toy_dir, tmp_path, base, form):
 
 def test_text_encoder_lora_mixes_with_a_second_lora(toy_dir, arts, tmp_path):
     """Two LoRAs, one with text-encoder layers: both stay active on the UNet, the text encoder keeps its own."""
-    trained = write_text_encoder_lora(toy_dir, tmp_path / "te")
+    trained, _ = write_text_encoder_lora(toy_dir, tmp_path / "te")
     pair = load_pair(toy_dir, [str(tmp_path / "te"), str(arts["lora"])], progress=False)
     assert sorted(pair.custom.get_active_adapters()) == ["artifact_0", "artifact_1"] and pair.warnings == []
     assert torch.equal(recorded_encoder_output(pair.custom)[0], trained[0])
