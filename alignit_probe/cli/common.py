@@ -102,7 +102,8 @@ def add_model_args(p: argparse.ArgumentParser, *, custom_required: bool = True, 
         action="append",
         required=custom_required,
         metavar="[NAME=]SPEC",
-        help="customized model: a pipeline directory, or an artifact (Textual Inversion, A1111 .pt, Custom "
+        help="customized model: a pipeline directory, a training checkpoint folder (unet/, text_encoder/ as "
+        "train_dreambooth.py saves them), or an artifact (Textual Inversion, A1111 .pt, Custom "
         "Diffusion folder, LoRA) applied to the baseline; SPECs of one NAME stack in order, different "
         "NAMEs are different models (branches of the store); without NAME= the model is 'custom'",
     )

@@ -9,6 +9,7 @@ load?" (``verify``) compares every stage before and after, and the new token row
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -136,7 +137,9 @@ def load_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
     name = f"artifact_{len(names)}"
     source, where = lora_source(parsed)
     try:
-        with peft_load_adapter([te for _, _, te in text_encoders(pipe)]):
+        with peft_load_adapter([te for _, _, te in text_encoders(pipe)]), warnings.catch_warnings():
+            # peft on every LoRA after the first: "Already found a `peft_config` attribute" (stacking is the point)
+            warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)
             pipe.load_lora_weights(source, adapter_name=name, **where)
     except Exception as e:
         raise ProbeError(

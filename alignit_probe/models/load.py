@@ -1,9 +1,11 @@
 """Load a baseline and its customized models: ``load_models(baseline, customs) -> ModelSet`` (any number of
 customized models, each a branch of the store), ``load_pair(baseline, customs) -> ModelPair`` (exactly one).
 
-A custom SPEC is either a full pipeline directory (has ``model_index.json``: DreamBooth or any fine-tune; loaded
-whole, and it must come first) or an artifact file/folder (see ``artifacts``) applied to a fresh load of the
-baseline. Several SPECs apply in order onto the same custom pipeline, e.g. a TI embedding and then a LoRA.
+A custom SPEC is a full pipeline directory (has ``model_index.json``: DreamBooth or any fine-tune; loaded whole),
+a training checkpoint folder (``unet/``, ``text_encoder/`` … written by ``save_pretrained``: those components of the
+baseline replaced, see ``components``) — either must come first — or an artifact file/folder (see ``artifacts``)
+applied to a fresh load of the baseline. Several SPECs apply in order onto the same custom pipeline, e.g. a TI
+embedding and then a LoRA.
 
 ``--custom NAME=SPEC`` names the model a SPEC belongs to (default ``custom``); SPECs of one NAME stack. "Did it
 load?": each artifact is checked to change something (``apply``, ``verify``).
@@ -24,6 +26,7 @@ from ..errors import ProbeError
 from ..schema import DEFAULT_CUSTOM
 from .apply import Artifact, apply_artifact, apply_parsed
 from .artifacts import is_pipeline_dir, parse_artifact
+from .components import check_components, component_folders, load_components
 from .pipes import SD, SUPPORTED, not_supported
 from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec
 from .verify import differs, stages
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Artifact", "ModelPair", "ModelSet", "apply_artifact", "load_models", "load_pair", "load_pipeline"]
 
+WHOLE = {"pipeline": "full pipeline", "checkpoint": "training checkpoint"}  # SPECs that replace weights
 METHODS = {
     "textual_inversion": "textual_inversion",
     "a1111_embedding": "textual_inversion",
@@ -166,29 +170,33 @@ def load_pipeline(
 def _parse_specs(name: str, customs: list[str]) -> list:
     """The artifacts among one model's SPECs, read and recognized (a pipeline directory may only come first)."""
     kinds = [resolve_spec(c) for c in customs]
-    if "pipeline" in kinds[1:]:
-        bad = customs[kinds.index("pipeline", 1)]
-        raise ProbeError(
-            f"full pipeline {bad} must be the first SPEC of model {name} (it replaces the whole model)",
-            "put it first, followed by the artifacts to apply onto it",
-        )
-    return [parse_artifact(spec) for spec in (customs[1:] if kinds[0] == "pipeline" else customs)]
+    for i, kind in enumerate(kinds[1:], 1):
+        if kind in WHOLE:
+            raise ProbeError(
+                f"{WHOLE[kind]} {customs[i]} must be the first SPEC of model {name} (it replaces the model's weights)",
+                "put it first, followed by the artifacts to apply onto it",
+            )
+    return [parse_artifact(spec) for spec in (customs[1:] if kinds[0] in WHOLE else customs)]
 
 
 def _custom_model(
     name: str, customs: list[str], parsed: list, base, baseline: str, device, dtype, progress: bool
 ) -> ModelPair:
     kinds = [resolve_spec(c) for c in customs]
+    if kinds[0] == "checkpoint":
+        check_components(component_folders(customs[0]), base)
     note(progress, f"loading customized model {name}: {' + '.join(customs)}")
     custom = load_pipeline(customs[0] if kinds[0] == "pipeline" else baseline, device, dtype)
+    if kinds[0] == "checkpoint":
+        load_components(custom, component_folders(customs[0]))
     if sites.layout(base.unet) != sites.layout(custom.unet):
         raise ProbeError(
             f"{customs[0]} and baseline {baseline} have different cross-attention layouts (attn2 paths/heads/widths)",
             "compare a customized model with the baseline it was trained from",
         )
-    methods = ["dreambooth"] if kinds[0] == "pipeline" else []
+    methods = ["dreambooth"] if kinds[0] in WHOLE else []
     warnings = []
-    if kinds[0] == "pipeline" and not differs(stages(base), after := stages(custom), after.keys()):
+    if kinds[0] in WHOLE and not differs(stages(base), after := stages(custom), after.keys()):
         warnings.append(f"custom model {customs[0]} changed nothing: every stage is bit-identical to the baseline")
     artifacts = []
     from tqdm.auto import tqdm

@@ -11,22 +11,27 @@ import torch
 from ..errors import ProbeError
 from ..schema import DEFAULT_CUSTOM
 from .artifacts import is_pipeline_dir
+from .components import component_folders
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 RESERVED = ("baseline", "alignit")
 
 
 def resolve_spec(spec: str) -> str:
-    """'pipeline' or 'artifact', checked before any model is loaded."""
+    """'pipeline', 'checkpoint' (component folders, ``components``) or 'artifact', checked before any model is
+    loaded."""
     p = Path(spec).expanduser()
     if is_pipeline_dir(p):
         return "pipeline"
+    if component_folders(p):
+        return "checkpoint"
     if p.exists():
         return "artifact"
     if not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and not p.suffix and not spec.endswith("/"):
         return "pipeline"  # a hub id
     raise ProbeError(
-        f"customization {spec} does not exist", "check the path (a pipeline directory, or an artifact file or folder)"
+        f"customization {spec} does not exist",
+        "check the path (a pipeline directory, a training checkpoint folder, or an artifact file or folder)",
     )
 
 

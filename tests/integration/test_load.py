@@ -16,9 +16,9 @@ from alignit_probe.record.batch import stage_tensors
 from alignit_probe.text.concepts import tokenize_pair
 from tests.integration.artifact_files import (
     DIM,
+    TEXT_LORA_PROMPT,
     cd_processors,
     encoder_output,
-    TEXT_LORA_PROMPT,
     to_kohya,
     write_cd,
     write_lora,
