@@ -4,10 +4,13 @@ Target: ≤ 1.05×. The customized model is a Custom Diffusion model (modifier t
 random perturbation) of the toy or of SD1.5's shapes with random weights; at SDXL-base-1.0's shapes (``--size
 sdxl``, built on the device, 1024×1024 by default) a Textual Inversion token ``<new1>`` in both text encoders
 (``ti_pair.py``), so plain generation runs the UNet's own processors and AlignIT its K/V injection.
+``--size sdxl-skeleton``: the same at SDXL's topology with tiny widths (``skeleton.py``; 256×256 by default): the
+per-layer, per-site and per-step overhead that decides the ratio on a GPU, measurable on a CPU.
 
     python benchmarks/bench_alignit.py --size toy --steps 20 --repeats 3
     python benchmarks/bench_alignit.py --size sd15 --steps 2 --repeats 2 [--device cuda --dtype float16]
     python benchmarks/bench_alignit.py --size sdxl --steps 20 --repeats 3 --device cuda --dtype float16
+    python benchmarks/bench_alignit.py --size sdxl-skeleton --steps 20 --repeats 5
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ from alignit_probe.models.toy import (  # noqa: E402
 )
 from alignit_probe.text.concepts import Concept, tokenize_prompts  # noqa: E402
 from alignit_probe.text.encoder import conditioning  # noqa: E402
+from benchmarks.skeleton import build_sdxl_skeleton_pipeline  # noqa: E402
 from benchmarks.ti_pair import ti_pair  # noqa: E402
 
 
 def make_pair(size: str, device: str, dtype: torch.dtype, tmp: str) -> ModelPair:
+    if size == "sdxl-skeleton":
+        return ti_pair(build_sdxl_skeleton_pipeline(0, device, dtype), "sdxl-skeleton")
     if size == "sdxl":  # 2.6 B parameters: built on the device, never through the disk
         return ti_pair(build_sdxl_shapes_pipeline(0, device, dtype), "sdxl-random")
     pipe = build_toy_pipeline(0) if size == "toy" else build_sd15_pipeline(0)
@@ -55,7 +61,7 @@ def sync(device: str) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=("toy", "sd15", "sdxl"), default="toy")
+    ap.add_argument("--size", choices=("toy", "sd15", "sdxl", "sdxl-skeleton"), default="toy")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--height", type=int, default=None, help="image height (default: the model's: sd15 512, sdxl 1024)")
@@ -69,6 +75,8 @@ def main(argv=None) -> None:
     for p in (pair.baseline, pair.custom):
         p.set_progress_bar_config(disable=True)
     prompt = ["photo of a <new1> cat on the beach"]
+    if args.size == "sdxl-skeleton":
+        args.height, args.width = args.height or 256, args.width or 256
     kw = dict(seed=0, steps=args.steps, guidance_scale=7.5, output_type="latent", height=args.height, width=args.width)
     kw["progress"] = False  # generate_images turns the pipeline's progress bar on by default
 

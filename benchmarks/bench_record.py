@@ -27,6 +27,8 @@ median of the ratios of adjacent runs (on a shared machine, load comes and goes 
 attn2 sites), CLIP ViT-L/14's text encoder (768 wide, 12 layers, 12 heads) with the real CLIP tokenizer.
 ``--size sdxl``: SDXL-base-1.0's UNet (2.6 B parameters, 70 attn2 sites, cross-attention 2048) and text encoders
 (CLIP ViT-L/14 and OpenCLIP bigG: 1280 wide, 32 layers), built on the device (``build_sdxl_shapes_pipeline``).
+``--size sdxl-skeleton``: SDXL's topology at tiny widths (``skeleton.py``): the per-run, per-batch and per-site costs
+of recording at SDXL's counts of layers and sites, with almost no arithmetic or bytes.
 The customized model shares the UNet and carries a Textual Inversion token ``<new1>`` in its own copy of the text
 encoder(s) (``ti_pair.py``: SDXL's in both).
 """
@@ -59,6 +61,7 @@ from alignit_probe.models.pipes import is_xl  # noqa: E402
 from alignit_probe.models.toy import build_sd15_pipeline, build_sdxl_shapes_pipeline  # noqa: E402
 from alignit_probe.record.run import RecordOptions, record_store  # noqa: E402
 from alignit_probe.text.concepts import Concept  # noqa: E402
+from benchmarks.skeleton import build_sdxl_skeleton_pipeline  # noqa: E402
 from benchmarks.ti_pair import ti_pair  # noqa: E402
 
 SUBJECTS = ["cat", "dog", "teapot", "backpack", "robot", "castle", "bicycle", "owl"]
@@ -83,6 +86,8 @@ def prompts(n: int) -> list[str]:
 
 def build_pair(size: str, device: str, dtype: torch.dtype) -> ModelPair:
     """The baseline of ``size``'s shapes on ``device``/``dtype`` and its Textual Inversion customization."""
+    if size == "sdxl-skeleton":
+        return ti_pair(build_sdxl_skeleton_pipeline(0, device, dtype), "sdxl-skeleton")
     if size == "sdxl":
         return ti_pair(build_sdxl_shapes_pipeline(0, device, dtype), "sdxl-random")
     return ti_pair(build_sd15_pipeline(0).to(device, dtype), "sd15-random")
@@ -102,7 +107,9 @@ def encode(pipe: StableDiffusionPipeline, ids: tuple[torch.Tensor, ...]) -> tupl
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", choices=("sd15", "sdxl"), default="sd15", help="the models' shapes (random weights)")
+    ap.add_argument(
+        "--size", choices=("sd15", "sdxl", "sdxl-skeleton"), default="sd15", help="the models' shapes (random weights)"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument(
         "--dtype",

@@ -25,6 +25,7 @@ import torch
 from ..capture.inject import inject_kv
 from ..capture.sites import layout, record_kv, select_sites
 from ..errors import ProbeError
+from ..models.pipes import placement
 from ..text.concepts import Concept, TokenizedPrompt, tokenize_prompts
 from ..text.encoder import conditioning
 from .generation import generate_images
@@ -35,6 +36,8 @@ from .plan import (
     blend,
     check_alpha,
     infuse_batch,
+    infuse_index,
+    partner_positions,
     partners_batch,
     tokenize_dummies,
 )
@@ -142,19 +145,26 @@ def alignit_kv(
     base_c, base_pooled = conditioning(pair.baseline, bt)
     custom_c, custom_pooled = conditioning(pair.custom, ct)
     base_kv = record_kv(pair.baseline.unet, base_c, sites)
-    custom_kv = record_kv(pair.custom.unet, custom_c, sites)
+    # the customized model's own K/V of the prompt: for what is not infused, and for blending (alpha < 1)
+    own_kv = not (options.keys and options.values and options.alpha == 1.0)
+    custom_kv = record_kv(pair.custom.unet, custom_c, sites) if own_kv else {}
     order = sorted(dummies)
     dummy_kv = record_kv(pair.custom.unet, conditioning(pair.custom, [dummies[c] for c in order])[0], sites)
-    device = denoiser.unet.device
+    device = placement(denoiser.unet)[0]
+    index = infuse_index(plans, order, base_c.device)  # the same at every site: built once
+    positions = partner_positions(plans, ct, custom_c.device) if own_kv else None
     kv = {}
     for path in sites:
         out = []
         for which, use in ((0, options.keys), (1, options.values)):
-            own, has = partners_batch(plans, ct, custom_kv[path][which])
             if use:
                 dummy = {c: dummy_kv[path][which][i] for i, c in enumerate(order)}
-                own = blend(infuse_batch(plans, base_kv[path][which], dummy), own, has, options.alpha)
-            out.append(own.to(device))
+                x = infuse_batch(plans, base_kv[path][which], dummy, index)
+                if options.alpha != 1.0:
+                    x = blend(x, *partners_batch(plans, ct, custom_kv[path][which], positions), options.alpha)
+            else:
+                x = partners_batch(plans, ct, custom_kv[path][which], positions)[0]
+            out.append(x.to(device))
         kv[path] = (out[0], out[1])
     cond = custom_c if options.denoiser == "custom" else base_c
     pooled = custom_pooled if options.pooled == "custom" else base_pooled

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ProbeError
-from ..models.pipes import is_xl
+from ..models.pipes import is_xl, placement
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -32,18 +32,18 @@ def generate_images(
 ) -> list:
     """One image per prompt; the initial noise comes from a CPU generator so every device draws the same. SDXL
     needs ``pooled_prompt_embeds`` (``text.encoder.conditioning`` returns it with ``prompt_embeds``)."""
-    extra = {}
+    extra, (device, dtype) = {}, placement(pipe.unet)
     if is_xl(pipe):
         if pooled_prompt_embeds is None:
             raise ProbeError(
                 "an SDXL pipeline needs the pooled text embedding to generate",
                 "pass pooled_prompt_embeds= (text.encoder.conditioning returns it)",
             )
-        extra["pooled_prompt_embeds"] = pooled_prompt_embeds.to(pipe.unet.device)
+        extra["pooled_prompt_embeds"] = pooled_prompt_embeds.to(device)
         if negative_pooled_prompt_embeds is not None:
-            extra["negative_pooled_prompt_embeds"] = negative_pooled_prompt_embeds.to(pipe.unet.device)
+            extra["negative_pooled_prompt_embeds"] = negative_pooled_prompt_embeds.to(device)
     if negative_prompt_embeds is not None:
-        extra["negative_prompt_embeds"] = negative_prompt_embeds.to(pipe.unet.device)
+        extra["negative_prompt_embeds"] = negative_prompt_embeds.to(device)
     gen = torch.Generator("cpu").manual_seed(seed)
     shape = (
         prompt_embeds.shape[0],
@@ -51,10 +51,10 @@ def generate_images(
         (height or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor,
         (width or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor,
     )
-    latents = torch.randn(shape, generator=gen).to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+    latents = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=not progress)
     out = pipe(
-        prompt_embeds=prompt_embeds.to(pipe.unet.device),
+        prompt_embeds=prompt_embeds.to(device),
         latents=latents,
         num_inference_steps=steps,
         guidance_scale=guidance_scale,

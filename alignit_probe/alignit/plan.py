@@ -119,24 +119,40 @@ def infuse(plan: Plan, baseline: torch.Tensor, dummies: dict[int, torch.Tensor])
     return stacked[src, pos]
 
 
-def infuse_batch(plans: list[Plan], baseline: torch.Tensor, dummies: dict[int, torch.Tensor]) -> torch.Tensor:
+def infuse_index(plans: list[Plan], order: list[int], device: torch.device | None = None) -> torch.Tensor:
+    """(2, prompt, token) gather index of ``infuse_batch``: rows into [baselines of the plans, then the dummies of
+    concepts ``order``], positions. The same for every attn2 site and for K and V: build it once."""
+    n = len(plans)
+    row = [[p if s == BASELINE else n + order.index(s) for s in plan.source] for p, plan in enumerate(plans)]
+    return torch.tensor([row, [plan.position for plan in plans]]).to(device)
+
+
+def infuse_batch(
+    plans: list[Plan], baseline: torch.Tensor, dummies: dict[int, torch.Tensor], index: torch.Tensor | None = None
+) -> torch.Tensor:
     """``infuse`` for every plan at once: ``baseline`` (prompt, token, channel) holds each plan's baseline K (or V),
-    ``dummies[c]`` (token, channel) concept c's dummy; one gather for all prompts (index tensors built on the host
-    once and moved in one copy). Equal, element for element, to stacking ``infuse`` per prompt."""
+    ``dummies[c]`` (token, channel) concept c's dummy; one gather for all prompts (``index``: ``infuse_index``,
+    built here when not given). Equal, element for element, to stacking ``infuse`` per prompt."""
     order = sorted(dummies)
     table = torch.cat([baseline] + [dummies[c][None] for c in order])  # rows: prompts, then dummies
-    n = baseline.shape[0]
-    row = [[p if s == BASELINE else n + order.index(s) for s in plan.source] for p, plan in enumerate(plans)]
-    idx = torch.tensor([row, [plan.position for plan in plans]]).to(baseline.device)
+    idx = infuse_index(plans, order, baseline.device) if index is None else index
     return table[idx[0], idx[1]]
 
 
+def partner_positions(
+    plans: list[Plan], others: list[TokenizedPrompt], device: torch.device | None = None
+) -> torch.Tensor:
+    """(prompt, token) position in ``others`` of each plan position's role-aligned partner, −1 where none."""
+    return torch.tensor([align_positions(plan.tokens, other) for plan, other in zip(plans, others)]).to(device)
+
+
 def partners_batch(
-    plans: list[Plan], others: list[TokenizedPrompt], kv: torch.Tensor
+    plans: list[Plan], others: list[TokenizedPrompt], kv: torch.Tensor, positions: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``gather_onto`` for every plan at once: ``kv`` (prompt, token, channel) of prompts ``others`` moved onto the
-    plans' positions, and the (prompt, token) mask of positions that have a partner."""
-    pos = torch.tensor([align_positions(plan.tokens, other) for plan, other in zip(plans, others)]).to(kv.device)
+    plans' positions, and the (prompt, token) mask of positions that have a partner (``positions``:
+    ``partner_positions``, built here when not given)."""
+    pos = partner_positions(plans, others, kv.device) if positions is None else positions
     rows = torch.arange(len(plans), device=kv.device)[:, None]
     return kv[rows, pos.clamp(min=0)], pos >= 0
 

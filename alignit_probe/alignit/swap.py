@@ -15,6 +15,7 @@ import torch
 from ..capture.inject import inject_kv
 from ..capture.sites import record_kv, select_sites
 from ..errors import ProbeError
+from ..models.pipes import placement
 from ..text.concepts import TokenizedPrompt, tokenize_pair
 from ..text.encoder import conditioning
 from .engine import check_layouts
@@ -64,16 +65,16 @@ def swap_kv(
     (ca, pooled_a), cb = conditioning(key_src.pipe, [ta]), conditioning(value_src.pipe, [tb])[0]
     kv_a, kv_b = record_kv(key_src.pipe.unet, ca, sites), record_kv(value_src.pipe.unet, cb, sites)
     positions = token_positions(ta, tokens) if tokens else list(range(len(ta.ids)))
-    idx = torch.tensor(positions)
+    idx, device = torch.tensor(positions), placement(denoiser.unet)[0]
     kv = {}
     for path in sites:
         k_a, v_a = kv_a[path]
         v = v_a.clone()
         v[:, idx] = kv_b[path][1][:, idx].to(v.dtype)
-        kv[path] = (k_a.to(denoiser.unet.device), v.to(denoiser.unet.device))
+        kv[path] = (k_a.to(device), v.to(device))
     if with_pooled:
-        return kv, ca.to(denoiser.unet.device), positions, pooled_a
-    return kv, ca.to(denoiser.unet.device), positions
+        return kv, ca.to(device), positions, pooled_a
+    return kv, ca.to(device), positions
 
 
 def generate_swap(

@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import ProbeError
 from .guidance import CondRows
 from .sdpa import intercept_sdpa
-from .sites import SUFFIX, attn2_paths, project_kv
+from .sites import attn2_paths, project_kv
 
 if TYPE_CHECKING:
     from diffusers import UNet2DConditionModel
@@ -95,19 +95,20 @@ def inject_kv(
     """Inject ``kv[path] = (key, value)`` (each (prompt, token, inner_dim) or None) at those attn2 layers for the
     conditional rows ``cond_embeds`` (the ``prompt_embeds`` the caller hands the pipeline)."""
     cond = CondRows(cond_embeds)
-    original = unet.attn_processors
-    wrappers = {}
-    procs = dict(original)
-    for path, (k, v) in kv.items():
-        key = path + SUFFIX
-        if key not in original:
-            raise ProbeError(f"no attn2 layer {path!r} in this UNet", "valid layers: " + ", ".join(attn2_paths(unet)))
-        wrappers[path] = procs[key] = InjectKV(original[key], cond, k, v)
-    unet.set_attn_processor(procs)
+    valid = set(attn2_paths(unet))
+    bad = [path for path in kv if path not in valid]
+    if bad:
+        raise ProbeError(f"no attn2 layer {bad[0]!r} in this UNet", "valid layers: " + ", ".join(attn2_paths(unet)))
+    layers = {path: unet.get_submodule(path) for path in kv}
+    original = {path: attn.processor for path, attn in layers.items()}
+    wrappers = {path: InjectKV(original[path], cond, k, v) for path, (k, v) in kv.items()}
     try:
+        for path, attn in layers.items():  # per layer: set_attn_processor walks the whole UNet, twice
+            attn.set_processor(wrappers[path])
         yield wrappers
     finally:
-        unet.set_attn_processor(dict(original))
+        for path, attn in layers.items():
+            attn.set_processor(original[path])
     if require_use and wrappers and not any(w.hits for w in wrappers.values()):
         raise ProbeError(
             "injected keys/values were never used: the pipeline's conditioning did not match",

@@ -18,6 +18,7 @@ import xarray as xr
 from numpy.typing import DTypeLike
 
 from ..capture.sites import record_kv
+from ..models.pipes import placement
 from ..store.batch import Batch, token_coords
 from ..text.concepts import TokenizedPrompt
 from ..text.encoder import encode_groups, output_group
@@ -46,7 +47,8 @@ def stage_tensors(
     {stage: tensor}}, each (prompt, [layer,] token, channel) over all token positions; SDXL's ``pooled`` (prompt,
     channel)) and ``kv`` ({attn2 path: (key, value)})."""
     groups = encode_groups(pipe, tokenized, clip_skip)
-    c = output_group(groups)["encoder_output"].to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+    device, dtype = placement(pipe.unet)
+    c = output_group(groups)["encoder_output"].to(device=device, dtype=dtype)
     return {**groups, "kv": record_kv(pipe.unet, c, kv_sites)}
 
 

@@ -22,7 +22,7 @@ from ..alignit.engine import AlignITOptions, validate
 from ..capture.sites import attn2_paths
 from ..errors import ProbeError, ProbeWarning
 from ..models.load import ModelPair, ModelSet
-from ..models.pipes import is_xl
+from ..models.pipes import is_xl, placement
 from ..schema import BASELINE, alignit_branch
 from ..store.shards import shard_name, shard_range
 from ..store.writer import StoreWriter
@@ -203,7 +203,7 @@ def record_store(
         if options.alignit is not None:
             kept = max([kept] + [alignit_length(p, concepts, prompts, options.alignit) for p in models.pairs])
         n_tokens = min(n_full, kept)
-    device, dtype = first.custom.unet.device, first.custom.unet.dtype
+    device, dtype = placement(first.custom.unet)
     plain = dict(
         batch_size=options.batch_size,
         clip_skip=options.clip_skip,

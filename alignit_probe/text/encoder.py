@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..models.pipes import TEXT, is_xl, text_encoders
+from ..models.pipes import TEXT, is_xl, placement, text_encoders
 from .concepts import TokenizedPrompt, ids_for
 
 if TYPE_CHECKING:
@@ -81,9 +81,10 @@ def conditioning(
     """(encoder states c, pooled embedding or None) for tokenized prompts, on the UNet's device and dtype: what the
     pipeline is called with (``prompt_embeds=``, SDXL's ``pooled_prompt_embeds=``)."""
     out = output_group(encode_groups(pipe, tokenized, clip_skip, layers=False))
-    c = out["encoder_output"].to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+    device, dtype = placement(pipe.unet)
+    c = out["encoder_output"].to(device=device, dtype=dtype)
     pooled = out.get("pooled")
-    return c, None if pooled is None else pooled.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+    return c, None if pooled is None else pooled.to(device=device, dtype=dtype)
 
 
 def encoder_states(
