@@ -41,6 +41,7 @@ class PartialArrays:
         self._arrays: dict[tuple[str, str], object] = {}  # (group, name) -> zarr AsyncArray, opened where needed
         self._meta: dict[tuple[str, str], object] = {}  # (group, name) -> metadata read from zarr.json
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.layouts: dict = {}  # templates read and metadata parsed while laying out groups (zc.create_like)
 
     def encoding(self, ds: xr.Dataset) -> tuple[dict, dict]:
         """zarr encoding (chunks, compressors) and the matching dask chunks of the variables along ``prompt``.
@@ -87,6 +88,8 @@ class PartialArrays:
         for cache in (self._arrays, self._meta):
             for key in [k for k in cache if k[0] == group]:
                 del cache[key]
+        for key in [k for k in self.layouts if k[1] == group]:  # ("arrays" | "node" | "files", template, …)
+            del self.layouts[key]
 
     def prompt_axes(self, group: str) -> dict[str, int]:
         """The arrays of ``group`` along ``prompt``: name -> axis (read from their ``zarr.json`` once)."""

@@ -38,7 +38,7 @@ def create_like(arrays: PartialArrays, group: str, ds: xr.Dataset, template: str
     no template, since its index values would have to be read back to be compared."""
     if template not in arrays.index:
         return False
-    created = zc.create_like(arrays.root, group, ds, template, n_prompts, arrays.index[template])
+    created = zc.create_like(arrays.root, group, ds, template, n_prompts, arrays.index[template], arrays.layouts)
     if created is None:
         return False
     axes = {k: list(ds.variables[k].dims).index("prompt") for k in created}

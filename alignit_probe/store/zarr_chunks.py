@@ -9,10 +9,10 @@ endianness, in the file named by the chunk key encoding: ``c.<i>.<j>…`` with t
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,15 +94,20 @@ def write_file(item: tuple[Path, np.ndarray, bool]) -> None:
 
 
 def create_like(
-    root: Path, group: str, ds: xr.Dataset, template: str, n_prompts: int | None, index: dict
+    root: Path, group: str, ds: xr.Dataset, template: str, n_prompts: int | None, index: dict, cache: dict | None = None
 ) -> dict | None:
     """Create ``group``'s (empty, preallocated) arrays under the zarr store ``root`` from the nodes of ``template``,
     a group of the same variables, dimensions and dtypes that xarray wrote: each node's ``zarr.json`` with sizes
     (and whole-axis chunks) set to ``ds``'s, and ``prompt`` to ``n_prompts`` when larger. Index arrays (no
     ``prompt``: token, layer) are copied, so their values in ``index`` (name -> values, the template's) must equal
-    ``ds``'s. Returns name -> metadata of the new arrays along ``prompt``; None (nothing written) if they differ."""
+    ``ds``'s. Returns name -> metadata of the new arrays along ``prompt``; None (nothing written) if they differ.
+    ``cache``: a dict kept by the caller for one store, holding what was read of templates and parsed metadata (a
+    branch lays out ~70 groups from one template)."""
+    cache = {} if cache is None else cache
     src, dst = root / template, root / group
-    arrays = group_arrays(src)
+    if ("arrays", template) not in cache:
+        cache["arrays", template] = group_arrays(src)
+    arrays = copy.deepcopy(cache["arrays", template])
     if set(arrays) != set(ds.variables):
         return None
     for name, meta in arrays.items():
@@ -117,15 +122,23 @@ def create_like(
             (root / parent).mkdir(parents=True, exist_ok=True)
             (root / parent / "zarr.json").write_text(json.dumps(GROUP_META))
     dst.mkdir(parents=True, exist_ok=True)
-    meta = read_node(src)
+    if ("node", template) not in cache:
+        cache["node", template] = read_node(src)
+    meta = copy.deepcopy(cache["node", template])
     keep = {k: v for k, v in meta.get("attributes", {}).items() if k == "coordinates"}
     meta["attributes"] = {**keep, **ds.attrs}
     (dst / "zarr.json").write_text(json.dumps(meta))
     created = {}
     for name, meta in arrays.items():
         var = ds.variables[name]
-        if "prompt" not in var.dims:
-            shutil.copytree(src / name, dst / name)  # index coordinates (token, layer): metadata and values
+        if "prompt" not in var.dims:  # index coordinates (token, layer): metadata and values, as files
+            if ("files", template, name) not in cache:
+                cache["files", template, name] = [
+                    (f.relative_to(src / name), f.read_bytes()) for f in sorted((src / name).rglob("*")) if f.is_file()
+                ]
+            for rel, data in cache["files", template, name]:
+                (dst / name / rel).parent.mkdir(parents=True, exist_ok=True)
+                (dst / name / rel).write_bytes(data)
             continue
         chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
         for d, (dim, size) in enumerate(zip(var.dims, var.shape)):
@@ -134,6 +147,9 @@ def create_like(
             if whole and dim != "prompt":
                 chunks[d] = size
         (dst / name).mkdir()
-        (dst / name / "zarr.json").write_text(json.dumps(meta))
-        created[name] = ArrayV3Metadata.from_dict(meta)
+        text = json.dumps(meta)
+        (dst / name / "zarr.json").write_text(text)
+        if ("meta", text) not in cache:  # groups of one width share their arrays' metadata
+            cache["meta", text] = ArrayV3Metadata.from_dict(meta)
+        created[name] = cache["meta", text]
     return created
