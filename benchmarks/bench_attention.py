@@ -13,7 +13,8 @@ reset through /proc/self/clear_refs where the kernel allows it) and, on CUDA, to
 Target: flat in steps. ``sd15``: SD1.5's UNet and CLIP-L text-encoder configs with random weights; ``sdxl``:
 SDXL-base-1.0's UNet (70 attn2 layers) and both text encoders, random weights, built on the device, 1024×1024 by
 default (the prompt's encoder states and pooled embedding from ``encode_prompt``). Their VAE is a tiny stand-in and
-is not run (``output_type="latent"``).
+is not run (``output_type="latent"``). ``sdxl-skeleton``: SDXL's topology at tiny widths (``skeleton.py``, 256×256
+by default): the per-call overhead of capture at SDXL's 70 sites, measurable on a CPU.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from alignit_probe.capture.attention import AttentionSlices, capture_attention  
 from alignit_probe.capture.sites import attn2_paths  # noqa: E402
 from alignit_probe.models.pipes import is_xl  # noqa: E402
 from alignit_probe.models.toy import build_sd15_pipeline, build_sdxl_shapes_pipeline, build_toy_pipeline  # noqa: E402
+from benchmarks.skeleton import build_sdxl_skeleton_pipeline  # noqa: E402
 
 PROMPT = "a photo of a xylophonist dog on the beach"
 
@@ -65,7 +67,7 @@ def mib(n) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", choices=["toy", "sd15", "sdxl"], default="toy")
+    ap.add_argument("--size", choices=["toy", "sd15", "sdxl", "sdxl-skeleton"], default="toy")
     ap.add_argument("--steps", type=int, default=None, help="steps of the timed runs (toy 20, sd15 and sdxl 4)")
     ap.add_argument("--mem-steps", default="5,50", help="step counts compared for memory")
     ap.add_argument("--height", type=int, default=None, help="image height (default: the model's: sdxl 1024)")
@@ -91,6 +93,8 @@ def main(argv=None) -> None:
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
     if args.size == "sdxl":  # 2.6 B parameters: initialized on the device
         pipe = build_sdxl_shapes_pipeline(args.seed, args.device, dtype)
+    elif args.size == "sdxl-skeleton":  # SDXL's topology at tiny widths (skeleton.py): per-call overhead
+        pipe = build_sdxl_skeleton_pipeline(args.seed, args.device, dtype)
     else:
         pipe = (build_toy_pipeline if toy else build_sd15_pipeline)(args.seed)
         if args.device != "cpu" or dtype != torch.float32:

@@ -13,8 +13,9 @@ softmax(Q Kᵀ · scale + mask) are recomputed in float32 for the *conditional r
 (``guidance.CondRows``), never as the second half of the batch; ``scale`` is what SDPA used (the ``scale``
 argument if given, else 1/√head_dim, which is ``attn.scale`` for SD layers).
 
-Aggregation is streaming (memory does not grow with steps): per call, each layer's maps are brought to the latent
-grid and added, summed over layers and steps. ``AttentionSlices(aggregation=...)``:
+Aggregation is streaming (memory does not grow with steps): maps are summed over layers and steps on the latent
+grid (bilinear: on each layer's native grid, upsampled once when read, ``native_sums``).
+``AttentionSlices(aggregation=...)``:
 
 * ``"bilinear"`` (default): mean over heads, then bilinear upsampling (``align_corners=False``, non-negative and
   mass-preserving in shape) from the layer's native h×w to the latent grid.
@@ -60,6 +61,7 @@ from ..errors import ProbeError
 from .guidance import CondRows
 from .map_options import AttentionSlices, daam_layers, select_layers
 from .maps_dataset import maps_dataset
+from .native_sums import NATIVE, add_native, upsampled
 from .sdpa import intercept_sdpa
 
 if TYPE_CHECKING:
@@ -243,34 +245,31 @@ class AttentionCollector:
         maps = probs.mean(1).transpose(-1, -2).reshape(r, t, h, w)  # native head mean
         same = (h, w) == (lh, lw)
         P, L, H = self.prompts, len(self.layers), max(self.heads)
-        if sl.aggregation == "daam":  # per head: bicubic, clamped at 0 (DAAM's), then the head mean
+        if sl.aggregation == "bilinear":  # linear: summed on the native grid here, upsampled once when read
+            add_native(self._get, sl, i, idx, maps, probs, self.unet_calls - 1, P)
+        else:  # daam, per head: bicubic, clamped at 0 (DAAM's), then the head mean: upsampled call by call
             heads_up = probs.transpose(-1, -2).reshape(r, heads * t, h, w)
             if not same:
                 heads_up = F.interpolate(heads_up, (lh, lw), mode="bicubic", align_corners=False).clamp_(min=0)
             heads_up = heads_up.reshape(r, heads, t, lh, lw)
             maps_up = heads_up.mean(1)
-        else:  # head mean first (1/heads of the copying), then bilinear
-            up = lambda m: m if same else F.interpolate(m, (lh, lw), mode="bilinear", align_corners=False)
-            maps_up = up(maps)
             if sl.per_head:
-                heads_up = up(probs.transpose(-1, -2).reshape(r, heads * t, h, w)).reshape(r, heads, t, lh, lw)
-        if sl.per_head:
-            self._get("map_head", (P, L, H, t, lh, lw), dev)[:, i, :heads].index_add_(0, idx, heads_up)
-        self._get("map_raw", (P, t, lh, lw), dev).index_add_(0, idx, maps_up)
-        if sl.per_layer:
-            self._get("map_layer", (P, L, t, lh, lw), dev)[:, i].index_add_(0, idx, maps_up)
-        if sl.step_windows:
-            acc = self._get("map_window", (P, len(sl.step_windows), t, lh, lw), dev)
-            for wi, (a, b) in enumerate(sl.step_windows):
-                if a <= self.unet_calls - 1 < b:
-                    acc[:, wi].index_add_(0, idx, maps_up)
+                self._get("map_head", (P, L, H, t, lh, lw), dev)[:, i, :heads].index_add_(0, idx, heads_up)
+            self._get("map_raw", (P, t, lh, lw), dev).index_add_(0, idx, maps_up)
+            if sl.per_layer:
+                self._get("map_layer", (P, L, t, lh, lw), dev)[:, i].index_add_(0, idx, maps_up)
+            if sl.step_windows:
+                acc = self._get("map_window", (P, len(sl.step_windows), t, lh, lw), dev)
+                for wi, (a, b) in enumerate(sl.step_windows):
+                    if a <= self.unet_calls - 1 < b:
+                        acc[:, wi].index_add_(0, idx, maps_up)
         if sl.native:
             self._get(f"map_native_{i}", (P, t, h, w), dev).index_add_(0, idx, maps)
             if sl.per_head:
                 head_maps = probs.transpose(-1, -2).reshape(r, heads, t, h, w)
                 self._get(f"map_native_head_{i}", (P, H, t, h, w), dev)[:, :heads].index_add_(0, idx, head_maps)
 
-    def _get(self, name: str, shape: tuple, device) -> torch.Tensor:
+    def _get(self, name: str, shape: tuple, device: torch.device | None = None) -> torch.Tensor:
         acc = self._acc.get(name)
         if acc is None:
             acc = self._acc[name] = torch.zeros(shape, dtype=torch.float32, device=device)
@@ -278,10 +277,15 @@ class AttentionCollector:
 
     # -- results -------------------------------------------------------------------------------------------------
     def accumulators(self) -> dict[str, torch.Tensor]:
-        """The running sums, by variable name (their number and size do not depend on the number of steps)."""
-        return dict(self._acc)
+        """The running sums on the latent grid, by variable name (their number and size do not depend on the
+        number of steps); bilinear sums kept on native grids are upsampled here."""
+        out = {k: v for k, v in self._acc.items() if not k.startswith(NATIVE)}
+        if len(out) < len(self._acc):
+            out.update(upsampled(self._acc, self.latent_hw, self.prompts, self.heads, self.slices))
+        return out
 
     def accumulator_bytes(self) -> int:
+        """Bytes of the running sums held during capture."""
         return sum(t.numel() * t.element_size() for t in self._acc.values())
 
     def to_dataset(
