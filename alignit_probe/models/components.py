@@ -74,19 +74,34 @@ def component_folders(path: str | Path) -> dict[str, Path] | None:
     return found or None
 
 
-def check_components(found: dict[str, Path], baseline: StableDiffusionPipeline) -> None:
-    """Each component exists in the baseline and its config names the baseline component's class."""
+def component_classes(baseline: StableDiffusionPipeline | str | Path) -> dict[str, str] | None:
+    """{component: class name} of a loaded baseline, or of a baseline directory's ``model_index.json`` (None for a
+    hub id: checked once it is loaded)."""
+    if not isinstance(baseline, (str, Path)):
+        return {c: type(getattr(baseline, c)).__name__ for c in COMPONENTS if getattr(baseline, c, None) is not None}
+    index = Path(baseline).expanduser() / "model_index.json"
+    if not index.is_file():
+        return None
+    entries = json.loads(index.read_text())
+    return {c: entries[c][1] for c in COMPONENTS if isinstance(entries.get(c), list) and entries[c][1]}
+
+
+def check_components(found: dict[str, Path], baseline: StableDiffusionPipeline | str | Path) -> None:
+    """Each component exists in the baseline (a pipeline, or its directory: checked before anything loads) and its
+    config names the baseline component's class."""
+    classes = component_classes(baseline)
+    if classes is None:
+        return
     for name, folder in found.items():
-        current = getattr(baseline, name, None)
-        if current is None:
+        if name not in classes:
             raise ProbeError(
-                f"{folder} is a {name}, which baseline {type(baseline).__name__} lacks",
+                f"{folder} is a {name}, which the baseline ({', '.join(sorted(classes))}) lacks",
                 "use the checkpoint with the baseline it was trained from",
             )
         cls = _class_of(_config(folder))
-        if cls is not None and cls != type(current).__name__:
+        if cls is not None and cls != classes[name]:
             raise ProbeError(
-                f"{folder} holds a {cls} but the baseline's {name} is a {type(current).__name__}",
+                f"{folder} holds a {cls} but the baseline's {name} is a {classes[name]}",
                 "use the checkpoint with the baseline it was trained from",
             )
 

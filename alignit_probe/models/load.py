@@ -234,6 +234,8 @@ def load_models(
     for name, specs in by_name.items():
         check_model_name(name)
         for spec in specs:
+            if resolve_spec(spec) == "checkpoint":
+                check_components(component_folders(spec), baseline)
             if resolve_spec(spec) == "pipeline":
                 cls = pipeline_class(check_pipeline_path(spec))
                 if None not in (cls, base_cls) and cls != base_cls:

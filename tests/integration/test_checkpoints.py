@@ -80,13 +80,15 @@ def test_unchanged_checkpoint_warns(toy_dir, tmp_path):
 
 
 def test_bad_checkpoints_are_one_line(toy_dir, sdxl_dir, tmp_path, capsys):
-    """No weights; the wrong baseline's UNet; a text encoder of another class; broken config: exit 2, one line."""
+    """No weights; the wrong baseline's UNet; a text encoder of another class; broken config; a component the
+    baseline lacks: exit 2, one line."""
     empty = tmp_path / "empty" / "unet"
     empty.mkdir(parents=True)
     (empty / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
     xl = write_checkpoint(sdxl_dir, tmp_path / "xl", text=False)
     other = tmp_path / "other"
     load_pipeline(sdxl_dir).text_encoder_2.save_pretrained(str(other / "text_encoder"))
+    load_pipeline(sdxl_dir).text_encoder_2.save_pretrained(str(tmp_path / "second" / "text_encoder_2"))
     broken = tmp_path / "broken" / "unet"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text("{not json")
@@ -95,6 +97,7 @@ def test_bad_checkpoints_are_one_line(toy_dir, sdxl_dir, tmp_path, capsys):
         (xl, "differs from the baseline's in cross_attention_dim"),
         (other, "holds a CLIPTextModelWithProjection but the baseline's text_encoder is a CLIPTextModel"),
         (broken.parent, "is not valid JSON"),
+        (tmp_path / "second", "is a text_encoder_2, which the baseline (text_encoder, unet) lacks"),
     ]
     for spec, message in cases:
         args = ["record", "--baseline", toy_dir, "--custom", str(spec), "--concept", "sks", "--no-progress"]
