@@ -39,11 +39,11 @@ def alignit_batch(akv: AlignITKV, start: int, store_dtype: DTypeLike = np.float3
     coords = token_coords([p.tokens for p in akv.plans], start)
     index = {"prompt": coords.prompt.values, "token": coords.token.values}
     ptc = ("prompt", "token", "channel")
-    groups = {}
+    groups, shared = {}, xr.Coordinates(index)  # one index object for every site
     for path, (k, v) in akv.kv.items():
         groups[f"kv/{path}"] = xr.Dataset(
             {"key": (ptc, to_host(k, store_dtype)), "value": (ptc, to_host(v, store_dtype))},
-            coords=index,
+            coords=shared,
             attrs={"site": path},
         )
     return Batch(coords, groups)
