@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ProbeError
+from .artifacts import first_line
+from .pipes import placement
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -111,16 +113,14 @@ def load_components(pipe: StableDiffusionPipeline, found: dict[str, Path]) -> No
     check_components(found, pipe)
     for name, folder in found.items():
         current = getattr(pipe, name)
+        device, dtype = placement(current)
         try:
-            new = type(current).from_pretrained(str(folder), dtype=current.dtype)
+            new = type(current).from_pretrained(str(folder), dtype=dtype)
         except Exception as e:
-            text = str(e).strip().splitlines()
-            raise ProbeError(
-                f"cannot load {name} from {folder} ({text[0][:160] if text else type(e).__name__})",
-                "copy the whole folder that save_pretrained wrote",
-            ) from e
+            fix = "copy the whole folder that save_pretrained wrote"
+            raise ProbeError(f"cannot load {name} from {folder} ({first_line(e)})", fix) from e
         _check_widths(name, folder, current, new, pipe)
-        pipe.register_modules(**{name: new.to(current.device).eval()})
+        pipe.register_modules(**{name: new.to(device).eval()})
 
 
 def _check_widths(name: str, folder: Path, old, new, pipe: StableDiffusionPipeline) -> None:

@@ -25,7 +25,7 @@ from ..capture import sites
 from ..errors import ProbeError
 from ..schema import DEFAULT_CUSTOM
 from .apply import Artifact, apply_artifact, apply_parsed
-from .artifacts import is_pipeline_dir, parse_artifact
+from .artifacts import first_line, is_pipeline_dir, parse_artifact
 from .components import check_components, component_folders, load_components
 from .pipes import SD, SUPPORTED, not_supported
 from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec
@@ -158,9 +158,8 @@ def load_pipeline(
     except ProbeError:
         raise
     except Exception as e:
-        text = str(e).strip().splitlines()
         raise ProbeError(
-            f"cannot load pipeline {model} ({text[0][:160] if text else type(e).__name__})",
+            f"cannot load pipeline {model} ({first_line(e)})",
             "give a local diffusers pipeline directory, or a hub id that is cached or reachable",
         ) from e
     return pipe.to(device)
