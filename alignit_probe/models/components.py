@@ -88,6 +88,18 @@ def component_classes(baseline: StableDiffusionPipeline | str | Path) -> dict[st
     return {c: entries[c][1] for c in COMPONENTS if isinstance(entries.get(c), list) and entries[c][1]}
 
 
+def ema_note(path: str | Path) -> list[str]:
+    """A warning when a checkpoint also holds EMA weights (``train_text_to_image*.py --use_ema``: ``unet_ema/``),
+    which are what its final pipeline would have used."""
+    p = Path(path).expanduser()
+    if (p / "unet" / "config.json").is_file() and (p / "unet_ema" / "config.json").is_file():
+        return [
+            f"checkpoint {p} also holds EMA weights (unet_ema/); its unet/ was used — pass {p / 'unet_ema'} "
+            "to probe the EMA UNet (the one a final pipeline of that run holds)"
+        ]
+    return []
+
+
 def check_components(found: dict[str, Path], baseline: StableDiffusionPipeline | str | Path) -> None:
     """Each component exists in the baseline (a pipeline, or its directory: checked before anything loads) and its
     config names the baseline component's class."""

@@ -26,7 +26,7 @@ from ..errors import ProbeError
 from ..schema import DEFAULT_CUSTOM
 from .apply import Artifact, apply_artifact, apply_parsed
 from .artifacts import first_line, is_pipeline_dir, parse_artifact
-from .components import check_components, component_folders, load_components
+from .components import check_components, component_folders, ema_note, load_components
 from .pipes import SD, SUPPORTED, not_supported
 from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec
 from .verify import differs, stages
@@ -194,7 +194,7 @@ def _custom_model(
             "compare a customized model with the baseline it was trained from",
         )
     methods = ["dreambooth"] if kinds[0] in WHOLE else []
-    warnings = []
+    warnings = ema_note(customs[0]) if kinds[0] == "checkpoint" else []
     if kinds[0] in WHOLE and not differs(stages(base), after := stages(custom), after.keys()):
         warnings.append(f"custom model {customs[0]} changed nothing: every stage is bit-identical to the baseline")
     artifacts = []

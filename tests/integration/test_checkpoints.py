@@ -106,3 +106,17 @@ def test_bad_checkpoints_are_one_line(toy_dir, sdxl_dir, tmp_path, capsys):
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert code == 2 and len(lines) == 1 and message in lines[0], err
         assert "Traceback" not in err and not (tmp_path / f"{spec.name}.zarr").exists()
+
+
+def test_ema_weights_are_pointed_out(toy_dir, tmp_path):
+    """train_text_to_image.py --use_ema checkpoints hold unet/ and unet_ema/: unet/ is used, the EMA one named; the
+    unet_ema folder itself loads as a UNet (by its config's class)."""
+    root = write_checkpoint(toy_dir, tmp_path / "checkpoint-200", text=False)
+    write_checkpoint(toy_dir, tmp_path / "ema", text=False, seed=5)
+    (tmp_path / "ema" / "unet").rename(root / "unet_ema")
+    pair = load_pair(toy_dir, [str(root)], progress=False)
+    assert len(pair.warnings) == 1 and "unet_ema" in pair.warnings[0]
+    ema = load_pair(toy_dir, [str(root / "unet_ema")], progress=False)
+    assert ema.warnings == [] and ema.method == "dreambooth"
+    path = next(iter(recorded(ema.custom)["kv"]))
+    assert not torch.equal(recorded(ema.custom)["kv"][path][0], recorded(pair.custom)["kv"][path][0])

@@ -43,23 +43,32 @@ def write_ti_file(path, n=2, widths=(W1, W2)):
     return path
 
 
-def write_lora(base_dir, root, text=True):
-    """As train_dreambooth_lora_sdxl.py: peft adapters on the UNet (and both text encoders), save_lora_weights."""
+def write_lora(base_dir, root, text=True, alpha=4, trained=None):
+    """As train_dreambooth_lora_sdxl.py: peft adapters (rank 4) on the UNet (and both text encoders),
+    save_lora_weights, with each adapter's config as LoRA adapter metadata when ``alpha`` is not the rank.
+    ``trained``: a list that gets the trained pipeline."""
     pipe = load_pipeline(base_dir)
     torch.manual_seed(5)
-    pipe.unet.add_adapter(
-        peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"], init_lora_weights=False)
+    unet_config = peft.LoraConfig(
+        r=4, lora_alpha=alpha, target_modules=["to_k", "to_q", "to_v", "to_out.0"], init_lora_weights=False
     )
+    pipe.unet.add_adapter(unet_config)
     layers = {"unet_lora_layers": peft.utils.get_peft_model_state_dict(pipe.unet)}
+    configs = {"unet": unet_config}
     if text:  # (peft directly: transformers' own add_adapter may want a newer peft than is installed)
         for name in ("text_encoder", "text_encoder_2"):
             module = getattr(pipe, name)
-            config = peft.LoraConfig(
-                r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], init_lora_weights=False
-            )
-            peft.inject_adapter_in_model(config, module)
+            modules = ["q_proj", "k_proj", "v_proj", "out_proj"]
+            configs[name] = peft.LoraConfig(r=4, lora_alpha=alpha, target_modules=modules, init_lora_weights=False)
+            peft.inject_adapter_in_model(configs[name], module)
             layers[f"{name}_lora_layers"] = peft.utils.get_peft_model_state_dict(module)
+    if alpha != 4:
+        for name, config in configs.items():
+            meta = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
+            layers[f"{name}_lora_adapter_metadata"] = meta
     StableDiffusionXLPipeline.save_lora_weights(str(root), **layers)
+    if trained is not None:
+        trained.append(pipe)
     return root
 
 
@@ -120,6 +129,18 @@ def test_lora_on_unet_and_both_text_encoders(sdxl_dir, tmp_path):
     for group in ("text", "text_2"):
         assert not torch.equal(recorded[group]["encoder_layer"], base[group]["encoder_layer"]), group
     assert not torch.equal(recorded["text_out"]["pooled"], base["text_out"]["pooled"])
+
+
+def test_lora_alpha_from_adapter_metadata(sdxl_dir, tmp_path):
+    """lora_alpha ≠ rank, kept in the file's LoRA adapter metadata: the loaded model is the trained one, exactly."""
+    trained = []
+    pair = load_pair(sdxl_dir, [str(write_lora(sdxl_dir, tmp_path / "lora", alpha=8, trained=trained))], progress=False)
+    prompt = "a photo of sks cat"
+    tp = tokenize_pair(prompt, pair.custom, pair.custom.tokenizer, [], True)[0]
+    got, want = stage_tensors(pair.custom, [tp]), stage_tensors(trained[0], [tp])
+    assert torch.equal(got["text_out"]["encoder_output"], want["text_out"]["encoder_output"])
+    assert torch.equal(got["text_out"]["pooled"], want["text_out"]["pooled"])
+    assert all(torch.equal(got["kv"][p][i], want["kv"][p][i]) for p in want["kv"] for i in (0, 1))
 
 
 def test_unet_only_lora(sdxl_dir, tmp_path):
