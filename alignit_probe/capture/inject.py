@@ -95,10 +95,10 @@ def inject_kv(
     """Inject ``kv[path] = (key, value)`` (each (prompt, token, inner_dim) or None) at those attn2 layers for the
     conditional rows ``cond_embeds`` (the ``prompt_embeds`` the caller hands the pipeline)."""
     cond = CondRows(cond_embeds)
-    valid = set(attn2_paths(unet))
+    valid = attn2_paths(unet)
     bad = [path for path in kv if path not in valid]
     if bad:
-        raise ProbeError(f"no attn2 layer {bad[0]!r} in this UNet", "valid layers: " + ", ".join(attn2_paths(unet)))
+        raise ProbeError(f"no attn2 layer {bad[0]!r} in this UNet", "valid layers: " + ", ".join(valid))
     layers = {path: unet.get_submodule(path) for path in kv}
     original = {path: attn.processor for path, attn in layers.items()}
     wrappers = {path: InjectKV(original[path], cond, k, v) for path, (k, v) in kv.items()}
