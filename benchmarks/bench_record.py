@@ -61,6 +61,7 @@ from alignit_probe.models.pipes import is_xl  # noqa: E402
 from alignit_probe.models.toy import build_sd15_pipeline, build_sdxl_shapes_pipeline  # noqa: E402
 from alignit_probe.record.run import RecordOptions, record_store  # noqa: E402
 from alignit_probe.text.concepts import Concept  # noqa: E402
+from benchmarks.record_breakdown import breakdown, copy_speeds  # noqa: E402
 from benchmarks.skeleton import build_sdxl_skeleton_pipeline  # noqa: E402
 from benchmarks.ti_pair import ti_pair  # noqa: E402
 
@@ -127,6 +128,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None, help="folder for the stores (default: a temporary folder)")
     ap.add_argument(
         "--summary", action="store_true", help="also time record --summary (distances on the device), alternated"
+    )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="then one more record run, profiled: where its time goes (and on CUDA the host-copy speeds)",
     )
     args = ap.parse_args(argv)
 
@@ -308,6 +314,9 @@ def main(argv=None) -> None:
             f"  summary / floor = {s_ratio:.3f}x   (median of the {args.repeats} adjacent pairs; target <= 1.5x; "
             f"fastest summary / fastest floor {min(summaries) / min(floors):.3f}x)"
         )
+    if args.breakdown:
+        breakdown(lambda: record(-2), per)
+        copy_speeds(args.device)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import xarray as xr
@@ -176,9 +175,7 @@ class StoreWriter:
             self._arrays.resize(model, n)
         attrs = {"written": self._written, **self.attrs, "format": FORMAT, "complete": 1}
         zc.update_attributes(self.tmp, encode_attrs(attrs))
-        with warnings.catch_warnings():  # "consolidated metadata is not part of the zarr v3 spec" (known; read fine)
-            warnings.simplefilter("ignore", UserWarning)
-            zarr.consolidate_metadata(str(self.tmp))
+        zc.consolidate(self.tmp)
         done = self.tmp
         if self.netcdf:
             done = export_netcdf(self.tmp, self.out.with_name(self.out.name + ".partial.nc"))

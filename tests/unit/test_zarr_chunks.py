@@ -48,3 +48,35 @@ def test_left_to_zarr_when_not_whole_raw_chunks(tmp_path):
     assert zc.chunk_files(tmp_path / "a/", arr.metadata, 0, 1, values) is None  # starts mid-chunk
     assert zc.chunk_files(tmp_path / "a/", arr.metadata, 0, 0, values[:1]) is None  # partial chunk
     assert zc.chunk_files(tmp_path / "a/", arr.metadata, 0, 0, values.astype(np.float16)) is None  # other dtype
+
+
+def test_consolidate_writes_what_zarr_writes(tmp_path):
+    """The file-level consolidation gives the root ``zarr.json`` zarr's own would (nested and empty groups, string
+    and float arrays with NaN fills, attributes), and zarr and xarray open the store through it."""
+    import json
+    import shutil
+    import warnings
+
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset(
+        {"key": (("prompt", "token", "channel"), rng.standard_normal((2, 3, 4)).astype(np.float16))},
+        coords={"prompt": [0, 1], "token": [0, 1, 2], "text": ("prompt", ["a cat", "a <new1> dog"])},
+        attrs={"site": "down_blocks.0.attn2", "nested": json.dumps({"a": [1, 2]})},
+    )
+    tree = xr.DataTree.from_dict(
+        {"/": xr.Dataset(attrs={"format": 3}), "/baseline/kv/x": ds, "/custom/kv/x": ds, "/custom/empty": None}
+    )
+    tree.to_zarr(tmp_path / "ours.zarr", consolidated=False, zarr_format=3)
+    shutil.copytree(tmp_path / "ours.zarr", tmp_path / "zarrs.zarr")
+    zc.consolidate(tmp_path / "ours.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(str(tmp_path / "zarrs.zarr"))
+    ours, theirs = (zc.read_node(tmp_path / f"{n}.zarr") for n in ("ours", "zarrs"))
+    assert len(theirs["consolidated_metadata"]["metadata"]) > 10
+    assert ours == theirs
+    assert not (tmp_path / "ours.zarr" / "zarr.json.tmp").exists()
+    back = xr.open_datatree(tmp_path / "ours.zarr", engine="zarr", consolidated=True)
+    xr.testing.assert_identical(back["custom/kv/x"].to_dataset(), ds)
