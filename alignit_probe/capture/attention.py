@@ -59,9 +59,10 @@ from torch import nn
 from ..capture import sites
 from ..errors import ProbeError
 from .guidance import CondRows
+from .map_batches import Group, Pending, call_probabilities, probabilities, rows_of
 from .map_options import AttentionSlices, daam_layers, select_layers
 from .maps_dataset import maps_dataset
-from .native_sums import NATIVE, add_native, upsampled
+from .native_sums import NATIVE, add_grid, add_layer, upsampled
 from .sdpa import intercept_sdpa
 
 if TYPE_CHECKING:
@@ -95,25 +96,18 @@ def _intercept(attn, sink: list[_Call]):
         sink.append(_Call("scores", (probs,)))
         return probs
 
-    own = attn.__dict__.get("get_attention_scores")  # set by an enclosing capture, if any
-    attn.get_attention_scores = spy_scores
+    # a plain function attribute, set and removed in the instance's dict (nn.Module's own setattr/delattr check
+    # parameters, buffers and submodules first: this runs at every attn2 call)
+    own = vars(attn).get("get_attention_scores")  # set by an enclosing capture, if any
+    vars(attn)["get_attention_scores"] = spy_scores
     try:
         with intercept_sdpa(spy_sdpa):
             yield sink
     finally:
         if own is None:
-            del attn.get_attention_scores
+            del vars(attn)["get_attention_scores"]
         else:
-            attn.get_attention_scores = own
-
-
-def _rows(t: torch.Tensor, batch: int, rows: slice | list[int]) -> torch.Tensor:
-    """(batch, heads, s, e) or (batch·heads, s, e) → (rows, heads, s, e); a broadcast batch of 1 is kept."""
-    if t.dim() == 3 and t.shape[0] % batch == 0:
-        t = t.reshape(batch, -1, *t.shape[-2:])
-    elif t.dim() != 4:
-        t = t.reshape(t.shape[0] if t.dim() > 4 else 1, -1, *t.shape[-2:])
-    return t[rows] if t.shape[0] == batch else t
+            vars(attn)["get_attention_scores"] = own
 
 
 class AttentionCapture(nn.Module):
@@ -179,9 +173,11 @@ class AttentionCollector:
         self._acc: dict[str, torch.Tensor] = {}
         self.native_hw: dict[int, tuple[int, int]] = {}  # layer index → its maps' native (h, w)
         self._index: dict[tuple, torch.Tensor] = {}
+        self._pending = Pending()  # conditional (query, key) of calls computed together (``map_batches``)
 
     # -- hooks ---------------------------------------------------------------------------------------------------
     def _on_unet(self, module, args, kwargs):
+        self._flush()  # the step before is complete
         sample = args[0] if args else kwargs.get("sample")
         hw = tuple(sample.shape[-2:])
         if self.latent_hw is not None and hw != self.latent_hw:
@@ -202,54 +198,90 @@ class AttentionCollector:
                 return h, w
         raise ProbeError(f"cannot place {n} queries on the {lh}x{lw} latent grid", "use a UNet2DConditionModel")
 
-    def _probs(self, name, calls, batch, tokens, rows) -> torch.Tensor:
-        """(rows, heads, queries, tokens) float32 attention probabilities of the cross-attention call."""
-        if rows == list(range(rows[0], rows[-1] + 1)):
-            rows = slice(rows[0], rows[-1] + 1)  # a view, not a gather
-        sdpa = [c.tensors for c in calls if c.kind == "sdpa" and c.tensors[1].shape[-2] == tokens]
-        if len(sdpa) == 1:
-            q, k, mask, scale, causal = sdpa[0]
-            if causal:
-                raise ProbeError(f"{name} called causal attention in a cross-attention layer")
-            q, k = _rows(q, batch, rows).float(), _rows(k, batch, rows).float()
-            s = torch.matmul(q, k.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)
-            if mask is not None:
-                mask = _rows(mask, batch, rows)
-                s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.float()
-            return s.softmax(-1)
-        scores = [c.tensors[0] for c in calls if c.kind == "scores" and c.tensors[0].shape[-1] == tokens]
-        if not sdpa and scores:
-            probs = torch.cat(scores, 0)  # sliced processors split batch·heads in order
-            if probs.shape[0] % batch == 0:
-                return _rows(probs.reshape(batch, -1, *probs.shape[-2:]), batch, rows).float()
-        raise ProbeError(
-            f"cannot read attention probabilities from {name} ({len(sdpa)} SDPA calls, {len(scores)} score calls)",
-            "use a processor that makes one F.scaled_dot_product_attention call per cross-attention",
-        )
+    def _batchable(self, calls, batch: int, tokens: int) -> tuple | None:
+        """(query, key, scale) of a call whose probabilities can wait for the end of the step: one SDPA call, no
+        mask, bilinear aggregation; None otherwise."""
+        if self.slices.aggregation != "bilinear" or len(calls) != 1 or calls[0].kind != "sdpa":
+            return None
+        q, k, mask, scale, causal = calls[0].tensors
+        if (
+            mask is not None
+            or causal
+            or q.dim() != 4
+            or k.dim() != 4
+            or k.shape[-2] != tokens
+            or batch != len(q)
+            or batch != len(k)
+        ):
+            return None
+        return q, k, (scale if scale is not None else q.shape[-1] ** -0.5)
 
-    @torch.no_grad()
     def _add(self, i: int, name: str, calls, batch: int, tokens: int, rows, which) -> None:
-        probs = self._probs(name, calls, batch, tokens, rows)
         self.processors[i] = name
         self.calls[i] += 1
         self.rows_captured += len(rows)
         if self._counted != self.unet_calls:
             self._counted, self.steps = self.unet_calls, self.steps + 1
+        step = self.unet_calls - 1
+        with torch.no_grad():
+            dev = calls[0].tensors[0].device
+            idx = self._index.get((tuple(which), dev))
+            if idx is None:
+                idx = self._index[(tuple(which), dev)] = torch.tensor(which, device=dev)
+            sdpa = self._batchable(calls, batch, tokens)
+            if sdpa is None:
+                probs = call_probabilities(name, calls, batch, tokens, rows)
+                self._accumulate(i, probs, probs.mean(1), idx, step, grid=True)
+                return
+            q, k, scale = sdpa
+            if rows == list(range(rows[0], rows[-1] + 1)):
+                rows = slice(rows[0], rows[-1] + 1)  # a view, not a gather
+            q, k = rows_of(q, batch, rows), rows_of(k, batch, rows)
+            key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, scale, tuple(which), step)
+            full = self._pending.add(key, i, q, k, scale)
+            if full is not None:
+                self._compute(full, idx, step)
+
+    def _flush(self) -> None:
+        """Compute every call still waiting (at the next UNet forward, and before the sums are read)."""
+        with torch.no_grad():
+            for key, group in self._pending.drain():
+                self._compute(group, self._index[(key[5], key[3])], key[6])
+
+    def _compute(self, group: Group, idx: torch.Tensor, step: int) -> None:
+        """Add a group of waiting calls: their grid's sums at once, each layer's own sums (if sliced) one by one."""
+        probs = probabilities(group)  # (layer, row, head, query, token)
+        means = probs.mean(2)  # (layer, row, query, token)
+        r, n, t = means.shape[1:]
+        h, w = self.native_hw[group.layers[0]] if group.layers[0] in self.native_hw else self._native(group, n)
+        add_grid(self._get, self.slices, idx, means.sum(0).transpose(-1, -2).reshape(r, t, h, w), step, self.prompts)
+        if self.slices.per_layer or self.slices.per_head or self.slices.native:
+            for j, i in enumerate(group.layers):
+                self._accumulate(i, probs[j], means[j], idx, step, grid=False)
+
+    def _native(self, group: Group, n: int) -> tuple[int, int]:
+        hw = self._grid(n)
+        for i in group.layers:
+            self.native_hw.setdefault(i, hw)
+        return hw
+
+    def _accumulate(self, i: int, probs, means, idx, step: int, grid: bool) -> None:
+        """Add layer ``i``'s call: ``probs`` (row, head, query, token) and their head means (row, query, token);
+        ``grid``: also to the sums over layers (``map_raw``, windows)."""
         r, heads, n, t = probs.shape
         h, w = self.native_hw[i] if i in self.native_hw else self.native_hw.setdefault(i, self._grid(n))
         lh, lw = self.latent_hw
-        dev, sl = probs.device, self.slices
-        idx = self._index.get((tuple(which), dev))
-        if idx is None:
-            idx = self._index[(tuple(which), dev)] = torch.tensor(which, device=dev)
-        maps = probs.mean(1).transpose(-1, -2).reshape(r, t, h, w)  # native head mean
-        same = (h, w) == (lh, lw)
+        sl = self.slices
+        maps = means.transpose(-1, -2).reshape(r, t, h, w)  # native head mean
         P, L, H = self.prompts, len(self.layers), max(self.heads)
         if sl.aggregation == "bilinear":  # linear: summed on the native grid here, upsampled once when read
-            add_native(self._get, sl, i, idx, maps, probs, self.unet_calls - 1, P)
+            if grid:
+                add_grid(self._get, sl, idx, maps, step, P)
+            add_layer(self._get, sl, i, idx, maps, probs, P)
         else:  # daam, per head: bicubic, clamped at 0 (DAAM's), then the head mean: upsampled call by call
+            dev = probs.device
             heads_up = probs.transpose(-1, -2).reshape(r, heads * t, h, w)
-            if not same:
+            if (h, w) != (lh, lw):
                 heads_up = F.interpolate(heads_up, (lh, lw), mode="bicubic", align_corners=False).clamp_(min=0)
             heads_up = heads_up.reshape(r, heads, t, lh, lw)
             maps_up = heads_up.mean(1)
@@ -261,13 +293,15 @@ class AttentionCollector:
             if sl.step_windows:
                 acc = self._get("map_window", (P, len(sl.step_windows), t, lh, lw), dev)
                 for wi, (a, b) in enumerate(sl.step_windows):
-                    if a <= self.unet_calls - 1 < b:
+                    if a <= step < b:
                         acc[:, wi].index_add_(0, idx, maps_up)
         if sl.native:
-            self._get(f"map_native_{i}", (P, t, h, w), dev).index_add_(0, idx, maps)
+            self._get(f"map_native_{i}", (P, t, h, w), probs.device).index_add_(0, idx, maps)
             if sl.per_head:
                 head_maps = probs.transpose(-1, -2).reshape(r, heads, t, h, w)
-                self._get(f"map_native_head_{i}", (P, H, t, h, w), dev)[:, :heads].index_add_(0, idx, head_maps)
+                self._get(f"map_native_head_{i}", (P, H, t, h, w), probs.device)[:, :heads].index_add_(
+                    0, idx, head_maps
+                )
 
     def _get(self, name: str, shape: tuple, device: torch.device | None = None) -> torch.Tensor:
         acc = self._acc.get(name)
@@ -279,6 +313,7 @@ class AttentionCollector:
     def accumulators(self) -> dict[str, torch.Tensor]:
         """The running sums on the latent grid, by variable name (their number and size do not depend on the
         number of steps); bilinear sums kept on native grids are upsampled here."""
+        self._flush()
         out = {k: v for k, v in self._acc.items() if not k.startswith(NATIVE)}
         if len(out) < len(self._acc):
             out.update(upsampled(self._acc, self.latent_hw, self.prompts, self.heads, self.slices))
@@ -286,6 +321,7 @@ class AttentionCollector:
 
     def accumulator_bytes(self) -> int:
         """Bytes of the running sums held during capture."""
+        self._flush()
         return sum(t.numel() * t.element_size() for t in self._acc.values())
 
     def to_dataset(
@@ -326,7 +362,12 @@ def capture_attention(
             attn = unet.get_submodule(path)
             originals[path] = attn.processor
             attn.set_processor(_wrap(attn.processor, i, collector))
-        yield collector
+        try:
+            yield collector
+        except BaseException:
+            collector._pending.clear()
+            raise
+        collector._flush()  # the last step's calls
     finally:
         for path, processor in originals.items():
             unet.get_submodule(path).set_processor(processor)

@@ -21,26 +21,40 @@ from .map_options import AttentionSlices
 NATIVE = "_native_"  # prefix of the running sums kept on native grids (never shown as variables)
 
 
-def add_native(
+def add_grid(
+    get: Callable[..., torch.Tensor],
+    slices: AttentionSlices,
+    index: torch.Tensor,
+    maps: torch.Tensor,
+    step: int,
+    prompts: int,
+) -> None:
+    """Add ``maps`` (row, token, h, w): head means of one call, or their sum over calls of several layers on one
+    native grid, rows going to prompts ``index``, at UNet call ``step``, to the grid's ``map_raw`` and window sums;
+    ``get(name, shape, device)`` gives a sum."""
+    _, t, h, w = maps.shape
+    dev, grid = maps.device, f"{h}x{w}"
+    get(f"{NATIVE}raw_{grid}", (prompts, t, h, w), dev).index_add_(0, index, maps)
+    for k, (a, b) in enumerate(slices.step_windows or ()):
+        if a <= step < b:
+            get(f"{NATIVE}window_{k}_{grid}", (prompts, t, h, w), dev).index_add_(0, index, maps)
+
+
+def add_layer(
     get: Callable[..., torch.Tensor],
     slices: AttentionSlices,
     layer: int,
     index: torch.Tensor,
     maps: torch.Tensor,
     probs: torch.Tensor,
-    step: int,
     prompts: int,
 ) -> None:
-    """Add one call of layer ``layer``: ``maps`` (row, token, h, w) head means and ``probs`` (row, head, query,
-    token), rows going to prompts ``index``, at UNet call ``step``; ``get(name, shape, device)`` gives a sum."""
+    """Add one call of layer ``layer`` to its own sums (``per_layer``, ``per_head``): ``maps`` (row, token, h, w)
+    head means and ``probs`` (row, head, query, token)."""
     r, t, h, w = maps.shape
-    dev, grid = maps.device, f"{h}x{w}"
-    get(f"{NATIVE}raw_{grid}", (prompts, t, h, w), dev).index_add_(0, index, maps)
+    dev = maps.device
     if slices.per_layer:
         get(f"{NATIVE}layer_{layer}", (prompts, t, h, w), dev).index_add_(0, index, maps)
-    for k, (a, b) in enumerate(slices.step_windows or ()):
-        if a <= step < b:
-            get(f"{NATIVE}window_{k}_{grid}", (prompts, t, h, w), dev).index_add_(0, index, maps)
     if slices.per_head:
         heads = probs.shape[1]
         head_maps = probs.transpose(-1, -2).reshape(r, heads, t, h, w)

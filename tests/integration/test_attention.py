@@ -67,6 +67,30 @@ def test_maps_equal_direct_softmax(pipe, processor):
     )
 
 
+def test_calls_computed_together_equal_call_by_call(pipe, monkeypatch):
+    """Probabilities computed once per step for all waiting calls (``map_batches``), also when a group is full
+    mid-step, give the sums the call-by-call path gives (to float rounding), for every slice."""
+    from alignit_probe.capture import attention, map_batches
+
+    pe = encode(pipe)
+
+    def sums():
+        with capture_attention(pipe, pe, slices=ALL) as col:
+            run(pipe, pe, steps=3)
+        return col, {k: v.clone() for k, v in col.accumulators().items()}
+
+    col, together = sums()
+    assert len(together) >= 4 and not col._pending.groups
+    monkeypatch.setattr(map_batches, "LIMIT", 1)  # every group full at its first call
+    _, one_by_one = sums()
+    monkeypatch.setattr(attention.AttentionCollector, "_batchable", lambda self, *a: None)
+    _, per_call = sums()
+    for name, value in together.items():
+        torch.testing.assert_close(one_by_one[name], value, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(per_call[name], value, atol=1e-6, rtol=1e-5)
+    assert any(v.abs().sum() > 0 for v in together.values())
+
+
 def test_conditional_rows_only_under_guidance(pipe):
     pe = encode(pipe)
     records, handles = record_attn2_inputs(pipe.unet)
