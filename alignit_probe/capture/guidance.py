@@ -4,7 +4,9 @@ diffusers' pipelines concatenate ``[negative_prompt_embeds, prompt_embeds]`` whe
 tensor to every attn2 layer at every step. Interventions never infer the split from the batch size: the caller
 registers the conditional embeddings it passes to the pipeline (``prompt_embeds=``), and ``CondRows.rows(ehs)``
 returns the rows of ``encoder_hidden_states`` that hold them, by exact content, cached per tensor so the comparison
-runs once per pipeline call, not once per layer and step.
+runs once per pipeline call, not once per layer and step. A cached tensor is kept referenced, so that its memory
+cannot be reused by another tensor that would then pass for it; ``CondRows.key(ehs)`` names it for other per-tensor
+caches.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ class CondRows:
     def __init__(self, cond: torch.Tensor):
         """``cond``: the conditional encoder states handed to the pipeline, (prompt, token, channel)."""
         self.cond = cond.detach()
-        self._cache: dict[tuple, tuple[list[int], list[int]]] = {}
+        self._cache: dict[tuple, tuple[list[int], list[int], torch.Tensor]] = {}
+
+    @staticmethod
+    def key(ehs: torch.Tensor) -> tuple:
+        """What identifies one encoder-states tensor, unchanged, while it is referenced."""
+        return (ehs.data_ptr(), tuple(ehs.shape), ehs._version, ehs.device, ehs.dtype)
 
     def match(self, ehs: torch.Tensor) -> tuple[list[int], list[int]]:
         """(rows of ``ehs`` that are conditional, index of the registered prompt each row holds)."""
-        key = (ehs.data_ptr(), tuple(ehs.shape), ehs._version, ehs.device, ehs.dtype)
+        key = self.key(ehs)
         hit = self._cache.get(key)
         if hit is None:
             cond = self.cond.to(device=ehs.device, dtype=ehs.dtype)
@@ -32,7 +39,7 @@ class CondRows:
                             rows.append(r)
                             which.append(p)
                             break
-            hit = self._cache[key] = (rows, which)
+            hit = self._cache[key] = (rows, which, ehs)  # ehs kept: its address names no other tensor
             if len(self._cache) > 8:
                 self._cache.pop(next(iter(self._cache)))
-        return hit
+        return hit[0], hit[1]

@@ -5,6 +5,12 @@ original processor (plain, SDPA, Custom Diffusion, LoRA-wrapped: its query and o
 were) and replaces, at its attention call, the keys/values of the conditional rows only — rows found by exact content
 (``guidance.CondRows``), never by batch size — with K/V computed once per prompt. The unconditional branch is
 untouched. Original processors come back on exit, also on error.
+
+The K/V a layer attends with are built once per encoder-states tensor (diffusers hands the same one to every step
+of a pipeline call) and reused at the steps after: no tensor operation is added to a step. The unconditional rows'
+K/V in them are the layer's own from the first step, so the layer's projections must not change during one
+pipeline call (they do not in diffusers' pipelines; a callback that rescales a LoRA between steps would need one
+``inject_kv`` block per step).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class InjectKV(nn.Module):
         self.cond = cond
         self.key, self.value = key, value
         self.hits = 0
+        self._spliced: dict[tuple, tuple] = {}  # CondRows.key(ehs) -> (ehs, key, value) as attention gets them
         self._heads: dict[
             tuple, tuple
         ] = {}  # (rows, which, dtype, device) -> K/V in the (batch, head, token, d) layout
@@ -72,14 +79,20 @@ class InjectKV(nn.Module):
         if not rows:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
         self.hits += 1
+        ehs_key = CondRows.key(encoder_hidden_states)
 
         def swapped(sdpa, query, key, value, *args, **kw):
-            idx, k, v = self._in_head_layout(key, rows, which)
-            if k is not None:
-                key = key.index_copy(0, idx, k)
-            if v is not None:
-                value = value.index_copy(0, idx, v)
-            return sdpa(query, key, value, *args, **kw)
+            hit = self._spliced.get(ehs_key)
+            if hit is None or hit[1].shape != key.shape or hit[1].dtype != key.dtype:
+                idx, k, v = self._in_head_layout(key, rows, which)
+                if k is not None:
+                    key = key.index_copy(0, idx, k)
+                if v is not None:
+                    value = value.index_copy(0, idx, v)
+                hit = self._spliced[ehs_key] = (encoder_hidden_states, key, value)
+                if len(self._spliced) > 4:
+                    self._spliced.pop(next(iter(self._spliced)))
+            return sdpa(query, hit[1], hit[2], *args, **kw)
 
         with intercept_sdpa(swapped):
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)

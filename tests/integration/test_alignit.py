@@ -8,6 +8,7 @@ from alignit_probe import store as st
 from alignit_probe.alignit.engine import AlignITOptions, alignit, alignit_kv, generate_alignit
 from alignit_probe.alignit.plan import BASELINE
 from alignit_probe.alignit.swap import Source, swap_kv
+from alignit_probe.capture.inject import InjectKV
 from alignit_probe.capture.sdpa import intercept_sdpa, recording
 from alignit_probe.capture.sites import attn2_paths, record_kv
 from alignit_probe.errors import ProbeError
@@ -78,6 +79,56 @@ def test_injected_kv_reach_attention_for_conditional_rows_only(cd_pair):
             assert torch.equal(merge(k)[0], own[item][0][0]) and torch.equal(merge(v)[0], own[item][1][0])
             seen += 1
     assert seen == len(paths)
+
+
+def test_kv_built_once_per_pipeline_call_equal_every_step(cd_pair, monkeypatch):
+    """The K/V each layer attends with are built at the first step and reused (no operation added to a step): the
+    images are bit-identical to building them at every step."""
+    akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1])
+
+    def images():
+        with alignit(cd_pair, akv) as pipe:
+            out = pipe(
+                prompt_embeds=akv.cond_embeds,
+                num_inference_steps=3,
+                output_type="np",
+                generator=torch.Generator().manual_seed(0),
+            ).images
+        return out
+
+    reused = images()
+    built = []
+    original = InjectKV.__call__
+
+    def every_step(self, *args, **kwargs):
+        built.append(len(self._spliced))
+        self._spliced.clear()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(InjectKV, "__call__", every_step)
+    fresh = images()
+    assert np.array_equal(reused, fresh) and max(built) == 1  # reused before: one entry per layer
+
+
+def test_reused_kv_follow_a_new_negative_prompt(cd_pair):
+    """Within one block, a second call with other encoder states (another negative prompt) gets its own
+    unconditional K/V, although the first tensor is gone and its memory could hold the second."""
+    akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1])
+    unet = cd_pair.custom.unet
+    path = attn2_paths(unet)[0]
+    negs = [cd_pair.custom.encode_prompt([n], "cpu", 1, False)[0].detach() for n in ("", "blurry, low quality")]
+    seen = []
+    with alignit(cd_pair, akv), torch.no_grad():
+        for neg in negs:
+            calls = []
+            with intercept_sdpa(recording(calls)):
+                unet(torch.randn(2, 4, 16, 16), 10, encoder_hidden_states=torch.cat([neg, akv.cond_embeds]))
+            seen.append(calls)
+    first = [i for i, c in enumerate(seen[0]) if c[1].shape[-2] == 77][0]  # the first attn2 call
+    merge = lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1)
+    for neg, calls in zip(negs, seen):
+        k = merge(calls[first][1])
+        assert torch.equal(k[0], record_kv(unet, neg)[path][0][0]) and torch.equal(k[1], akv.kv[path][0][0])
 
 
 def test_processors_restored_after_exit_and_error(cd_pair):
