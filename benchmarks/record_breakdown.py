@@ -19,7 +19,7 @@ from alignit_probe.store import background
 # the caller's-thread functions worth a line each (cProfile's cumulative seconds), in data-flow order
 PHASES = {
     "stage_tensors": "compute: text encoder(s) + attn2 K/V on the device",
-    "to_host": "copies to the host (device -> numpy, store dtype)",
+    "to_host_all": "copies to the host (device -> numpy, store dtype)",
     "record_batch": "one batch: compute + copies + Datasets",
     "_submit": "handing batches to the writer (waits while it is a batch behind)",
     "embedding_diagnostics": "embedding diagnostics",

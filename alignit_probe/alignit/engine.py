@@ -143,13 +143,16 @@ def alignit_kv(
         if p.dropped
     ]
     base_c, base_pooled = conditioning(pair.baseline, bt)
-    custom_c, custom_pooled = conditioning(pair.custom, ct)
+    order = sorted(dummies)
+    # the prompts and the dummies through the customized text encoder(s) in one batch
+    both, both_pooled = conditioning(pair.custom, ct + [dummies[c] for c in order])
+    custom_c, dummy_c = both[: len(ct)], both[len(ct) :]
+    custom_pooled = None if both_pooled is None else both_pooled[: len(ct)]
     base_kv = record_kv(pair.baseline.unet, base_c, sites)
     # the customized model's own K/V of the prompt: for what is not infused, and for blending (alpha < 1)
     own_kv = not (options.keys and options.values and options.alpha == 1.0)
     custom_kv = record_kv(pair.custom.unet, custom_c, sites) if own_kv else {}
-    order = sorted(dummies)
-    dummy_kv = record_kv(pair.custom.unet, conditioning(pair.custom, [dummies[c] for c in order])[0], sites)
+    dummy_kv = record_kv(pair.custom.unet, dummy_c, sites)
     device = placement(denoiser.unet)[0]
     index = infuse_index(plans, order, base_c.device)  # the same at every site: built once
     positions = partner_positions(plans, ct, custom_c.device) if own_kv else None

@@ -11,6 +11,7 @@ group's softmax(Q Kᵀ · scale) in float32 with one batched product. Each slice
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -79,7 +80,7 @@ def rows_of(t: torch.Tensor, batch: int, rows: slice | list[int]) -> torch.Tenso
     return t[rows] if t.shape[0] == batch else t
 
 
-def call_probabilities(name: str, calls, batch: int, tokens: int, rows) -> torch.Tensor:
+def call_probabilities(name: str, calls: Sequence, batch: int, tokens: int, rows: slice | list[int]) -> torch.Tensor:
     """(rows, heads, queries, tokens) float32 attention probabilities of one cross-attention call, from what it
     handed SDPA (``calls``: its intercepted calls, ``kind`` "sdpa" or "scores") — the call-by-call path, for calls
     with a mask, sliced processors and DAAM's aggregation."""

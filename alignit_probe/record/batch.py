@@ -33,6 +33,30 @@ def to_host(t: torch.Tensor, dtype: DTypeLike) -> np.ndarray:
     return t.detach().to(TORCH_DTYPES[np.dtype(dtype).name]).cpu().numpy()
 
 
+def to_host_all(tensors: list[torch.Tensor], dtype: DTypeLike) -> list[np.ndarray]:
+    """``to_host`` of every tensor of a batch. From a CUDA device, into one page-locked buffer: every copy queued
+    without waiting, then one wait (an H200 copies ~50 GiB/s into page-locked memory, 1.5 GiB/s into pageable
+    memory). The buffer comes from torch's caching host allocator: the first batches of a process pay for locking
+    its pages (~0.45 ms per MiB), the later ones reuse them as the writer frees earlier batches' arrays."""
+    devices = {t.device for t in tensors}
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        return [to_host(t, dtype) for t in tensors]
+    kind = TORCH_DTYPES[np.dtype(dtype).name]
+    tensors = [t.detach().to(kind) for t in tensors]
+    try:
+        buffer = torch.empty(sum(t.numel() for t in tensors), dtype=kind, pin_memory=True)
+    except RuntimeError:  # page-locked memory refused (memlock limit): pageable copies
+        return [t.cpu().numpy() for t in tensors]
+    out, at = [], 0
+    for t in tensors:
+        dst = buffer[at : at + t.numel()].view(t.shape)
+        dst.copy_(t, non_blocking=True)
+        out.append(dst)
+        at += t.numel()
+    torch.cuda.current_stream(next(iter(devices))).synchronize()
+    return [t.numpy() for t in out]
+
+
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -52,18 +76,25 @@ def stage_tensors(
     return {**groups, "kv": record_kv(pipe.unet, c, kv_sites)}
 
 
-def text_dataset(stages: dict, index: dict, cut: slice, store_dtype: DTypeLike) -> xr.Dataset:
-    """One text group as a Dataset: ``encoder_layer`` (prompt, layer, token, channel), ``pooled`` (prompt,
-    pooled_channel: its own width), every other stage (prompt, token, channel)."""
+def cut_tokens(name: str, t: torch.Tensor, cut: slice) -> torch.Tensor:
+    """A stage's tensor with the token positions kept (``pooled`` has none)."""
+    if name == "encoder_layer":
+        return t[:, :, cut]
+    return t if name == "pooled" else t[:, cut]
+
+
+def text_dataset(stages: dict[str, np.ndarray], index: dict) -> xr.Dataset:
+    """One text group as a Dataset, from its stages on the host: ``encoder_layer`` (prompt, layer, token, channel),
+    ``pooled`` (prompt, pooled_channel: its own width), every other stage (prompt, token, channel)."""
     variables, coords = {}, dict(index)
-    for name, t in stages.items():
+    for name, a in stages.items():
         if name == "encoder_layer":
-            variables[name] = (("prompt", "layer", "token", "channel"), to_host(t[:, :, cut], store_dtype))
-            coords["layer"] = np.arange(t.shape[1])
+            variables[name] = (("prompt", "layer", "token", "channel"), a)
+            coords["layer"] = np.arange(a.shape[1])
         elif name == "pooled":
-            variables[name] = (("prompt", "pooled_channel"), to_host(t, store_dtype))
+            variables[name] = (("prompt", "pooled_channel"), a)
         else:
-            variables[name] = (("prompt", "token", "channel"), to_host(t[:, cut], store_dtype))
+            variables[name] = (("prompt", "token", "channel"), a)
     return xr.Dataset(variables, coords=coords)
 
 
@@ -86,14 +117,17 @@ def record_batch(
     cut = slice(0, coords.sizes["token"])
     ptc = ("prompt", "token", "channel")
     index = {"prompt": coords.prompt.values, "token": coords.token.values}
-    groups = {name: text_dataset(stages, index, cut, store_dtype) for name, stages in st.items() if name != "kv"}
+    text = [(g, name, cut_tokens(name, t, cut)) for g, stages in st.items() if g != "kv" for name, t in stages.items()]
+    kv = [t[:, cut] for k_v in st["kv"].values() for t in k_v]
+    host = to_host_all([t for _, _, t in text] + kv, store_dtype)  # one wait for the whole batch
+    stages: dict[str, dict[str, np.ndarray]] = {}
+    for (g, name, _), a in zip(text, host):
+        stages.setdefault(g, {})[name] = a
+    groups = {g: text_dataset(arrays, index) for g, arrays in stages.items()}
     shared = xr.Coordinates(index)  # one index object for every site: half the cost of each Dataset
-    for path, (k, v) in st["kv"].items():
-        groups[f"kv/{path}"] = xr.Dataset(
-            {"key": (ptc, to_host(k[:, cut], store_dtype)), "value": (ptc, to_host(v[:, cut], store_dtype))},
-            coords=shared,
-            attrs={"site": path},
-        )
+    for i, path in enumerate(st["kv"]):
+        k, v = host[len(text) + 2 * i], host[len(text) + 2 * i + 1]
+        groups[f"kv/{path}"] = xr.Dataset({"key": (ptc, k), "value": (ptc, v)}, coords=shared, attrs={"site": path})
     return Batch(coords, groups)
 
 

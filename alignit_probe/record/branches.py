@@ -23,7 +23,7 @@ from ..store.batch import Batch, token_coords
 from ..store.writer import StoreWriter
 from ..text.concepts import Concept, TokenizedPrompt, tokenize_pair
 from ..text.encoder import conditioning
-from .batch import to_host
+from .batch import to_host_all
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,12 +40,10 @@ def alignit_batch(akv: AlignITKV, start: int, store_dtype: DTypeLike = np.float3
     index = {"prompt": coords.prompt.values, "token": coords.token.values}
     ptc = ("prompt", "token", "channel")
     groups, shared = {}, xr.Coordinates(index)  # one index object for every site
-    for path, (k, v) in akv.kv.items():
-        groups[f"kv/{path}"] = xr.Dataset(
-            {"key": (ptc, to_host(k, store_dtype)), "value": (ptc, to_host(v, store_dtype))},
-            coords=shared,
-            attrs={"site": path},
-        )
+    host = iter(to_host_all([t for k_v in akv.kv.values() for t in k_v], store_dtype))
+    for path in akv.kv:
+        k, v = next(host), next(host)
+        groups[f"kv/{path}"] = xr.Dataset({"key": (ptc, k), "value": (ptc, v)}, coords=shared, attrs={"site": path})
     return Batch(coords, groups)
 
 

@@ -17,6 +17,7 @@ import zarr
 from zarr.core.sync import sync as zarr_sync
 
 from . import zarr_chunks as zc
+from . import zarr_layout as zl
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,7 +42,7 @@ class PartialArrays:
         self._arrays: dict[tuple[str, str], object] = {}  # (group, name) -> zarr AsyncArray, opened where needed
         self._meta: dict[tuple[str, str], object] = {}  # (group, name) -> metadata read from zarr.json
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.layouts: dict = {}  # templates read and metadata parsed while laying out groups (zc.create_like)
+        self.layouts: dict = {}  # templates read, metadata parsed, plans made (zarr_layout.plan_like)
 
     def encoding(self, ds: xr.Dataset) -> tuple[dict, dict]:
         """zarr encoding (chunks, compressors) and the matching dask chunks of the variables along ``prompt``.
@@ -74,21 +75,21 @@ class PartialArrays:
         self.forget(group)  # (re)written: its arrays are read afresh
 
     def add(self, group: str, index: dict, created: dict[str, object], axes: dict[str, int]) -> None:
-        """Take in a group created at the file level (``templates.create_like``): its index values, the metadata
+        """Take in a group laid out at the file level (``templates.plan_like``): its index values, the metadata
         of its arrays along ``prompt`` and their prompt axes, so that they need not be read back."""
         self.started.add(group)
         self.index[group] = index
-        self.forget(group)
+        self.forget(group, layouts=False)  # its plan stays: it is this group's layout, kept as a template
         self._axes[group] = dict(axes)
         self._meta.update({(group, k): m for k, m in created.items()})
 
-    def forget(self, group: str) -> None:
-        """Drop what is cached of ``group``'s arrays (it was rewritten)."""
+    def forget(self, group: str, layouts: bool = True) -> None:
+        """Drop what is cached of ``group``'s arrays (it was rewritten), and of its layout as a template."""
         self._axes.pop(group, None)
         for cache in (self._arrays, self._meta):
             for key in [k for k in cache if k[0] == group]:
                 del cache[key]
-        for key in [k for k in self.layouts if k[1] == group]:  # ("arrays" | "node" | "files", template, …)
+        for key in [k for k in self.layouts if k[1] == group] if layouts else []:  # ("arrays", template), …
             del self.layouts[key]
 
     def prompt_axes(self, group: str) -> dict[str, int]:
@@ -146,10 +147,19 @@ class PartialArrays:
                     where = tuple(slice(n0, n0 + n) if d == axis else slice(None) for d in range(values.ndim))
                     jobs.append(grow_and_set(self.array(group, name), axis, length, where, values))
         if files:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1))
-            list(self._pool.map(zc.write_file, files))
+            list(self.pool().map(zc.write_file, files))
         zarr_sync(gather(jobs))
+
+    def write_plans(self, plans: list) -> None:
+        """Write the files of new groups laid out at the file level (``zarr_layout.write_plan``), side by side."""
+        if plans:
+            list(self.pool().map(zl.write_plan, plans))
+
+    def pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads that write files (started at the first use)."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1))
+        return self._pool
 
     def close(self) -> None:
         """Stop the threads that write chunk files (a later ``extend`` starts new ones)."""

@@ -2,7 +2,7 @@
 
 Every branch of a store has the same shape, and a branch has many K/V groups of the same variables: creating each
 through xarray (``to_zarr``) costs far more than a batch's write, so only the first of a kind is; the others copy
-its ``zarr.json`` files with their own sizes (``zarr_chunks.create_like``)."""
+its ``zarr.json`` files with their own sizes (``zarr_layout``), all of a batch's new groups written side by side."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import xarray as xr
 
-from . import zarr_chunks as zc
+from . import zarr_layout as zl
 from .arrays import PartialArrays
 
 
@@ -31,16 +31,20 @@ def templates(group: str, started: set[str]) -> Iterator[str]:
                 yield other
 
 
-def create_like(arrays: PartialArrays, group: str, ds: xr.Dataset, template: str, n_prompts: int | None) -> bool:
-    """Lay ``group`` out like ``template`` (``zarr_chunks.create_like``); False if their variables differ.
+def plan_like(
+    arrays: PartialArrays, group: str, ds: xr.Dataset, template: str, n_prompts: int | None
+) -> zl.Plan | None:
+    """Lay ``group`` out like ``template`` (``zarr_layout.plan_like``) and take it into ``arrays``; returns the
+    plan that writes its files (``zarr_layout.write_plan``), None if their variables differ.
 
     The template's index values (token, layer) are known for groups of this run only: a group of a resumed run is
     no template, since its index values would have to be read back to be compared."""
     if template not in arrays.index:
-        return False
-    created = zc.create_like(arrays.root, group, ds, template, n_prompts, arrays.index[template], arrays.layouts)
-    if created is None:
-        return False
+        return None
+    out = zl.plan_like(arrays.root, group, ds, template, n_prompts, arrays.index[template], arrays.layouts)
+    if out is None:
+        return None
+    created, plan = out
     axes = {k: list(ds.variables[k].dims).index("prompt") for k in created}
     arrays.add(group, arrays.index[template], created, axes)
-    return True
+    return plan

@@ -21,7 +21,7 @@ from .batch import Batch, keep_tokens, select_prompts
 from .export import export_netcdf
 from .layout import FORMAT, check_output, decode_attrs, encode_attrs, is_netcdf, remove_path
 from .resume import resume as resume_partial
-from .templates import create_like, templates
+from .templates import plan_like, templates
 
 
 class StoreWriter:
@@ -119,14 +119,25 @@ class StoreWriter:
         if model not in arrays.started:
             coords.attrs = encode_attrs(model_attrs or {})
         items = [(model, coords)] + [(f"{model}/{k}", v) for k, v in batch.groups.items()]
-        by_xarray = []
+        by_xarray, plans = [], []
         for group, ds in items:
             if group not in arrays.started:
                 if n0:
                     raise ValueError(f"group {group!r} appears after {n0} prompts of {model!r} were written")
-                if not any(create_like(arrays, group, ds, t, self.n_prompts) for t in templates(group, arrays.started)):
+                plan = next(
+                    (
+                        p
+                        for t in templates(group, arrays.started)
+                        if (p := plan_like(arrays, group, ds, t, self.n_prompts))
+                    ),
+                    None,
+                )
+                if plan is None:
                     arrays.create(group, ds)
                     by_xarray.append(group)
+                else:
+                    plans.append(plan)
+        arrays.write_plans(plans)
         arrays.extend([(g, ds) for g, ds in items if g not in by_xarray], n0)
         if by_xarray and self.n_prompts:  # xarray wrote them one batch long: preallocate like the others
             arrays.resize(model, max(self.n_prompts, n0 + batch.coords.sizes["prompt"]), by_xarray)

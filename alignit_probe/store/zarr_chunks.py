@@ -1,6 +1,6 @@
 """zarr v3 at the file level, for the store writer's hot path: array metadata read from ``zarr.json`` (no zarr
-open, no event loop), whole uncompressed chunks written straight to their files, and groups laid out from a
-template group that xarray wrote.
+open, no event loop), whole uncompressed chunks written straight to their files, and the store's metadata
+consolidated from those files (groups laid out like a template: ``zarr_layout``).
 
 The zarr v3 format defines an uncompressed chunk (a single ``bytes`` codec) as the chunk's bytes in the array's
 endianness, in the file named by the chunk key encoding: ``c.<i>.<j>…`` with the "." separator the store uses
@@ -9,7 +9,6 @@ endianness, in the file named by the chunk key encoding: ``c.<i>.<j>…`` with t
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import os
@@ -21,7 +20,7 @@ import numpy as np
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 if TYPE_CHECKING:
-    import xarray as xr
+    pass
 
 CHUNK_KEYS = {"name": "default", "separator": "."}  # chunk files c.<i>.<j>… side by side: no folder per chunk
 GROUP_META = {"attributes": {}, "zarr_format": 3, "node_type": "group"}  # what xarray writes for a bare group
@@ -91,68 +90,6 @@ def write_file(item: tuple[Path, np.ndarray, bool]) -> None:
     if nested:
         path.parent.mkdir(parents=True, exist_ok=True)
     np.ascontiguousarray(block).tofile(path)
-
-
-def create_like(
-    root: Path, group: str, ds: xr.Dataset, template: str, n_prompts: int | None, index: dict, cache: dict | None = None
-) -> dict | None:
-    """Create ``group``'s (empty, preallocated) arrays under the zarr store ``root`` from the nodes of ``template``,
-    a group of the same variables, dimensions and dtypes that xarray wrote: each node's ``zarr.json`` with sizes
-    (and whole-axis chunks) set to ``ds``'s, and ``prompt`` to ``n_prompts`` when larger. Index arrays (no
-    ``prompt``: token, layer) are copied, so their values in ``index`` (name -> values, the template's) must equal
-    ``ds``'s. Returns name -> metadata of the new arrays along ``prompt``; None (nothing written) if they differ.
-    ``cache``: a dict kept by the caller for one store, holding what was read of templates and parsed metadata (a
-    branch lays out ~70 groups from one template)."""
-    cache = {} if cache is None else cache
-    src, dst = root / template, root / group
-    if ("arrays", template) not in cache:
-        cache["arrays", template] = group_arrays(src)
-    arrays = copy.deepcopy(cache["arrays", template])
-    if set(arrays) != set(ds.variables):
-        return None
-    for name, meta in arrays.items():
-        var = ds.variables[name]
-        kind = "string" if var.dtype.kind in "OUT" else var.dtype.name
-        if list(meta.get("dimension_names") or ()) != list(var.dims) or meta["data_type"] != kind:
-            return None
-        if "prompt" not in var.dims and not np.array_equal(index.get(name), var.values):
-            return None
-    for parent in reversed(list(dst.relative_to(root).parents)[:-1]):  # implicit groups (custom/kv)
-        if not (root / parent / "zarr.json").is_file():
-            (root / parent).mkdir(parents=True, exist_ok=True)
-            (root / parent / "zarr.json").write_text(json.dumps(GROUP_META))
-    dst.mkdir(parents=True, exist_ok=True)
-    if ("node", template) not in cache:
-        cache["node", template] = read_node(src)
-    meta = copy.deepcopy(cache["node", template])
-    keep = {k: v for k, v in meta.get("attributes", {}).items() if k == "coordinates"}
-    meta["attributes"] = {**keep, **ds.attrs}
-    (dst / "zarr.json").write_text(json.dumps(meta))
-    created = {}
-    for name, meta in arrays.items():
-        var = ds.variables[name]
-        if "prompt" not in var.dims:  # index coordinates (token, layer): metadata and values, as files
-            if ("files", template, name) not in cache:
-                cache["files", template, name] = [
-                    (f.relative_to(src / name), f.read_bytes()) for f in sorted((src / name).rglob("*")) if f.is_file()
-                ]
-            for rel, data in cache["files", template, name]:
-                (dst / name / rel).parent.mkdir(parents=True, exist_ok=True)
-                (dst / name / rel).write_bytes(data)
-            continue
-        chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
-        for d, (dim, size) in enumerate(zip(var.dims, var.shape)):
-            whole = chunks[d] == meta["shape"][d]
-            meta["shape"][d] = max(n_prompts or 0, size) if dim == "prompt" else size
-            if whole and dim != "prompt":
-                chunks[d] = size
-        (dst / name).mkdir()
-        text = json.dumps(meta)
-        (dst / name / "zarr.json").write_text(text)
-        if ("meta", text) not in cache:  # groups of one width share their arrays' metadata
-            cache["meta", text] = ArrayV3Metadata.from_dict(meta)
-        created[name] = cache["meta", text]
-    return created
 
 
 def consolidate(root: Path) -> None:

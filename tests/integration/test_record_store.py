@@ -136,3 +136,22 @@ def test_float16_on_gpu_has_no_nans(toy_dir, cd_dir, tmp_path):
     for name in ["text"] + [f"kv/{p}" for p in st.kv_paths(tree, "custom")]:
         for var in st.group(tree, "custom", name).data_vars:
             assert np.isfinite(st.group(tree, "custom", name)[var].values).all()
+
+
+@pytest.mark.gpu
+def test_page_locked_host_copies_equal_pageable_ones():
+    """A batch copied to the host through one page-locked buffer holds what per-tensor copies hold, in the store's
+    dtype, also from non-contiguous (token-cut) tensors."""
+    from alignit_probe.record.batch import to_host, to_host_all
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    tensors = [
+        torch.randn(4, 77, 64, device="cuda", generator=g)[:, :50],
+        torch.randn(3, 5, device="cuda", generator=g).half(),
+        torch.randn(2, 3, 77, 32, device="cuda", generator=g)[:, :, :20],
+    ]
+    for dtype in (np.float16, np.float32):
+        got = to_host_all(tensors, dtype)
+        for a, t in zip(got, tensors):
+            assert a.dtype == dtype and a.shape == tuple(t.shape)
+            np.testing.assert_array_equal(a, to_host(t, dtype))

@@ -80,3 +80,32 @@ def test_consolidate_writes_what_zarr_writes(tmp_path):
     assert not (tmp_path / "ours.zarr" / "zarr.json.tmp").exists()
     back = xr.open_datatree(tmp_path / "ours.zarr", engine="zarr", consolidated=True)
     xr.testing.assert_identical(back["custom/kv/x"].to_dataset(), ds)
+
+
+def test_planned_group_is_a_template_before_its_files_exist(tmp_path):
+    """``zarr_layout``: B laid out like A (written by xarray), C like B before B's files are written; written in any
+    order, zarr reads both with their own sizes, index values and attributes."""
+    import xarray as xr
+
+    from alignit_probe.store import zarr_layout as zl
+
+    def ds(width, site):
+        return xr.Dataset(
+            {"key": (("prompt", "token", "channel"), np.zeros((2, 3, width), np.float16))},
+            coords={"prompt": [0, 1], "token": [0, 1, 2]},
+            attrs={"site": site},
+        )
+
+    root = tmp_path / "s.zarr"
+    ds(4, "a").to_zarr(root, group="m/kv/a", consolidated=False, zarr_format=3)
+    cache, index = {}, {"token": np.arange(3)}
+    _, plan_b = zl.plan_like(root, "m/kv/b", ds(4, "b"), "m/kv/a", 6, index, cache)
+    created_c, plan_c = zl.plan_like(root, "m/kv/c", ds(8, "c"), "m/kv/b", 6, index, cache)
+    assert not (root / "m/kv/b").exists() and created_c["key"].shape == (6, 3, 8)
+    assert zl.plan_like(root, "m/kv/d", ds(8, "d").rename(key="value"), "m/kv/b", 6, index, cache) is None
+    zl.write_plan(plan_c)
+    zl.write_plan(plan_b)
+    for name, width in (("b", 4), ("c", 8)):
+        back = xr.open_zarr(root, group=f"m/kv/{name}", consolidated=False)
+        assert back["key"].shape == (6, 3, width) and back.attrs["site"] == name
+        np.testing.assert_array_equal(back["token"].values, np.arange(3))
