@@ -77,7 +77,16 @@ def kv_distances(
     sites = [p for p in kv if p in base_kv]
     out = {}
     for which, name in enumerate(("key", "value")):
-        d = [partner_distances(kv[p][which][:, :n_tok], base_kv[p][which], ref, store_dtype) for p in sites]
+        # the sites of one width stacked: one distance computation each (SDXL: 2 instead of 70)
+        widths: dict[int, list[int]] = {}
+        for i, p in enumerate(sites):
+            widths.setdefault(kv[p][which].shape[-1], []).append(i)
+        d: list = [None] * len(sites)
+        for group in widths.values():
+            a = torch.stack([kv[sites[i]][which][:, :n_tok] for i in group], dim=1)
+            b = torch.stack([base_kv[sites[i]][which] for i in group], dim=1)
+            for j, x in zip(group, partner_distances(a, b, ref, store_dtype).unbind(1)):
+                d[j] = x
         values = to_numpy(torch.stack(d, dim=1)) if d else np.empty((ref.shape[0], 0, n_tok, len(METRICS)))
         out[name] = (("prompt", "site", "token", "metric"), values)
     return out, sites
