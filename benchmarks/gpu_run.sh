@@ -2,7 +2,7 @@
 # The benchmarks at SDXL-base-1.0's shapes (random weights, float16, CUDA) on the offline GPU machine, in one run:
 # record vs compute floor (with --summary, and a breakdown of one run), AlignIT vs plain generation, attention maps vs
 # plain generation; then the same three at SD1.5's shapes for reference, each only while enough of the time budget is
-# left; then the tests marked gpu.
+# left; the tests marked gpu after the SDXL benchmarks; last, SDXL recording at 96 prompts while time allows.
 #
 #   bash benchmarks/gpu_run.sh            # SDXL, then the SD1.5 reference while time allows
 #   bash benchmarks/gpu_run.sh sdxl-only  # SDXL only
@@ -50,12 +50,16 @@ bench 120 benchmarks/bench_record.py --size sdxl "${cuda[@]}" --prompts 32 --bat
 bench 60 benchmarks/bench_alignit.py --size sdxl "${cuda[@]}" --steps 20 --repeats 3
 bench 70 benchmarks/bench_attention.py --size sdxl "${cuda[@]}" --steps 20 --repeats 5
 
+say "=== python3 -m pytest -m gpu (t=$((SECONDS - start)) s)"  # the CUDA-only tests (recording on the device)
+timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -n 5 | tee -a "$log"
+
 if [ "${1:-}" != sdxl-only ]; then
   reference 45 benchmarks/bench_record.py --size sd15 "${cuda[@]}" --prompts 64 --batch-size 32 \
     --store-dtype float16 --repeats 3 --out /tmp/bench_record
   reference 40 benchmarks/bench_alignit.py --size sd15 "${cuda[@]}" --steps 20 --repeats 2
   reference 30 benchmarks/bench_attention.py --size sd15 "${cuda[@]}" --steps 20 --repeats 3
+  # SDXL recording at three times the prompts: what the per-run costs weigh at 32 prompts
+  reference 55 benchmarks/bench_record.py --size sdxl "${cuda[@]}" --prompts 96 --batch-size 16 \
+    --store-dtype float16 --repeats 2 --out /tmp/bench_record
 fi
-say "=== python3 -m pytest -m gpu (t=$((SECONDS - start)) s)"  # the CUDA-only tests: float16 recording on the device
-timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -n 5 | tee -a "$log"
 say "=== done in $((SECONDS - start)) s"
