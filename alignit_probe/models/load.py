@@ -27,7 +27,7 @@ from ..schema import DEFAULT_CUSTOM
 from .apply import Artifact, apply_artifact, apply_parsed
 from .artifacts import first_line, is_pipeline_dir, parse_artifact
 from .components import check_components, component_folders, ema_note, load_components
-from .pipes import SD, SUPPORTED, not_supported
+from .pipes import SD, SUPPORTED, not_supported, text_copy
 from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec
 from .verify import differs, stages
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Artifact", "ModelPair", "ModelSet", "apply_artifact", "load_models", "load_pair", "load_pipeline"]
 
 WHOLE = {"pipeline": "full pipeline", "checkpoint": "training checkpoint"}  # SPECs that replace weights
+TEXT_ONLY = ("textual_inversion", "a1111_embedding")  # artifacts that only add token embeddings
 METHODS = {
     "textual_inversion": "textual_inversion",
     "a1111_embedding": "textual_inversion",
@@ -185,7 +186,10 @@ def _custom_model(
     if kinds[0] == "checkpoint":
         check_components(component_folders(customs[0]), base)
     note(progress, f"loading customized model {name}: {' + '.join(customs)}")
-    custom = load_pipeline(customs[0] if kinds[0] == "pipeline" else baseline, device, dtype)
+    if kinds[0] not in WHOLE and all(getattr(a, "kind", None) in TEXT_ONLY for a in parsed):
+        custom = text_copy(base)  # the baseline's UNet and VAE, shared: nothing applied touches them
+    else:
+        custom = load_pipeline(customs[0] if kinds[0] == "pipeline" else baseline, device, dtype)
     if kinds[0] == "checkpoint":
         load_components(custom, component_folders(customs[0]))
     if sites.layout(base.unet) != sites.layout(custom.unet):

@@ -47,3 +47,26 @@ def placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     group-offloading hooks through every submodule first: ~4 ms each on SDXL's UNet, paid per call in hot paths."""
     p = next(module.parameters())
     return p.device, p.dtype
+
+
+def text_copy(pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:
+    """A pipeline of ``pipe``'s class and configuration with its own copies of the text encoder(s), tokenizer(s)
+    and scheduler, sharing every other component (the UNet, the VAE): the customized model of artifacts that only
+    touch the text path (Textual Inversion), without a second UNet in memory (SDXL's: 5 GB in float16)."""
+    import copy
+
+    parts = dict(pipe.components)
+    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"):
+        if parts.get(name) is not None:
+            parts[name] = copy.deepcopy(parts[name])
+    config = {
+        k: pipe.config[k]
+        for k in ("requires_safety_checker", "force_zeros_for_empty_prompt")
+        if k in pipe.config and k not in parts
+    }
+    extra = {} if not is_xl(pipe) else {"add_watermarker": getattr(pipe, "watermark", None) is not None}
+    out = type(pipe)(**parts, **config, **extra)
+    if "_name_or_path" in pipe.config:  # where it was loaded from
+        out.register_to_config(_name_or_path=pipe.config["_name_or_path"])
+    out.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return out

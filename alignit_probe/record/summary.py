@@ -71,18 +71,23 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def kv_distances(
-    kv: dict, base_kv: dict, ref: torch.Tensor, store_dtype: torch.dtype, n_tok: int
+    kv: dict, base_kv: dict, ref: torch.Tensor, store_dtype: torch.dtype, n_tok: int, together: bool | None = None
 ) -> tuple[dict, list[str]]:
-    """``key`` / ``value`` distances (prompt, site, token, metric) of the sites both have, and those sites."""
+    """``key`` / ``value`` distances (prompt, site, token, metric) of the sites both have, and those sites.
+
+    ``together``: the sites of one width stacked, one distance computation each (SDXL: 2 instead of 70) — on a GPU,
+    where each operation costs its launch; site by site on a CPU, where one site's temporaries stay in cache
+    (None: by the tensors' device). Both give the same values."""
     sites = [p for p in kv if p in base_kv]
+    if together is None:
+        together = bool(sites) and kv[sites[0]][0].device.type != "cpu"
     out = {}
     for which, name in enumerate(("key", "value")):
-        # the sites of one width stacked: one distance computation each (SDXL: 2 instead of 70)
-        widths: dict[int, list[int]] = {}
+        groups: dict = {}
         for i, p in enumerate(sites):
-            widths.setdefault(kv[p][which].shape[-1], []).append(i)
+            groups.setdefault(kv[p][which].shape[-1] if together else i, []).append(i)
         d: list = [None] * len(sites)
-        for group in widths.values():
+        for group in groups.values():
             a = torch.stack([kv[sites[i]][which][:, :n_tok] for i in group], dim=1)
             b = torch.stack([base_kv[sites[i]][which] for i in group], dim=1)
             for j, x in zip(group, partner_distances(a, b, ref, store_dtype).unbind(1)):

@@ -54,6 +54,20 @@ def test_textual_inversion(toy_dir, arts, key, token, as_folder):
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], saved)
 
 
+def test_textual_inversion_shares_the_baselines_unet(toy_dir, arts):
+    """A model of Textual Inversion artifacts only keeps the baseline's UNet and VAE (one copy in memory), with its
+    own text encoder, tokenizer and scheduler; the baseline's stay untouched. Anything touching the UNet loads it
+    afresh."""
+    pair = load_pair(toy_dir, [str(arts["ti1"]), str(arts["ti3"])], progress=False)
+    b, c = pair.baseline, pair.custom
+    assert c.unet is b.unet and c.vae is b.vae and dict(c.config) == dict(b.config)
+    assert c.text_encoder is not b.text_encoder and c.tokenizer is not b.tokenizer and c.scheduler is not b.scheduler
+    assert "<three>" in c.tokenizer.get_vocab() and "<three>" not in b.tokenizer.get_vocab()
+    assert len(b.tokenizer) == b.text_encoder.get_input_embeddings().weight.shape[0] < len(c.tokenizer)
+    with_lora = load_pair(toy_dir, [str(arts["ti1"]), str(arts["lora"])], progress=False)
+    assert with_lora.custom.unet is not with_lora.baseline.unet
+
+
 def test_textual_inversion_keeps_rng_and_baseline(toy_dir, arts, base):
     pipe = load_pipeline(toy_dir)
     torch.manual_seed(123)

@@ -101,6 +101,8 @@ def test_textual_inversion_goes_into_both_encoders(sdxl_dir, tmp_path, form):
     art = pair.artifacts[0]
     assert art.tokens == [token] and len(art.sha256) == 64
     pipe = pair.custom
+    assert pipe.unet is pair.baseline.unet and pipe.text_encoder_2 is not pair.baseline.text_encoder_2  # one UNet
+    assert dict(pipe.config) == dict(pair.baseline.config)
     for tok, te, width in ((pipe.tokenizer, pipe.text_encoder, W1), (pipe.tokenizer_2, pipe.text_encoder_2, W2)):
         ids = tok.convert_tokens_to_ids([token, f"{token}_1"])
         assert tok.unk_token_id not in ids and te.get_input_embeddings().weight.shape[-1] == width

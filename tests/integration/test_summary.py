@@ -147,3 +147,27 @@ def test_record_summary_cli_netcdf(toy_dir, cd_dir, stores, capsys):
     tree = st.open_store(out)
     assert st.store_attrs(tree)["summary"] == 1 and "distance" in tree["custom"].children
     assert_rows_close(compare_rows(st.open_store(paths[True])), compare_rows(tree))
+
+
+def test_sites_of_one_width_together_equal_site_by_site():
+    """``kv_distances`` with the sites of one width stacked (the GPU path) gives the values site by site gives (the
+    CPU path), bit for bit, with sites of two widths and partners missing."""
+    import torch
+
+    from alignit_probe.record.summary import kv_distances
+
+    g = torch.Generator().manual_seed(0)
+
+    def kv(width):
+        return torch.randn(3, 77, width, generator=g), torch.randn(3, 77, width, generator=g)
+
+    widths = {"a": 8, "b": 16, "c": 8, "d": 16}
+    custom, base = {p: kv(w) for p, w in widths.items()}, {p: kv(w) for p, w in widths.items()}
+    ref = torch.randint(-1, 77, (3, 60), generator=g)
+    one, sites = kv_distances(custom, base, ref, torch.float16, 60, together=False)
+    both, sites2 = kv_distances(custom, base, ref, torch.float16, 60, together=True)
+    assert sites == sites2 == list(widths)
+    for name in ("key", "value"):
+        assert one[name][0] == both[name][0]
+        np.testing.assert_array_equal(one[name][1], both[name][1])
+        assert np.isnan(one[name][1]).any() and not np.isnan(one[name][1]).all()
