@@ -139,6 +139,14 @@ def infuse_batch(
     return table[idx[0], idx[1]]
 
 
+def infuse_stacked(baseline: torch.Tensor, dummies: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``infuse_batch`` of many attn2 sites of one width at once: ``baseline`` (site, prompt, token, channel),
+    ``dummies`` (site, concept, token, channel) in ``infuse_index``'s concept order; returns (site, prompt, token,
+    channel), each site equal, element for element, to its own ``infuse_batch``."""
+    table = torch.cat([baseline, dummies], dim=1)  # rows: prompts, then dummies
+    return table[:, index[0], index[1]]
+
+
 def partner_positions(
     plans: list[Plan], others: list[TokenizedPrompt], device: torch.device | None = None
 ) -> torch.Tensor:

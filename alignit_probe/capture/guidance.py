@@ -19,6 +19,7 @@ class CondRows:
         """``cond``: the conditional encoder states handed to the pipeline, (prompt, token, channel)."""
         self.cond = cond.detach()
         self._cache: dict[tuple, tuple[list[int], list[int], torch.Tensor]] = {}
+        self._index: dict[tuple, torch.Tensor] = {}
 
     @staticmethod
     def key(ehs: torch.Tensor) -> tuple:
@@ -43,3 +44,11 @@ class CondRows:
             if len(self._cache) > 8:
                 self._cache.pop(next(iter(self._cache)))
         return hit[0], hit[1]
+
+    def index(self, rows: list[int], device: torch.device) -> torch.Tensor:
+        """``rows`` as an index tensor on ``device``, made once for every layer that shares this object (on a GPU,
+        each one made is a copy from the host)."""
+        key = (tuple(rows), device)
+        if key not in self._index:
+            self._index[key] = torch.tensor(rows, device=device)
+        return self._index[key]

@@ -55,7 +55,7 @@ class InjectKV(nn.Module):
         hit = self._heads.get(cache_key)
         if hit is None:
             _, h, t, d = key.shape
-            idx = torch.tensor(rows, device=key.device)
+            idx = self.cond.index(rows, key.device)
             shape = lambda x: None if x is None else self._for(x, key, which).view(len(rows), t, h, d).transpose(1, 2)
             hit = self._heads[cache_key] = (idx, shape(self.key), shape(self.value))
         return hit
