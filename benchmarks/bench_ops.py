@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,24 +31,13 @@ from alignit_probe.capture.sites import attn2_paths  # noqa: E402
 from alignit_probe.models.toy import build_toy_pipeline  # noqa: E402
 from alignit_probe.text.concepts import Concept, tokenize_prompts  # noqa: E402
 from alignit_probe.text.encoder import conditioning  # noqa: E402
+from benchmarks.op_count import OpCount  # noqa: E402
 from benchmarks.skeleton import build_sdxl_skeleton_pipeline  # noqa: E402
 from benchmarks.ti_pair import ti_pair  # noqa: E402
 
 
-class Count(TorchDispatchMode):
-    """Counts the ATen operations dispatched inside the block."""
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
-
-
 def counted(fn) -> int:
-    with torch.no_grad(), Count() as c:
+    with torch.no_grad(), OpCount() as c:
         fn()
     return c.n
 

@@ -2,31 +2,21 @@
 launches each one, and at SDXL's sizes that is what a step waits for (``benchmarks/bench_ops.py``)."""
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from alignit_probe.alignit.engine import alignit, alignit_kv
 from alignit_probe.capture.attention import capture_attention
 from alignit_probe.text.concepts import Concept
+from benchmarks.op_count import OpCount
 from tests.integration.attention_helpers import encode, toy_pipe
 
 GEN = dict(guidance_scale=7.5, output_type="latent")
-
-
-class Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
 
 
 def per_step(generate) -> float:
     """Operations per denoising step: the difference of a 1-step and a 4-step generation, over 3."""
     counts = []
     for steps in (1, 4):
-        with torch.no_grad(), Count() as c:
+        with torch.no_grad(), OpCount() as c:
             generate(steps)
         counts.append(c.n)
     return (counts[1] - counts[0]) / 3
