@@ -10,7 +10,9 @@ The K/V a layer attends with are built once per encoder-states tensor (diffusers
 of a pipeline call) and reused at the steps after: no tensor operation is added to a step. The unconditional rows'
 K/V in them are the layer's own from the first step, so the layer's projections must not change during one
 pipeline call (they do not in diffusers' pipelines; a callback that rescales a LoRA between steps would need one
-``inject_kv`` block per step).
+``inject_kv`` block per step). Where the wrapped processor is diffusers' ``AttnProcessor2_0`` on a plain layer (SD's
+attn2), the steps after the first attend with those K/V directly (``attend``): the layer's own key and value
+projections, whose results would be replaced anyway, are not computed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ProbeError
@@ -42,6 +45,7 @@ class InjectKV(nn.Module):
         self.key, self.value = key, value
         self.hits = 0
         self._spliced: dict[tuple, tuple] = {}  # CondRows.key(ehs) -> (ehs, key, value) as attention gets them
+        self._plain_layer: bool | None = None  # ``attend`` may stand in for the processor (decided at first use)
         self._heads: dict[
             tuple, tuple
         ] = {}  # (rows, which, dtype, device) -> K/V in the (batch, head, token, d) layout
@@ -59,6 +63,19 @@ class InjectKV(nn.Module):
             shape = lambda x: None if x is None else self._for(x, key, which).view(len(rows), t, h, d).transpose(1, 2)
             hit = self._heads[cache_key] = (idx, shape(self.key), shape(self.value))
         return hit
+
+    def _plain(self, attn: Attention, hidden_states: torch.Tensor, key: torch.Tensor) -> bool:
+        """Whether ``attend`` computes what the wrapped processor would: diffusers' ``AttnProcessor2_0`` on a layer
+        with no normalization, residual or mask of its own (SD's attn2 layers), tokens as rows."""
+        if self._plain_layer is None:
+            cls = type(self.inner)
+            self._plain_layer = (
+                cls.__name__ == "AttnProcessor2_0"
+                and cls.__module__.startswith("diffusers.")
+                and all(getattr(attn, n, None) is None for n in ("spatial_norm", "group_norm", "norm_q", "norm_k"))
+                and not attn.residual_connection
+            )
+        return self._plain_layer and hidden_states.ndim == 3 and hidden_states.shape[0] == key.shape[0]
 
     def project_kv(self, attn: Attention, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V this layer uses for encoder states ``c`` (so recording through the wrapper sees the injection)."""
@@ -80,6 +97,9 @@ class InjectKV(nn.Module):
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
         self.hits += 1
         ehs_key = CondRows.key(encoder_hidden_states)
+        hit = self._spliced.get(ehs_key)
+        if hit is not None and attention_mask is None and not kwargs and self._plain(attn, hidden_states, hit[1]):
+            return attend(attn, hidden_states, hit[1], hit[2])
 
         def swapped(sdpa, query, key, value, *args, **kw):
             hit = self._spliced.get(ehs_key)
@@ -96,6 +116,20 @@ class InjectKV(nn.Module):
 
         with intercept_sdpa(swapped):
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+
+def attend(attn: Attention, hidden_states: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """attn2 on ``hidden_states`` (batch, query, channel) with ``key``/``value`` given in the (batch, head, token,
+    head_dim) layout SDPA takes: the operations of diffusers' ``AttnProcessor2_0`` on a layer without normalization,
+    residual or mask, less the key and value projections — the query projection, SDPA (called through
+    ``F.scaled_dot_product_attention``, so interceptors see it), the output projection and its dropout, the output
+    rescaling."""
+    batch, heads, head_dim = hidden_states.shape[0], attn.heads, key.shape[-1]
+    query = attn.to_q(hidden_states).view(batch, -1, heads, head_dim).transpose(1, 2)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
+    out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+    out = attn.to_out[1](attn.to_out[0](out))
+    return out / attn.rescale_output_factor
 
 
 @contextlib.contextmanager

@@ -110,6 +110,34 @@ def test_kv_built_once_per_pipeline_call_equal_every_step(cd_pair, monkeypatch):
     assert np.array_equal(reused, fresh) and max(built) == 1  # reused before: one entry per layer
 
 
+def test_plain_layers_attend_with_the_built_kv_bit_identical(toy_dir, arts, monkeypatch):
+    """Where the processor is diffusers' AttnProcessor2_0 (a Textual Inversion model), the steps after the first
+    attend with the built K/V without running the layer's key/value projections: the images are bit-identical to
+    running the processor with its K/V replaced."""
+    from alignit_probe.capture import inject
+    from alignit_probe.models.load import load_pair
+
+    pair = load_pair(toy_dir, [str(arts["ti1"])], progress=False)
+    akv = alignit_kv(pair, [Concept("<one>", "cat")], ["photo of a <one> on the beach"])
+    calls = []
+    attend = inject.attend
+    monkeypatch.setattr(inject, "attend", lambda *a: calls.append(1) or attend(*a))
+
+    def images():
+        with alignit(pair, akv) as pipe:
+            return pipe(
+                prompt_embeds=akv.cond_embeds,
+                num_inference_steps=3,
+                output_type="np",
+                generator=torch.Generator().manual_seed(0),
+            ).images
+
+    direct = images()
+    assert len(calls) == 2 * len(akv.kv)  # steps 2 and 3 (one UNet call each), every layer
+    monkeypatch.setattr(InjectKV, "_plain", lambda self, *a: False)
+    assert np.array_equal(direct, images())
+
+
 def test_reused_kv_follow_a_new_negative_prompt(cd_pair):
     """Within one block, a second call with other encoder states (another negative prompt) gets its own
     unconditional K/V, although the first tensor is gone and its memory could hold the second."""

@@ -45,16 +45,24 @@ def test_maps_computed_together_add_far_fewer_operations(monkeypatch):
     assert 0 < together < 0.5 * call_by_call, (together, call_by_call)
 
 
-def test_alignit_adds_no_operation_to_a_step(cd_pair):
-    akv = alignit_kv(cd_pair, [Concept("<new1>", "cat")], ["photo of a <new1> cat on the beach"])
+def test_alignit_adds_no_operation_to_a_step(cd_pair, toy_dir, arts):
+    """After the first step AlignIT adds no operation (Custom Diffusion's processors: K/V replaced at attention),
+    and on plain layers (a Textual Inversion model) it removes the key and value projections."""
+    from alignit_probe.models.load import load_pair
 
-    def run(pipe, steps):
-        pipe(
-            prompt_embeds=akv.cond_embeds, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), **GEN
-        )
+    ti_pair = load_pair(toy_dir, [str(arts["ti1"])], progress=False)
+    ops = {}
+    for name, pair, concept in ((("cd", cd_pair, "<new1>")), ("ti", ti_pair, "<one>")):
+        akv = alignit_kv(pair, [Concept(concept, "cat")], [f"photo of a {concept} cat on the beach"])
 
-    def aligned(steps):
-        with alignit(cd_pair, akv) as pipe:
-            run(pipe, steps)
+        def run(pipe, steps, akv=akv):
+            g = torch.Generator().manual_seed(0)
+            pipe(prompt_embeds=akv.cond_embeds, num_inference_steps=steps, generator=g, **GEN)
 
-    assert per_step(aligned) == per_step(lambda steps: run(cd_pair.custom, steps))
+        def aligned(steps, pair=pair, run=run, akv=akv):
+            with alignit(pair, akv) as pipe:
+                run(pipe, steps)
+
+        ops[name] = per_step(aligned), per_step(lambda steps, pair=pair, run=run: run(pair.custom, steps))
+    assert ops["cd"][0] == ops["cd"][1]
+    assert ops["ti"][0] < ops["ti"][1], ops
