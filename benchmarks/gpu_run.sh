@@ -59,7 +59,7 @@ if [ "${1:-}" != sdxl-only ]; then
   reference 40 benchmarks/bench_alignit.py --size sd15 "${cuda[@]}" --steps 20 --repeats 2
   reference 30 benchmarks/bench_attention.py --size sd15 "${cuda[@]}" --steps 20 --repeats 3
   # SDXL recording at three times the prompts: what the per-run costs weigh at 32 prompts
-  reference 55 benchmarks/bench_record.py --size sdxl "${cuda[@]}" --prompts 96 --batch-size 16 \
-    --store-dtype float16 --repeats 2 --out /tmp/bench_record
+  reference 60 benchmarks/bench_record.py --size sdxl "${cuda[@]}" --prompts 96 --batch-size 16 \
+    --store-dtype float16 --repeats 2 --summary --out /tmp/bench_record
 fi
 say "=== done in $((SECONDS - start)) s"
