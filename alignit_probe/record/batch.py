@@ -36,8 +36,9 @@ def to_host(t: torch.Tensor, dtype: DTypeLike) -> np.ndarray:
 def to_host_all(tensors: list[torch.Tensor], dtype: DTypeLike) -> list[np.ndarray]:
     """``to_host`` of every tensor of a batch. From a CUDA device, into one page-locked buffer: every copy queued
     without waiting, then one wait (an H200 copies ~50 GiB/s into page-locked memory, 1.5 GiB/s into pageable
-    memory). The buffer comes from torch's caching host allocator: the first batches of a process pay for locking
-    its pages (~0.45 ms per MiB), the later ones reuse them as the writer frees earlier batches' arrays."""
+    memory). The buffer comes from torch's caching host allocator: the first batches of a run pay for locking its
+    pages (~0.45 ms per MiB), the later ones reuse them as the writer frees earlier batches' arrays;
+    ``release_host_copies`` gives them back at the end of a run."""
     devices = {t.device for t in tensors}
     if len(devices) != 1 or next(iter(devices)).type != "cuda":
         return [to_host(t, dtype) for t in tensors]
@@ -55,6 +56,15 @@ def to_host_all(tensors: list[torch.Tensor], dtype: DTypeLike) -> list[np.ndarra
         at += t.numel()
     torch.cuda.current_stream(next(iter(devices))).synchronize()
     return [t.numpy() for t in out]
+
+
+def release_host_copies() -> None:
+    """Give back the page-locked memory ``to_host_all`` left cached in torch's caching host allocator (a notebook
+    that records once should not keep gigabytes locked); nothing where torch lacks
+    ``torch.accelerator.empty_host_cache``."""
+    empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+    if empty is not None:
+        empty()
 
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}

@@ -30,7 +30,7 @@ from ..text.concepts import Concept, modifier_ids
 from ..text.embeddings import embedding_diagnostics
 from ..text.tables import tokenize_table
 from . import jobs
-from .batch import record_batch
+from .batch import record_batch, release_host_copies
 from .branches import alignit_length, write_alignit_branch
 from .summary import record_summary
 
@@ -237,55 +237,59 @@ def record_store(
     store_dtype = np.dtype(options.store_dtype)
     # writes overlap the next batch's compute in a thread where a GPU computes; on CPU that thread would only take
     # cores from torch's own threads, so they write in between batches
-    with StoreWriter(
-        out,
-        overwrite=overwrite,
-        attrs=attrs,
-        chunk_prompts=min(options.batch_size, len(span)),
-        n_prompts=len(span),
-        n_tokens=keep,
-        first_prompt=span.start,
-        background=device.type != "cpu",
-    ) as writer:
-        branches = [(BASELINE, models.baseline)] + [(p.name, p.custom) for p in models.pairs]
-        m_attrs = {}
-        for name, pipe in branches:
-            m_attrs[name] = model_attrs(models, name, device, dtype, options.seed, options.clip_skip)
-            m_attrs[name]["warnings"] = m_attrs[name]["warnings"] + notes
-            m_attrs[name]["sites"] = attn2_paths(pipe.unet)
-        bar = progress_bar(len(span), "record (summary)" if options.summary else "record", progress)
-        if options.summary:
-            record_summary(
-                writer, models, concepts, prompts, tables, span, options, n_tokens=keep, attrs=m_attrs, progress=bar
-            )
-        else:
-            record_models(writer, branches, tables, span, options, n_tokens=keep, attrs=m_attrs, progress=bar)
-        bar.close()
-        for pair in models.pairs:
-            ids = sorted({i for c in concepts for i in modifier_ids(pair.custom, c)})
-            writer.put(f"{pair.name}/embedding", embedding_diagnostics(pair.custom, models.baseline, ids))
-            if is_xl(pair.custom):  # SDXL: the second encoder's vectors of the same tokens
-                tokens = pair.custom.tokenizer.convert_ids_to_tokens(ids)
-                ids_2 = pair.custom.tokenizer_2.convert_tokens_to_ids(tokens)
-                diagnostics = embedding_diagnostics(pair.custom, models.baseline, ids_2, encoder=1)
-                writer.put(f"{pair.name}/embedding_2", diagnostics)
-        if options.alignit is not None and not options.summary:
-            for pair in models.pairs:
-                branch = alignit_branch(pair.name, len(models.pairs))
-                abar = progress_bar(len(span), f"record {branch}", progress)
-                write_alignit_branch(
-                    writer,
-                    pair,
-                    concepts,
-                    prompts,
-                    options.alignit,
-                    branch=branch,
-                    span=span,
-                    batch_size=options.batch_size,
-                    store_dtype=store_dtype,
-                    progress=abar,
+    try:
+        with StoreWriter(
+            out,
+            overwrite=overwrite,
+            attrs=attrs,
+            chunk_prompts=min(options.batch_size, len(span)),
+            n_prompts=len(span),
+            n_tokens=keep,
+            first_prompt=span.start,
+            background=device.type != "cpu",
+        ) as writer:
+            branches = [(BASELINE, models.baseline)] + [(p.name, p.custom) for p in models.pairs]
+            m_attrs = {}
+            for name, pipe in branches:
+                m_attrs[name] = model_attrs(models, name, device, dtype, options.seed, options.clip_skip)
+                m_attrs[name]["warnings"] = m_attrs[name]["warnings"] + notes
+                m_attrs[name]["sites"] = attn2_paths(pipe.unet)
+            bar = progress_bar(len(span), "record (summary)" if options.summary else "record", progress)
+            if options.summary:
+                record_summary(
+                    writer, models, concepts, prompts, tables, span, options, n_tokens=keep, attrs=m_attrs, progress=bar
                 )
-                abar.close()
-        for path, ds in (nodes or {}).items():
-            writer.put(path, ds)
-        return writer.commit()
+            else:
+                record_models(writer, branches, tables, span, options, n_tokens=keep, attrs=m_attrs, progress=bar)
+            bar.close()
+            for pair in models.pairs:
+                ids = sorted({i for c in concepts for i in modifier_ids(pair.custom, c)})
+                writer.put(f"{pair.name}/embedding", embedding_diagnostics(pair.custom, models.baseline, ids))
+                if is_xl(pair.custom):  # SDXL: the second encoder's vectors of the same tokens
+                    tokens = pair.custom.tokenizer.convert_ids_to_tokens(ids)
+                    ids_2 = pair.custom.tokenizer_2.convert_tokens_to_ids(tokens)
+                    diagnostics = embedding_diagnostics(pair.custom, models.baseline, ids_2, encoder=1)
+                    writer.put(f"{pair.name}/embedding_2", diagnostics)
+            if options.alignit is not None and not options.summary:
+                for pair in models.pairs:
+                    branch = alignit_branch(pair.name, len(models.pairs))
+                    abar = progress_bar(len(span), f"record {branch}", progress)
+                    write_alignit_branch(
+                        writer,
+                        pair,
+                        concepts,
+                        prompts,
+                        options.alignit,
+                        branch=branch,
+                        span=span,
+                        batch_size=options.batch_size,
+                        store_dtype=store_dtype,
+                        progress=abar,
+                    )
+                    abar.close()
+            for path, ds in (nodes or {}).items():
+                writer.put(path, ds)
+            return writer.commit()
+    finally:  # page-locked memory the host copies left cached is given back (CUDA)
+        if device.type == "cuda":
+            release_host_copies()

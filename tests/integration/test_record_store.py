@@ -142,7 +142,7 @@ def test_float16_on_gpu_has_no_nans(toy_dir, cd_dir, tmp_path):
 def test_page_locked_host_copies_equal_pageable_ones():
     """A batch copied to the host through one page-locked buffer holds what per-tensor copies hold, in the store's
     dtype, also from non-contiguous (token-cut) tensors."""
-    from alignit_probe.record.batch import to_host, to_host_all
+    from alignit_probe.record.batch import release_host_copies, to_host, to_host_all
 
     g = torch.Generator(device="cuda").manual_seed(0)
     tensors = [
@@ -155,3 +155,5 @@ def test_page_locked_host_copies_equal_pageable_ones():
         for a, t in zip(got, tensors):
             assert a.dtype == dtype and a.shape == tuple(t.shape)
             np.testing.assert_array_equal(a, to_host(t, dtype))
+        del got
+        release_host_copies()  # the cached page-locked blocks given back; the next batch locks new ones
