@@ -34,28 +34,50 @@ def to_host(t: torch.Tensor, dtype: DTypeLike) -> np.ndarray:
 
 
 def to_host_all(tensors: list[torch.Tensor], dtype: DTypeLike) -> list[np.ndarray]:
-    """``to_host`` of every tensor of a batch. From a CUDA device, into one page-locked buffer: every copy queued
+    """``to_host`` of every tensor of a batch. From a CUDA device, into page-locked buffers: every copy queued
     without waiting, then one wait (an H200 copies ~50 GiB/s into page-locked memory, 1.5 GiB/s into pageable
-    memory). The buffer comes from torch's caching host allocator: the first batches of a run pay for locking its
-    pages (~0.45 ms per MiB), the later ones reuse them as the writer frees earlier batches' arrays;
+    memory). The buffers (``PINNED_CHUNK`` each, or one tensor's size where larger) come from torch's caching host
+    allocator, which rounds sizes up to a power of two and keeps freed blocks: the first batches of a run pay for
+    locking their pages (~0.45 ms per MiB), the later ones reuse them as the writer frees earlier batches' arrays;
     ``release_host_copies`` gives them back at the end of a run."""
     devices = {t.device for t in tensors}
     if len(devices) != 1 or next(iter(devices)).type != "cuda":
         return [to_host(t, dtype) for t in tensors]
     kind = TORCH_DTYPES[np.dtype(dtype).name]
     tensors = [t.detach().to(kind) for t in tensors]
+    limit = PINNED_CHUNK // torch.empty((), dtype=kind).element_size()
+    out = []
     try:
-        buffer = torch.empty(sum(t.numel() for t in tensors), dtype=kind, pin_memory=True)
+        for chunk in ([tensors[i] for i in run] for run in pack([t.numel() for t in tensors], limit)):
+            buffer = torch.empty(sum(t.numel() for t in chunk), dtype=kind, pin_memory=True)
+            at = 0
+            for t in chunk:
+                dst = buffer[at : at + t.numel()].view(t.shape)
+                dst.copy_(t, non_blocking=True)
+                out.append(dst)
+                at += t.numel()
     except RuntimeError:  # page-locked memory refused (memlock limit): pageable copies
+        torch.cuda.current_stream(next(iter(devices))).synchronize()
         return [t.cpu().numpy() for t in tensors]
-    out, at = [], 0
-    for t in tensors:
-        dst = buffer[at : at + t.numel()].view(t.shape)
-        dst.copy_(t, non_blocking=True)
-        out.append(dst)
-        at += t.numel()
     torch.cuda.current_stream(next(iter(devices))).synchronize()
     return [t.numpy() for t in out]
+
+
+PINNED_CHUNK = 64 * 2**20  # bytes per page-locked buffer: a power of two, so the allocator's rounding wastes little
+
+
+def pack(sizes: list[int], limit: int) -> list[list[int]]:
+    """Consecutive runs of item indices whose sizes add up to at most ``limit`` (an item larger than ``limit`` is a
+    run of its own), in order."""
+    runs: list[list[int]] = []
+    total = limit + 1
+    for i, n in enumerate(sizes):
+        if not runs or total + n > limit:
+            runs.append([])
+            total = 0
+        runs[-1].append(i)
+        total += n
+    return runs
 
 
 def release_host_copies() -> None:

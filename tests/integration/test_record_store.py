@@ -139,10 +139,13 @@ def test_float16_on_gpu_has_no_nans(toy_dir, cd_dir, tmp_path):
 
 
 @pytest.mark.gpu
-def test_page_locked_host_copies_equal_pageable_ones():
-    """A batch copied to the host through one page-locked buffer holds what per-tensor copies hold, in the store's
-    dtype, also from non-contiguous (token-cut) tensors."""
+def test_page_locked_host_copies_equal_pageable_ones(monkeypatch):
+    """A batch copied to the host through page-locked buffers (here several: 16 KiB each) holds what per-tensor
+    copies hold, in the store's dtype, also from non-contiguous (token-cut) tensors."""
+    from alignit_probe.record import batch
     from alignit_probe.record.batch import release_host_copies, to_host, to_host_all
+
+    monkeypatch.setattr(batch, "PINNED_CHUNK", 16 * 2**10)
 
     g = torch.Generator(device="cuda").manual_seed(0)
     tensors = [
