@@ -18,7 +18,12 @@ Measured side by side in one run, all per prompt and per model (the store holds 
   encoders; SDXL's UNet also gets the pooled embedding and the six size/crop time ids) — record must be ≥ 35× faster;
 * summary (``--summary``): ``record_store`` with ``RecordOptions(summary=True)`` end to end (every stage of both
   models computed, the per-token distances of the customized model to the baseline computed on the device and
-  written instead of the activations) — target ≤ 1.5× the floor. Its runs alternate with the floor's too.
+  written instead of the activations) — target ≤ 1.5× the floor. Its runs alternate with the floor's too;
+* I/O floor: the bytes of the last recording written as plain files of the same sizes to the same filesystem; the
+  recording's share of its speed is the GPU target (≥ 80%), where the compute floor is far below it;
+* writer alone (``--writer``): the same batches computed first and kept on the host, then written by the store
+  writer (``writer_alone.py``), alternated with the I/O floor: whether the writer keeps pace with the disk, on any
+  machine (on a CPU the recording is bounded by the compute).
 
 Floor and record (and summary) runs alternate (after one warm-up of each); ms/prompt are medians, record/floor is the
 median of the ratios of adjacent runs (on a shared machine, load comes and goes between runs).
@@ -64,6 +69,7 @@ from alignit_probe.text.concepts import Concept  # noqa: E402
 from benchmarks.record_breakdown import breakdown, copy_speeds  # noqa: E402
 from benchmarks.skeleton import build_sdxl_skeleton_pipeline  # noqa: E402
 from benchmarks.ti_pair import ti_pair  # noqa: E402
+from benchmarks.writer_alone import host_batches, report_writer_alone  # noqa: E402
 
 SUBJECTS = ["cat", "dog", "teapot", "backpack", "robot", "castle", "bicycle", "owl"]
 SCENES = [
@@ -133,6 +139,11 @@ def main(argv=None) -> None:
         "--breakdown",
         action="store_true",
         help="then one more record run, profiled: where its time goes (and on CUDA the host-copy speeds)",
+    )
+    ap.add_argument(
+        "--writer",
+        action="store_true",
+        help="then the store writer alone (batches computed first), alternated with the I/O floor",
     )
     args = ap.parse_args(argv)
 
@@ -314,6 +325,10 @@ def main(argv=None) -> None:
             f"  summary / floor = {s_ratio:.3f}x   (median of the {args.repeats} adjacent pairs; target <= 1.5x; "
             f"fastest summary / fastest floor {min(summaries) / min(floors):.3f}x)"
         )
+    if args.writer:
+        batches = host_batches(pair, concepts, texts, args.batch_size, args.store_dtype)
+        report_writer_alone(batches, tmp, args.batch_size, args.prompts, args.repeats, io_floor)
+        del batches
     if args.breakdown:
         breakdown(lambda: record(-2), per)
         copy_speeds(args.device)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The benchmarks at SDXL-base-1.0's shapes (random weights, float16, CUDA) on the offline GPU machine, in one run:
-# record vs compute floor (with --summary, and a breakdown of one run), AlignIT vs plain generation, attention maps vs
-# plain generation; then the same three at SD1.5's shapes for reference, each only while enough of the time budget is
-# left; the tests marked gpu after the SDXL benchmarks; last, SDXL recording at 96 prompts while time allows.
+# record vs compute floor (with --summary, a breakdown of one run, and the writer alone), AlignIT vs plain
+# generation, attention maps vs plain generation; then the same three at SD1.5's shapes for reference, each only
+# while enough of the time budget is left; the tests marked gpu after the SDXL benchmarks; last, SDXL recording at
+# 96 prompts while time allows.
 #
 #   bash benchmarks/gpu_run.sh            # SDXL, then the SD1.5 reference while time allows
 #   bash benchmarks/gpu_run.sh sdxl-only  # SDXL only
@@ -46,7 +47,7 @@ say "=== /tmp: $(df -hT /tmp | tail -n 1)"
 
 cuda=(--device cuda --dtype float16)
 bench 120 benchmarks/bench_record.py --size sdxl "${cuda[@]}" --prompts 32 --batch-size 16 --store-dtype float16 \
-  --repeats 3 --summary --breakdown --out /tmp/bench_record
+  --repeats 3 --summary --breakdown --writer --out /tmp/bench_record
 bench 60 benchmarks/bench_alignit.py --size sdxl "${cuda[@]}" --steps 20 --repeats 3
 bench 70 benchmarks/bench_attention.py --size sdxl "${cuda[@]}" --steps 20 --repeats 5
 
