@@ -22,7 +22,7 @@ from ..alignit.engine import AlignITOptions, validate
 from ..capture.sites import attn2_paths
 from ..errors import ProbeError, ProbeWarning
 from ..models.load import ModelPair, ModelSet
-from ..models.pipes import is_xl, placement
+from ..models.pipes import TEXT_2, is_xl, placement, text_encoders
 from ..schema import BASELINE, alignit_branch
 from ..store.shards import shard_name, shard_range
 from ..store.writer import StoreWriter
@@ -127,10 +127,27 @@ def check_job(
     """Every option checked against the models before any work (a bad option never leaves a partial store)."""
     options.check()
     models = as_model_set(models)
+    if options.clip_skip is not None:
+        check_clip_skip([models.baseline] + [p.custom for p in models.pairs], options.clip_skip)
     shard_range(len(prompts), options.batch_size, options.shard)
     if options.alignit is not None:
         for pair in models.pairs:
             validate(pair, concepts, options.alignit)
+
+
+def check_clip_skip(pipes: list[StableDiffusionPipeline], clip_skip: int) -> None:
+    """``clip_skip`` counts back from the state the pipeline uses (SD: the last layer's; SDXL: the penultimate one's):
+    it must stay within every text encoder's layers."""
+    for pipe in pipes:
+        for group, _tok, te in text_encoders(pipe):
+            n = te.config.num_hidden_layers
+            most = n - 1 if is_xl(pipe) else n  # SDXL starts from the penultimate layer; 0 layers back is the input
+            if clip_skip > most:
+                where = "the second text encoder" if group == TEXT_2 else "the text encoder"
+                raise ProbeError(
+                    f"--clip-skip {clip_skip} reaches past the first layer of {where} ({n} layers)",
+                    f"pass --clip-skip {most} or less",
+                )
 
 
 def record_models(

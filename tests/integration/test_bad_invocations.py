@@ -55,6 +55,7 @@ CASES = [
     ("class-words-exceed", lambda a, t: a + ["--class-word", "dog"], "more --class-word"),
     ("bad-shard", lambda a, t: a + ["--shard", "3/2"], "shard index"),
     ("bad-batch", lambda a, t: a + ["--batch-size", "0"], "batch size"),
+    ("clip-skip-too-deep", lambda a, t: a + ["--clip-skip", "99"], "reaches past the first layer"),
     ("bad-alpha", lambda a, t: a + ["--alignit", "--alpha", "1.5"], "outside [0, 1]"),
     ("bad-template", lambda a, t: a + ["--alignit", "--template", "a photo"], "placeholder"),
     ("bad-layer", lambda a, t: a + ["--alignit", "--layers", "up_blocks.9.attn2"], "valid layers"),

@@ -219,12 +219,17 @@ def test_sd2_record_kv_equals_kv_inside_a_denoising_step(sd2_dir, tmp_path, kind
 SDXL_PROMPT = "a photo of sks cat on the beach"
 
 
-@pytest.mark.parametrize("kind, clip_skip", [("baseline", None), ("baseline", 1), ("dreambooth", None)])
+@pytest.mark.parametrize(
+    "kind, clip_skip", [("baseline", None), ("baseline", 1), ("baseline", 2), ("dreambooth", None)]
+)
 def test_sdxl_record_kv_equals_kv_inside_a_denoising_step(sdxl_dir, tmp_path, kind, clip_skip):
     """SDXL: the recorded encoder output is exactly the pipeline's prompt_embeds (both encoders' penultimate states,
-    clip skip respected), the recorded pooled stage exactly the add_text_embeds the UNet gets, and the recorded K/V
-    exactly those inside a real guided SDXL UNet step (with added_cond_kwargs), 0.0 max |diff| in float32."""
+    clip skip respected, up to the deepest one the record job accepts: the toy's first encoder has 3 layers), the
+    recorded pooled stage exactly the add_text_embeds the UNet gets, and the recorded K/V exactly those inside a real
+    guided SDXL UNet step (with added_cond_kwargs), 0.0 max |diff| in float32."""
+    from alignit_probe.errors import ProbeError
     from alignit_probe.record.batch import stage_tensors
+    from alignit_probe.record.run import check_clip_skip
     from alignit_probe.text.concepts import ids_for, tokenize_pair
     from tests.integration.artifact_files import write_finetune
 
@@ -235,6 +240,11 @@ def test_sdxl_record_kv_equals_kv_inside_a_denoising_step(sdxl_dir, tmp_path, ki
         assert pair.method == "dreambooth" and pair.warnings == []
         pipe = pair.custom
     pipe.set_progress_bar_config(disable=True)
+    if clip_skip is not None:
+        check_clip_skip([pipe], clip_skip)
+        if clip_skip == 2:  # one more reaches past the first encoder's first layer: refused before any work
+            with pytest.raises(ProbeError, match="--clip-skip 2 or less"):
+                check_clip_skip([pipe], 3)
     tp = tokenize_pair(SDXL_PROMPT, pipe, pipe.tokenizer, [], allow_absent=True)[0]
     assert ids_for(pipe.tokenizer_2, tp) == pipe.tokenizer_2(SDXL_PROMPT, padding="max_length").input_ids
     recorded = stage_tensors(pipe, [tp], clip_skip=clip_skip)
