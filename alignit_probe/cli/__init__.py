@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from .common import check_out_clear
+
+        check_out_clear(args)
         return args.func(args)
     except ProbeError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -235,3 +235,31 @@ def save_images(images: dict, folder: Path) -> None:
 
 def json_safe(x: _T) -> _T | None:
     return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def check_out_clear(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` that is, or contains, one of the command's inputs (a model, an artifact, a prompts file, a
+    store): writing there (with ``--overwrite``) would delete the input before it is read."""
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    target = Path(out).resolve()
+    for name, value in vars(args).items():
+        if name == "out" or not isinstance(value, (str, list)):
+            continue
+        for text in value if isinstance(value, list) else [value]:
+            if not isinstance(text, str) or not text:
+                continue
+            for candidate in {text, text.partition("=")[2]} - {""}:  # NAME=SPEC
+                path = Path(candidate)
+                if not path.exists():
+                    continue
+                where = path.resolve()
+                if where == target or target in where.parents:
+                    flag = f"--{name.replace('_', '-')}" if name not in ("store", "shards") else name
+                    how = "is" if where == target else "contains"
+                    raise ProbeError(
+                        f"--out {out} {how} the input {candidate} ({flag}); writing there would delete it",
+                        "choose another --out",
+                    )

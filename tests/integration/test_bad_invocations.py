@@ -76,6 +76,30 @@ def test_bad_record_invocation(case, toy_dir, cd_dir, tmp_path, capsys):
     assert not out.exists() and not (tmp_path / "s.zarr.partial").exists()
 
 
+@pytest.mark.parametrize("command", ["record", "alignit", "report"])
+def test_out_onto_an_input_is_refused_even_with_overwrite(command, toy_dir, cd_dir, tmp_path, capsys):
+    """--out naming one of the command's inputs (or a folder holding one) would delete it: refused before any work,
+    the input untouched (copies here, so a failure cannot harm the session's fixtures)."""
+    import shutil
+
+    base, art = tmp_path / "base", tmp_path / "arts"
+    shutil.copytree(toy_dir, base)
+    shutil.copytree(cd_dir, art / "cd")
+    store = tmp_path / "s.zarr"
+    (store / "sub").mkdir(parents=True)
+    before = {p: sorted(x.name for x in p.rglob("*")) for p in (base, art, store)}
+    record = swap(base_args(str(base), str(art / "cd"), tmp_path / "o"), str(tmp_path / "o"), str(base))
+    argv, message = {
+        "record": (record + ["--overwrite"], "is the input"),  # --out = --baseline
+        # --out = the folder holding the NAME=SPEC artifact
+        "alignit": (["alignit"] + base_args(str(base), "m=" + str(art / "cd"), art)[1:] + ["--overwrite"], "contains"),
+        "report": (["report", str(store), "--out", str(store), "--overwrite"], "is the input"),  # --out = the store
+    }[command]
+    rc, err = run(argv, capsys)
+    assert rc == 2 and err.count("error: ") == 1 and message in err and "Traceback" not in err, err
+    assert {p: sorted(x.name for x in p.rglob("*")) for p in (base, art, store)} == before
+
+
 def test_cd_folder_without_weights_names_the_missing_file(toy_dir, cd_dir, tmp_path, capsys):
     import shutil
 
