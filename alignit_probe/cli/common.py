@@ -252,10 +252,12 @@ def check_out_clear(args: argparse.Namespace) -> None:
             if not isinstance(text, str) or not text:
                 continue
             for candidate in {text, text.partition("=")[2]} - {""}:  # NAME=SPEC
-                path = Path(candidate)
-                if not path.exists():
+                try:  # a prompt is no path (and may be too long a name for the filesystem)
+                    where = Path(candidate).resolve() if Path(candidate).exists() else None
+                except (OSError, ValueError):
+                    where = None
+                if where is None:
                     continue
-                where = path.resolve()
                 if where == target or target in where.parents:
                     flag = f"--{name.replace('_', '-')}" if name not in ("store", "shards") else name
                     how = "is" if where == target else "contains"

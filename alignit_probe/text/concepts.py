@@ -243,6 +243,14 @@ def tokenize_pair(
         occurrence += 1
     ct = _assemble(custom, ctok, max_length)
     bt = _assemble(base, baseline_tokenizer, max_length)
+    kept, had = ct.role.count("concept"), sum(len(run[0]) for run in custom if run[1] == "concept")
+    if kept < had and not allow_absent:
+        names = ", ".join(concepts[c].token for c in sorted({run[2] for run in custom if run[1] == "concept"}))
+        raise ProbeError(
+            f"concept {names} of prompt {quoted(prompt)} is cut off: the prompt is {len(ct.ids) + ct.dropped} tokens, the "
+            f"text encoder reads {len(ct.ids)}",
+            "shorten the prompt or move the concept nearer its start",
+        )
     ct.text, bt.text = prompt, baseline_text(prompt, concepts)
     _check_against_tokenizer(ct, ctok, custom_pipe, ct.text)
     _check_against_tokenizer(bt, baseline_tokenizer, None, bt.text)
@@ -252,6 +260,13 @@ def tokenize_pair(
     ct.ref_index = align_positions(ct, bt)
     bt.ref_index = list(range(len(bt.ids)))
     return ct, bt
+
+
+def quoted(prompt: str, most: int = 80) -> str:
+    """``prompt`` quoted for a one-line message, its middle elided when long."""
+    if len(prompt) <= most:
+        return repr(prompt)
+    return repr(prompt[: most // 2 - 2] + " … " + prompt[-(most // 2 - 2) :])
 
 
 def ids_for(tokenizer: PreTrainedTokenizerBase, tp: TokenizedPrompt) -> list[int]:

@@ -51,6 +51,7 @@ CASES = [
     ("bad-model-name", lambda a, t: swap(a, a[4], "baseline=" + a[4]), "bad model name"),
     ("unknown-concept", lambda a, t: a + ["--concept", "<new9>", "--prompt", "a <new9> dog"], "<new1>"),
     ("concept-absent", lambda a, t: swap(a, "photo of a <new1> cat", "photo of a dog"), "absent from prompt"),
+    ("concept-cut-off", lambda a, t: swap(a, "photo of a <new1> cat", "word " * 80 + "a <new1> cat"), "is cut off"),
     ("too-many-placeholders", lambda a, t: swap(a, "photo of a <new1> cat", "{} and {}"), "placeholders"),
     ("class-words-exceed", lambda a, t: a + ["--class-word", "dog"], "more --class-word"),
     ("bad-shard", lambda a, t: a + ["--shard", "3/2"], "shard index"),
