@@ -231,6 +231,7 @@ class Probe:
         (``AttentionSlices(aggregation="daam", layers="daam")`` for DAAM's maps) and extra maps. Without customized
         models (``custom=None``): the baseline's maps alone (``baseline_attention``)."""
         gen = dict(seed=seed, steps=steps, guidance_scale=guidance_scale, height=height, width=width)
+        (slices or AttentionSlices()).check_steps(steps)
         if self.custom is None:
             if alignit or model is not None or options is not None:
                 raise ProbeError(
@@ -263,6 +264,7 @@ class Probe:
         """Cross-attention maps (and images) of the baseline alone, no customized model needed (DAAM's use):
         {``baseline``: (Dataset with ``map`` (prompt, token, y, x), images)}. Every token of the prompts is context
         (no concept)."""
+        (slices or AttentionSlices()).check_steps(steps)
         return baseline_maps(
             self.baseline_only(),
             list(prompts),

@@ -47,6 +47,15 @@ class AttentionSlices:
                 raise ProbeError("no attention-map layers given", "pass attn2 paths, 'daam', or None for all")
             object.__setattr__(self, "layers", layers)
 
+    def check_steps(self, steps: int) -> None:
+        """Every step window within the ``steps`` denoising steps (a window beyond them would sum nothing)."""
+        for a, b in self.step_windows or ():
+            if b > steps:
+                raise ProbeError(
+                    f"step window {a}:{b} ends after the last of the {steps} denoising steps",
+                    f"give windows within 0:{steps}, or more --steps",
+                )
+
     @property
     def layer_selection(self) -> str:
         """``all``, ``daam`` or ``given``."""

@@ -115,6 +115,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
         aggregation=args.aggregation,
         layers=map_layers(args.map_layers),
     )
+    generation_kwargs(args)  # --steps first, then the windows within them, before any model loads
+    slices.check_steps(args.steps)
     if not args.custom:
         return baseline_only(args, slices)
     if not args.concept:

@@ -247,8 +247,8 @@ def tokenize_pair(
     if kept < had and not allow_absent:
         names = ", ".join(concepts[c].token for c in sorted({run[2] for run in custom if run[1] == "concept"}))
         raise ProbeError(
-            f"concept {names} of prompt {quoted(prompt)} is cut off: the prompt is {len(ct.ids) + ct.dropped} tokens, the "
-            f"text encoder reads {len(ct.ids)}",
+            f"concept {names} of prompt {quoted(prompt)} is cut off: the prompt is {len(ct.ids) + ct.dropped} "
+            f"tokens, the text encoder reads {len(ct.ids)}",
             "shorten the prompt or move the concept nearer its start",
         )
     ct.text, bt.text = prompt, baseline_text(prompt, concepts)

@@ -267,3 +267,13 @@ def test_swap_names_a_model_that_is_not_loaded(toy_dir, tmp_path, capsys):
     rc, err = run(argv, capsys)
     assert rc == 2 and "key model 'mine' is not loaded" in err and "Traceback" not in err
     assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.parametrize("window", ["10:20", "0:5"])
+def test_step_window_beyond_the_steps_is_refused(window, toy_dir, tmp_path, capsys):
+    """A window past the last denoising step would sum nothing (or less than it names): refused before loading."""
+    out = tmp_path / "maps"
+    argv = ["attention", "--baseline", toy_dir, "--prompt", "a dog", "--steps", "4", "--step-window", window]
+    rc, err = run(argv + ["--out", str(out), "--no-progress"], capsys)
+    assert rc == 2 and "ends after the last of the 4 denoising steps" in err and "Traceback" not in err, err
+    assert not out.exists()
