@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
+MIN_CI = 3  # below this many prompts a bootstrap CI says nothing: tables and reports show the value alone
+
 
 def gather_partners(b: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """``b[..., ref[..., t], *rest]`` in float64, NaN where ``ref < 0``.

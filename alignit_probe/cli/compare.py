@@ -9,14 +9,13 @@ import json
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from ..analysis.stats import MIN_CI
 from ..errors import ProbeError
 from ..schema import ATTENTION_METRICS, METRICS, ROLES, STAGES, short_layer
 from .common import Subparsers, json_safe, subparser
 
 if TYPE_CHECKING:
     import xarray as xr
-
-MIN_CI = 3  # below this many prompts a bootstrap CI says nothing: the table shows the value alone
 
 
 def store_warnings(tree: xr.DataTree) -> list[str]:

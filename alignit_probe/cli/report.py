@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ProbeError
-from ..schema import STAGES
 from .common import Subparsers, json_safe, out_dir, staged_folder, subparser
 
 if TYPE_CHECKING:
-    import pandas as pd
     import xarray as xr
 
 
@@ -30,12 +28,12 @@ def html_path(path: str, overwrite: bool) -> Path:
     return check_output(out, overwrite)
 
 
-def write_folder(
-    tree: xr.DataTree, frame: pd.DataFrame, rows: list[dict], out: Path, stores: Iterable[str | os.PathLike]
-) -> list[Path]:
+def write_folder(tree: xr.DataTree, rows: list[dict], out: Path, stores: Iterable[str | os.PathLike]) -> list[Path]:
     """rows.json, the drift (and checkpoint) figures and summary.md into ``out``."""
     from .. import store as st
+    from ..analysis.stats import MIN_CI
     from ..viz.drift import checkpoint_figure, drift_figure
+    from ..viz.stages import WHOLE_PROMPT, stage_summary
 
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
     figures = [drift_figure(rows, out / f"drift_{m}.png", m) for m in ("relative_l2", "cosine_distance")]
@@ -49,22 +47,12 @@ def write_folder(
         a = st.model_attrs(tree, model)
         lines.append(f"- **{model}**: {a.get('method')} — {a.get('custom_ids') or a.get('model_id')}")
         lines += [f"  - warning: {w}" for w in a.get("warnings", [])]
-    lines += ["", "| model | stage | role | mean relative L2 over layers | mean 95% CI |", "|---|---|---|---|---|"]
-    for model in frame.model.unique():
-        for stage in STAGES:
-            for role in ("concept", "context"):
-                sel = frame[
-                    (frame.model == model)
-                    & (frame.stage == stage)
-                    & (frame.role == role)
-                    & (frame.metric == "relative_l2")
-                    & (frame.n > 0)
-                ]
-                if len(sel):
-                    lines.append(
-                        f"| {model} | {stage} | {role} | {sel.value.mean():.4f} | "
-                        f"[{sel.ci_low.mean():.4f}, {sel.ci_high.mean():.4f}] |"
-                    )
+    lines += ["", "| model | stage | role | relative L2 (mean over layers) | 95% CI (mean over layers) | n |"]
+    lines.append("|---|---|---|---|---|---|")
+    for s in stage_summary(rows, "relative_l2"):  # as the HTML report's stage table (SDXL: per encoder, pooled)
+        if s["role"] in ("concept", "context", WHOLE_PROMPT):
+            ci = f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]" if s["n"] >= MIN_CI else "—"
+            lines.append(f"| {s['model']} | {s['stage']} | {s['role']} | {s['value']:.4f} | {ci} | {s['n']} |")
     lines += ["", "Everything in one page: [report.html](report.html)", ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
@@ -92,7 +80,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         write_html(page, out)
     else:
         with staged_folder(out) as tmp:
-            write_folder(tree, frame, rows, tmp, args.store)
+            write_folder(tree, rows, tmp, args.store)
             write_html(page, tmp / "report.html")
     print(f"report written to {out}")
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 import xarray as xr
 
 from .. import store as st
+from ..analysis.stats import MIN_CI
 from ..schema import ATTENTION_METRICS, BASELINE, alignit_branch, short_layer, unet_order_key
 from .figures import is_alignit
 
@@ -51,7 +52,7 @@ def fmt(x: float | None, digits: int = 4) -> str:
 def cell_text(entry: dict | None) -> str:
     if not entry:
         return "—"
-    if entry["n"] < 2:
+    if entry["n"] < MIN_CI:
         return fmt(entry["value"])
     return f"{fmt(entry['value'])} [{fmt(entry['ci_low'], 3)}, {fmt(entry['ci_high'], 3)}]"
 
@@ -110,19 +111,18 @@ def models_section(tree: xr.DataTree) -> list[dict]:
 def stages_section(rows: list[dict]) -> dict | None:
     """Section 2: the stage figure, its table (both metrics) and the every-layer figure."""
     from .drift import drift_figure
-    from .stages import LAYERED, stage_figure, stage_summary
+    from .stages import LAYERED, WHOLE_PROMPT, stage_figure, stage_summary
 
     figure = data_uri(stage_figure(rows, METRIC))
     if figure is None:
         return None
     summary = stage_summary(rows, METRIC)
+    roles = ROLES + ((WHOLE_PROMPT,) if any(s["role"] == WHOLE_PROMPT for s in summary) else ())
     cell = {(s["model"], s["stage"], s["role"]): s for s in summary}
     table = []
     for model, stage in dict.fromkeys((s["model"], s["stage"]) for s in summary):
-        sel = [cell.get((model, stage, r)) for r in ROLES]
+        sel = [cell.get((model, stage, r)) for r in roles]
         got = [s for s in sel if s]
-        if not got:  # a stage with rows of other roles only (SDXL's pooled: special)
-            continue
         table.append(
             dict(
                 model=model,
@@ -132,19 +132,29 @@ def stages_section(rows: list[dict]) -> dict | None:
                 n=max(s["n"] for s in got),
             )
         )
-    averaged = [name for name in LAYERED if any(s["stage"] == name and s["layers"] > 1 for s in summary)]
+    averaged = list(dict.fromkeys(s["stage"] for s in summary if s["base"] in LAYERED and s["layers"] > 1))
     note = (
         f"{', '.join(averaged)}: the mean over their layers (value and CI bounds: the means of the layers'; every "
         "layer is shown under “Every layer”, and K/V per layer in the next section)."
         if averaged
         else ""
     )
+    if any(s["stage"].endswith("(text_2)") for s in summary):
+        note += (
+            " SDXL: (text) is the first text encoder (CLIP ViT-L), (text_2) the second (OpenCLIP ViT-bigG); "
+            "encoder_output is their two penultimate states side by side."
+        )
+    if len(roles) > len(ROLES):
+        note += (
+            f" {WHOLE_PROMPT}: SDXL's pooled text embedding (one vector per prompt, it conditions the UNet's time "
+            "embedding), not in the figure."
+        )
     if not any(s["role"] == "concept" for s in summary):
         note += " No concept rows: the concept's tokens have no baseline partner (record with --class-word)."
     return dict(
         figure=figure,
         table=table,
-        roles=ROLES,
+        roles=roles,
         metric_label=METRIC_LABELS[METRIC],
         note=note,
         alignit=any(is_alignit(s["model"]) for s in summary),
@@ -187,10 +197,10 @@ def embedding_section(tree: xr.DataTree) -> dict | None:
     from .tokens import projection_figure
 
     tables, learned = [], set()
-    for model in st.models(tree):
-        if "embedding" not in tree[model].children:
-            continue
-        emb = tree[f"{model}/embedding"].to_dataset(inherit=False).load()
+    nodes = [(m, node) for m in st.models(tree) for node in ("embedding", "embedding_2") if node in tree[m].children]
+    xl = any(node == "embedding_2" for _, node in nodes)
+    for model, node in nodes:
+        emb = tree[f"{model}/{node}"].to_dataset(inherit=False).load()
         if not emb.sizes.get("vector"):
             continue
         rows = []
@@ -208,9 +218,10 @@ def embedding_section(tree: xr.DataTree) -> dict | None:
                     neighbors=near,
                 )
             )
+        encoder = " (second text encoder, text_2)" if node == "embedding_2" else " (first text encoder)" if xl else ""
         tables.append(
             dict(
-                model=model,
+                model=model + encoder,
                 rows=rows,
                 vocab_mean=fmt(emb.attrs.get("vocab_norm_mean"), 4),
                 vocab_std=fmt(emb.attrs.get("vocab_norm_std"), 4),

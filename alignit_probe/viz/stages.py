@@ -3,8 +3,10 @@ axes, with the rows' 95% bootstrap CIs as error bars.
 
 ``stage_figure``: one point per stage in data-flow order, concept and context side by side; stages recorded per
 layer (``encoder_layer``, ``key``, ``value``) are averaged over their layers (value and CI bounds: the mean of the
-layers'). ``kv_layer_figure``: K and V at every attn2 layer in UNet order (down, mid, up). Both return PNG bytes, or
-None without rows to draw. matplotlib/seaborn are imported when drawing.
+layers'). SDXL's two text encoders are stages of their own (``token_embedding (text)``, ``… (text_2)``: their
+widths and layers differ), and its ``pooled`` embedding (one per prompt, role ``special``) is summarised as the
+whole prompt's. ``kv_layer_figure``: K and V at every attn2 layer in UNet order (down, mid, up). Both return PNG
+bytes, or None without rows to draw. matplotlib/seaborn are imported when drawing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..schema import BASELINE, BLOCK_ORDER, KV_STAGES, STAGES, block_of, short_layer, unet_order_key
+from ..schema import (
+    BASELINE,
+    BLOCK_ORDER,
+    KV_STAGES,
+    POOLED,
+    SECOND_ENCODER,
+    STAGES,
+    block_of,
+    short_layer,
+    unet_order_key,
+)
 from .figures import branch_styles, dodge, drawing, errorbar_series, new_figure, png_bytes
 
 if TYPE_CHECKING:
@@ -35,20 +47,47 @@ def usable(rows: list[dict], metric: str, stages: Sequence[str] = STAGES) -> lis
     ]
 
 
+ENCODER_STAGES = ("token_embedding", "encoder_layer")  # recorded per text encoder (SDXL: two)
+WHOLE_PROMPT = "whole prompt"  # the role ``pooled`` is summarised under (one vector per prompt)
+
+
+def encoder_of(row: dict) -> str | None:
+    """SDXL's second text encoder (``text_2``) for its token-embedding and layer rows, else None."""
+    layer = row.get("layer")
+    if row["stage"] in ENCODER_STAGES and isinstance(layer, str):
+        if layer == SECOND_ENCODER or layer.startswith(SECOND_ENCODER + "."):
+            return SECOND_ENCODER
+    return None
+
+
 def stage_summary(rows: list[dict], metric: str = "relative_l2") -> list[dict]:
     """One entry per (model, stage, role): ``value``, ``ci_low``, ``ci_high`` (means over the stage's layers),
-    ``layers`` (how many were averaged) and ``n`` (prompts, the most of any layer); model by model (in the rows'
-    order), stages in data-flow order."""
+    ``layers`` (how many were averaged), ``n`` (prompts, the most of any layer) and ``base`` (the schema stage);
+    model by model (in the rows' order), stages in data-flow order.
+
+    Where a store holds SDXL's second text encoder, each encoder's ``token_embedding`` and ``encoder_layer`` are
+    stages of their own, ``… (text)`` and ``… (text_2)``; ``pooled`` rows (role ``special``) become role
+    ``whole prompt``."""
     groups: dict[tuple, list[dict]] = {}
-    for r in usable(rows, metric):
-        groups.setdefault((r["model"], r["stage"], r["role"]), []).append(r)
+    picked = usable(rows, metric)
+    two = any(encoder_of(r) for r in picked)
+    for r in picked:
+        stage, role = r["stage"], r["role"]
+        if stage == POOLED:
+            if role != "special":
+                continue
+            role = WHOLE_PROMPT
+        if two and stage in ENCODER_STAGES:
+            stage = f"{stage} ({encoder_of(r) or 'text'})"
+        groups.setdefault((r["model"], stage, role, r["stage"]), []).append(r)
     out = []
-    for (model, stage, role), sel in groups.items():
+    for (model, stage, role, base), sel in groups.items():
         mean = lambda k, sel=sel: sum(r[k] for r in sel) / len(sel)  # noqa: E731
         out.append(
             dict(
                 model=model,
                 stage=stage,
+                base=base,
                 role=role,
                 value=mean("value"),
                 ci_low=mean("ci_low"),
@@ -58,11 +97,12 @@ def stage_summary(rows: list[dict], metric: str = "relative_l2") -> list[dict]:
             )
         )
     order = {m: i for i, m in enumerate(dict.fromkeys(r["model"] for r in rows))}
-    return sorted(out, key=lambda s: (order[s["model"]], STAGES.index(s["stage"])))
+    return sorted(out, key=lambda s: (order[s["model"]], STAGES.index(s["base"]), s["stage"]))
 
 
 def stage_label(stage: str, layers: int) -> str:
-    return f"{stage}\n(mean of {layers} layers)" if stage in LAYERED and layers > 1 else stage
+    layered = stage.partition(" ")[0] in LAYERED
+    return f"{stage}\n(mean of {layers} layers)" if layered and layers > 1 else stage
 
 
 def stage_figure(rows: list[dict], metric: str = "relative_l2", roles: Sequence[str] = ROLES) -> bytes | None:
@@ -72,7 +112,9 @@ def stage_figure(rows: list[dict], metric: str = "relative_l2", roles: Sequence[
         return None
     roles = [r for r in roles if any(s["role"] == r for s in summary)]
     models = list(dict.fromkeys(s["model"] for s in summary))
-    stages = [s for s in STAGES if any(x["stage"] == s for x in summary)]
+    stages = list(
+        dict.fromkeys(x["stage"] for x in sorted(summary, key=lambda x: (STAGES.index(x["base"]), x["stage"])))
+    )
     layers = {s: max(x["layers"] for x in summary if x["stage"] == s) for s in stages}
     cell = {(x["model"], x["stage"], x["role"]): x for x in summary}
     with drawing():

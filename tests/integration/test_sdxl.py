@@ -99,6 +99,42 @@ def test_compare_rows_cover_both_encoders_and_pooled(xl_store):
             assert r["value"] == 0.0, r
 
 
+def test_report_summarises_each_encoder_and_pooled(xl_store, tmp_path):
+    """The report's stage table (and summary.md): each text encoder's token embeddings and layers apart (their means
+    over their own layers), SDXL's pooled embedding as the whole prompt's row."""
+    from alignit_probe.cli.report import write_folder
+    from alignit_probe.viz.report import report_html
+    from alignit_probe.viz.stages import WHOLE_PROMPT, stage_summary
+
+    rows = compare_rows(xl_store, n_boot=10)
+    cell = {(s["model"], s["stage"], s["role"]): s for s in stage_summary(rows)}
+    for encoder, first in (
+        ("text", lambda layer: isinstance(layer, int)),
+        ("text_2", lambda layer: isinstance(layer, str)),
+    ):
+        sel = [
+            r["value"]
+            for r in rows
+            if (r["model"], r["stage"], r["role"], r["metric"]) == ("custom", "encoder_layer", "context", "relative_l2")
+            and first(r["layer"])
+        ]
+        got = cell["custom", f"encoder_layer ({encoder})", "context"]
+        assert got["layers"] == len(sel) == (3 if encoder == "text" else 4)
+        assert got["value"] == pytest.approx(sum(sel) / len(sel), rel=1e-12)
+    pooled = [r for r in rows if (r["model"], r["stage"], r["metric"]) == ("custom", "pooled", "relative_l2")]
+    assert cell["custom", "pooled", WHOLE_PROMPT]["value"] == pooled[0]["value"]
+    assert not any(s["stage"] == "encoder_layer" for s in cell.values())  # no mean across the two encoders
+    page = report_html(xl_store, rows)
+    assert "token_embedding (text_2)" in page and f"{WHOLE_PROMPT}: relative L2" in page
+    write_folder(xl_store, rows, tmp_path, ["s.zarr"])
+    summary = (tmp_path / "summary.md").read_text()
+    assert (
+        f"| custom | pooled | {WHOLE_PROMPT} |" in summary
+        and "| custom | encoder_layer (text_2) | context |" in summary
+    )
+    assert "[" not in summary.split("| custom | pooled")[1].splitlines()[0]  # 2 prompts: no CI (as compare)
+
+
 def test_alignit_invariants(xl_pair):
     akv = alignit_kv(xl_pair, CONCEPTS, PROMPTS)
     base_c, base_pooled = conditioning(xl_pair.baseline, akv.baseline)

@@ -221,3 +221,10 @@ def test_record_and_compare_a_textual_inversion(sdxl_dir, tmp_path):
         assert emb[layer, "concept"] > 0 and emb[layer, "context"] == 0 and emb[layer, "special"] == 0
     assert {"embedding", "embedding_2"} <= set(tree["custom"].children)
     assert tree["custom/embedding_2"].sizes["vector"] == 2
+    from alignit_probe.viz.sections import embedding_section
+
+    tables = {t["model"]: [r["token"] for r in t["rows"]] for t in embedding_section(tree)["tables"]}
+    assert tables == {  # the report shows each encoder's learned vectors
+        "custom (first text encoder)": ["<xl-cat>", "<xl-cat>_1"],
+        "custom (second text encoder, text_2)": ["<xl-cat>", "<xl-cat>_1"],
+    }
