@@ -6,7 +6,9 @@ Formats are the ones diffusers' official training scripts write (plus the common
   a folder holding such a file is accepted too. SDXL (``textual_inversion_sdxl.py``): ``learned_embeds.safetensors``
   for the first text encoder plus ``learned_embeds_2.safetensors`` for the second, side by side (the folder, or the
   first file: its sibling is read with it); or one file {"clip_l": (n, 768), "clip_g": (n, 1280)} (the common SDXL
-  embedding form), whose token is the file stem.
+  embedding form), whose token is the file stem; the ``<name>_emb.safetensors`` of the advanced DreamBooth-LoRA
+  scripts' pivotal tuning (SD1.5: ``clip_l`` only) holds tokens ``<s0>``, ``<s1>`` …, and its output folder is read
+  as that LoRA plus those embeddings (``artifact_paths``).
 * A1111 embedding ``.pt``: {"string_to_param": {"*": (n, dim)}, "name": ...}; or ``.safetensors``: {"emb_params": ...}.
   The token is the "name" field if present, else the file stem, used verbatim: diffusers' own loader takes "name"
   as is and never wraps it in ``<...>``, so neither do we.
@@ -165,8 +167,8 @@ def _token_dict(state: dict) -> dict[str, torch.Tensor] | None:
 def classify(state: dict, path: Path) -> tuple[str, dict, dict]:
     """(kind, embeddings, weights) of one file's dict (one-file SDXL embeddings: the ``clip_l`` vectors here; the
     ``clip_g`` ones are the caller's)."""
-    if set(state) == SDXL_KEYS and all(torch.is_tensor(v) and v.ndim in (1, 2) for v in state.values()):
-        return "textual_inversion", {path.stem: state["clip_l"].detach()}, {}
+    if set(state) in (SDXL_KEYS, {"clip_l"}) and all(torch.is_tensor(v) and v.ndim in (1, 2) for v in state.values()):
+        return "textual_inversion", clip_tokens(state["clip_l"], path), {}
     if "string_to_param" in state:
         params = state["string_to_param"]
         if not isinstance(params, dict) or not params or not torch.is_tensor(next(iter(params.values()))):
@@ -197,6 +199,34 @@ def classify(state: dict, path: Path) -> tuple[str, dict, dict]:
         return "textual_inversion", tokens, {}
     keys = ", ".join(list(map(str, state))[:3])
     raise ProbeError(f"{path} is no customization this tool knows (keys: {keys})", f"give {KNOWN}")
+
+
+def clip_tokens(vectors: torch.Tensor, path: Path) -> dict[str, torch.Tensor]:
+    """The tokens of a ``clip_l`` / ``clip_g`` embedding file: ``<s0>``, ``<s1>`` … (one vector each) for the
+    ``<name>_emb.safetensors`` that the advanced DreamBooth-LoRA scripts write with ``--train_text_encoder_ti``
+    (prompts write them together, ``<s0><s1>``); else one token, the file stem (shared SDXL embeddings)."""
+    vectors = vectors.detach()
+    if not path.stem.endswith("_emb"):
+        return {path.stem: vectors}
+    rows = vectors.reshape(-1, vectors.shape[-1])
+    return {f"<s{i}>": rows[i] for i in range(rows.shape[0])}
+
+
+def artifact_paths(spec: str | Path) -> list[str]:
+    """The artifact files of one SPEC: the SPEC itself, or, for the folder train_dreambooth_lora_sdxl_advanced.py
+    (and its SD1.5 sibling) writes with pivotal tuning, its LoRA and its ``<name>_emb.safetensors`` embeddings,
+    which are trained together and used together."""
+    p = Path(spec)
+    if not p.is_dir() or is_pipeline_dir(p) or (lora := _pick(p, LORA_NAMES)) is None:
+        return [str(spec)]
+    embeddings = sorted(p.glob("*_emb.safetensors"))
+    if len(embeddings) > 1:
+        names = ", ".join(f.name for f in embeddings)
+        raise ProbeError(
+            f"folder {spec} holds a LoRA and several pivotal-tuning embeddings ({names})",
+            f"pass {lora.name} and one embedding file as SPECs of one model (NAME={lora} NAME=FILE)",
+        )
+    return [str(lora), str(embeddings[0])] if embeddings else [str(spec)]
 
 
 def _pick(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -246,7 +276,7 @@ def parse_artifact(path: str | Path) -> Parsed:
     kind, embeddings, weights = classify(state, main)
     parsed = Parsed(str(path), kind, [main], "", embeddings, weights)
     if set(state) == SDXL_KEYS:
-        parsed.embeddings_2 = {main.stem: state["clip_g"].detach()}
+        parsed.embeddings_2 = clip_tokens(state["clip_g"], main)
     elif kind == "textual_inversion" and main.name in TI_NAMES:
         _add_second_encoder(parsed, main.parent)
     if kind == "custom_diffusion" and p.is_dir():

@@ -25,7 +25,7 @@ from ..capture import sites
 from ..errors import ProbeError
 from ..schema import DEFAULT_CUSTOM
 from .apply import Artifact, apply_artifact, apply_parsed
-from .artifacts import first_line, is_pipeline_dir, parse_artifact
+from .artifacts import artifact_paths, first_line, is_pipeline_dir, parse_artifact
 from .components import check_components, component_folders, ema_note, load_components
 from .pipes import SD, SUPPORTED, not_supported, text_copy
 from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec
@@ -176,7 +176,7 @@ def _parse_specs(name: str, customs: list[str]) -> list:
                 f"{WHOLE[kind]} {customs[i]} must be the first SPEC of model {name} (it replaces the model's weights)",
                 "put it first, followed by the artifacts to apply onto it",
             )
-    return [parse_artifact(spec) for spec in (customs[1:] if kinds[0] in WHOLE else customs)]
+    return [parse_artifact(a) for spec in (customs[1:] if kinds[0] in WHOLE else customs) for a in artifact_paths(spec)]
 
 
 def _custom_model(

@@ -87,12 +87,45 @@ def _encode(tokenizer, text: str) -> list[int]:
 _ADDED_LOOKING = re.compile(r"<[^<>\s]+>")  # <new1>, <cat-toy>: placeholder tokens an artifact adds
 
 
-def _unknown(tok, token: str) -> ProbeError:
-    """The error for a token the tokenizer cannot encode, naming the tokens it added (not ``<x>_1`` expansions)."""
+def added_tokens(tok, expansions: bool = False) -> list[str]:
+    """The tokens an artifact added to ``tok`` (not special ones; without ``expansions``, not the ``<x>_1`` …
+    rows of multi-vector tokens)."""
     special = set(tok.all_special_tokens)
     added = [t for t in tok.get_added_vocab() if t not in special]
+    if expansions:
+        return added
     expansion = re.compile("|".join(re.escape(t) + r"_\d+" for t in added) or "(?!)")  # <new1>_1, <new1>_2, …
-    added = [t for t in added if not expansion.fullmatch(t)]
+    return [t for t in added if not expansion.fullmatch(t)]
+
+
+def check_concepts_use_added(pipe: StableDiffusionPipeline, baseline_tokenizer, concepts: list[Concept]) -> None:
+    """A customized model that added tokens (Textual Inversion, Custom Diffusion, pivotal tuning) is measured
+    through them: concepts that use none of them would compare words the baseline knows, never the learned
+    vectors."""
+    tok = pipe.tokenizer
+    new = [
+        t
+        for t in added_tokens(tok, expansions=True)
+        if baseline_tokenizer.convert_tokens_to_ids(t) in (None, baseline_tokenizer.unk_token_id)
+    ]
+    if not new or not concepts:
+        return
+    ids = set(tok.convert_tokens_to_ids(new))
+    if any(ids & set(modifier_ids(pipe, c)) for c in concepts):
+        return
+    names = [t for t in added_tokens(tok) if t in new]
+    pivotal = sorted((t for t in names if re.fullmatch(r"<s\d+>", t)), key=lambda t: int(t[2:-1]))
+    suggestion = "".join(pivotal) if pivotal and len(pivotal) == len(names) else names[0]
+    raise ProbeError(
+        f"concept {', '.join(repr(c.token) for c in concepts)} uses none of the tokens the customized model added "
+        f"({', '.join(names)}), so its learned vectors would never be read",
+        f"pass --concept {suggestion} and write it in the prompts",
+    )
+
+
+def _unknown(tok, token: str) -> ProbeError:
+    """The error for a token the tokenizer cannot encode, naming the tokens it added (not ``<x>_1`` expansions)."""
+    added = added_tokens(tok)
     if added:
         fix = f"use one of its added tokens: {', '.join(added)}, or an instance word it knows (sks)"
     else:
@@ -321,6 +354,8 @@ def tokenize_prompts(
 ) -> tuple[list[TokenizedPrompt], list[TokenizedPrompt], list[str]]:
     """Tokenize every prompt; returns (customized list, baseline list, warnings; prompts numbered from ``first``)."""
     customs, bases, warnings = [], [], []
+    if not allow_absent:
+        check_concepts_use_added(custom_pipe, baseline_tokenizer, concepts)
     for k, p in enumerate(prompts, first):
         ct, bt = tokenize_pair(p, custom_pipe, baseline_tokenizer, concepts, allow_absent)
         for name, tp in (("customized", ct), ("baseline", bt)):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..schema import ROLES
-from .concepts import Concept, TokenizedPrompt, tokenize_pair
+from .concepts import Concept, TokenizedPrompt, check_concepts_use_added, tokenize_pair
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -74,6 +74,7 @@ def tokenize_table(
     custom = TokenTable(custom_pipe.tokenizer, span, length)
     base = TokenTable(baseline_tokenizer, span, baseline_tokenizer.model_max_length)
     warnings = []
+    check_concepts_use_added(custom_pipe, baseline_tokenizer, concepts)
     for k in span:
         ct, bt = tokenize_pair(prompts[k], custom_pipe, baseline_tokenizer, concepts)
         for name, tp in (("customized", ct), ("baseline", bt)):

@@ -16,6 +16,7 @@ from alignit_probe.models.load import apply_artifact, load_pair, load_pipeline
 from alignit_probe.record.batch import stage_tensors
 from alignit_probe.record.run import RecordOptions, record_store
 from alignit_probe.text.concepts import tokenize_pair
+from alignit_probe.text.tables import tokenize_table
 from tests.integration.test_exactness import caught_in_step
 
 W1, W2 = 32, 48  # the tiny SDXL's text-encoder widths
@@ -131,6 +132,33 @@ def test_lora_on_unet_and_both_text_encoders(sdxl_dir, tmp_path):
     for group in ("text", "text_2"):
         assert not torch.equal(recorded[group]["encoder_layer"], base[group]["encoder_layer"]), group
     assert not torch.equal(recorded["text_out"]["pooled"], base["text_out"]["pooled"])
+
+
+def test_pivotal_tuning_folder_loads_lora_and_embeddings(sdxl_dir, tmp_path):
+    """train_dreambooth_lora_sdxl_advanced.py --train_text_encoder_ti writes pytorch_lora_weights.safetensors and
+    <output_dir>_emb.safetensors ({"clip_l": (n, 768), "clip_g": (n, 1280)}, used as tokens <s0>, <s1> … written
+    together in prompts): the folder loads as both, each vector where diffusers' documented loading puts it, exact;
+    a concept using none of the added tokens is refused, naming the one to use."""
+    folder = write_lora(sdxl_dir, tmp_path / "adv", text=False)
+    emb = {"clip_l": vectors(2, W1, 7), "clip_g": vectors(2, W2, 8)}
+    save_file(emb, str(folder / "adv_emb.safetensors"))
+    pair = load_pair(sdxl_dir, [str(folder)], progress=False)
+    assert [a.kind for a in pair.artifacts] == ["lora", "textual_inversion"] and pair.warnings == [], pair.warnings
+    assert pair.artifacts[1].tokens == ["<s0>", "<s1>"]
+    pipe = pair.custom
+    for tok, te, key in (
+        (pipe.tokenizer, pipe.text_encoder, "clip_l"),
+        (pipe.tokenizer_2, pipe.text_encoder_2, "clip_g"),
+    ):
+        ids = tok.convert_tokens_to_ids(["<s0>", "<s1>"])
+        assert torch.equal(te.get_input_embeddings().weight[ids].detach(), emb[key])
+    prompt = "a photo of <s0><s1> dog"
+    recorded = assert_exact(pipe, prompt, [Concept("<s0><s1>", "dog")])
+    assert recorded["text"]["token_embedding"].shape[1] == 77
+    tables = tokenize_table([prompt], range(1), pipe, pair.baseline.tokenizer, [Concept("<s0><s1>", "dog")])
+    assert tables[0][0].role[:7] == ["special", "context", "context", "context", "concept", "concept", "concept"]
+    with pytest.raises(ProbeError, match=r"pass --concept <s0><s1>"):
+        tokenize_table(["a photo of sks dog"], range(1), pipe, pair.baseline.tokenizer, [Concept("sks", "dog")])
 
 
 def test_lora_alpha_from_adapter_metadata(sdxl_dir, tmp_path):

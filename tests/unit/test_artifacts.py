@@ -271,3 +271,32 @@ def test_custom_diffusion_weights_without_token_files_warn(tmp_path, weights):
     save_file({"<new1>": torch.ones(8)}, str(tmp_path / "<new1>.safetensors"))
     parsed = parse_artifact(tmp_path)
     assert (parsed.tokens, parsed.warnings) == (["<new1>"], [])
+
+
+def test_pivotal_tuning_embeddings_and_their_folder(tmp_path):
+    """The advanced DreamBooth-LoRA scripts' <name>_emb.safetensors: tokens <s0>, <s1> … (SD1.5: clip_l only;
+    SDXL: clip_l and clip_g); a shared SDXL embedding keeps its file stem as token; the scripts' output folder
+    is read as its LoRA plus its embeddings, and two embedding files there are ambiguous."""
+    from pathlib import Path
+
+    from alignit_probe.models.artifacts import artifact_paths
+
+    rows = torch.randn(3, 8)
+    kind, emb, _ = classify({"clip_l": rows}, Path("run_emb.safetensors"))
+    assert kind == "textual_inversion" and list(emb) == ["<s0>", "<s1>", "<s2>"]
+    assert all(torch.equal(emb[f"<s{i}>"], rows[i]) for i in range(3))
+    save_file({"clip_l": rows, "clip_g": torch.randn(3, 12)}, str(tmp_path / "run_emb.safetensors"))
+    parsed = parse_artifact(tmp_path / "run_emb.safetensors")
+    assert parsed.tokens == ["<s0>", "<s1>", "<s2>"] and parsed.embeddings_2["<s2>"].shape == (12,)
+    save_file({"clip_l": rows, "clip_g": torch.randn(3, 12)}, str(tmp_path / "style.safetensors"))
+    assert parse_artifact(tmp_path / "style.safetensors").tokens == ["style"]
+    run = tmp_path / "run"
+    run.mkdir()
+    assert artifact_paths(run) == [str(run)]  # nothing to expand (parse_artifact says what is missing)
+    save_file({"unet.a.lora_A.weight": torch.zeros(2, 2)}, str(run / "pytorch_lora_weights.safetensors"))
+    assert artifact_paths(run) == [str(run)]
+    (tmp_path / "run_emb.safetensors").rename(run / "run_emb.safetensors")
+    assert artifact_paths(run) == [str(run / "pytorch_lora_weights.safetensors"), str(run / "run_emb.safetensors")]
+    (tmp_path / "style.safetensors").rename(run / "other_emb.safetensors")
+    with pytest.raises(ProbeError, match="several pivotal-tuning embeddings"):
+        artifact_paths(run)
