@@ -54,6 +54,14 @@ def token_sets(pipe: StableDiffusionPipeline, parsed: Parsed) -> list[tuple[obje
             )
         return [(encoders[0][1], encoders[0][2], parsed.embeddings)]
     if set(parsed.embeddings) != set(parsed.embeddings_2):
+        widths = [te.get_input_embeddings().weight.shape[-1] for _, _, te in encoders]
+        given = {x.shape[-1] for x in (parsed.embeddings or parsed.embeddings_2).values()}
+        if not given <= set(widths):
+            raise ProbeError(
+                f"{parsed.path} holds {'/'.join(map(str, sorted(given)))}-wide token vectors, but this SDXL model's "
+                f"text encoders are {widths[0]} and {widths[1]} wide",
+                "use it with the model it was trained for (SD 1.x encoders are 768 wide, SD 2.x 1024)",
+            )
         which = "first" if parsed.embeddings else "second"
         raise ProbeError(
             f"{parsed.path} has token vectors for SDXL's {which} text encoder only (the model has two)",

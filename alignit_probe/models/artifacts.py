@@ -271,6 +271,12 @@ def parse_artifact(path: str | Path) -> Parsed:
             main = candidates[0]
     else:
         main = p
+    if main.name in TI2_NAMES:
+        raise ProbeError(
+            f"{main} holds the vectors of SDXL's second text encoder only: learned_embeds.safetensors (or .bin), the "
+            "first encoder's, is missing beside it",
+            "put the learned_embeds.safetensors that textual_inversion_sdxl.py wrote next to it, and pass the folder",
+        )
     state = read_weights(main)
     check_finite(state, main)
     kind, embeddings, weights = classify(state, main)

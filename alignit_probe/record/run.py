@@ -27,7 +27,7 @@ from ..schema import BASELINE, alignit_branch
 from ..store.shards import shard_name, shard_range
 from ..store.writer import StoreWriter
 from ..text.concepts import Concept, modifier_ids
-from ..text.embeddings import embedding_diagnostics
+from ..text.embeddings import embedding_diagnostics, learned_ids, same_text_encoders
 from ..text.tables import tokenize_table
 from . import jobs
 from .batch import record_batch, release_host_copies
@@ -135,6 +135,15 @@ def check_job(
             validate(pair, concepts, options.alignit)
 
 
+def unet_only_note(name: str) -> str:
+    return (
+        f"the text encoder(s) of {name} hold the baseline's weights (a UNet-only customization): its "
+        "token_embedding, encoder_layer, encoder_output (and pooled) differences come from the prompt edit alone "
+        "(the concept left out of the baseline's prompt), not from training; key/value differences also hold its "
+        "UNet's changes"
+    )
+
+
 def check_clip_skip(pipes: list[StableDiffusionPipeline], clip_skip: int) -> None:
     """``clip_skip`` counts back from the state the pipeline uses (SD: the last layer's; SDXL: the penultimate one's):
     it must stay within every text encoder's layers."""
@@ -211,7 +220,8 @@ def record_store(
         tables[pair.name] = custom_tp
         tables[BASELINE] = base_tp
         notes += [x for x in w if x not in notes]
-    for note in notes:
+    unet_only = {p.name: unet_only_note(p.name) for p in models.pairs if same_text_encoders(p.custom, models.baseline)}
+    for note in notes + list(unet_only.values()):
         warnings.warn(note, ProbeWarning, stacklevel=2)
     n_full = first.custom.tokenizer.model_max_length
     n_tokens = n_full
@@ -269,7 +279,8 @@ def record_store(
             m_attrs = {}
             for name, pipe in branches:
                 m_attrs[name] = model_attrs(models, name, device, dtype, options.seed, options.clip_skip)
-                m_attrs[name]["warnings"] = m_attrs[name]["warnings"] + notes
+                own = [unet_only[name]] if name in unet_only else []
+                m_attrs[name]["warnings"] = m_attrs[name]["warnings"] + notes + own
                 m_attrs[name]["sites"] = attn2_paths(pipe.unet)
             bar = progress_bar(len(span), "record (summary)" if options.summary else "record", progress)
             if options.summary:
@@ -279,12 +290,14 @@ def record_store(
             else:
                 record_models(writer, branches, tables, span, options, n_tokens=keep, attrs=m_attrs, progress=bar)
             bar.close()
-            for pair in models.pairs:
+            for pair in models.pairs:  # the concepts' learned vectors (an unchanged instance word is none)
                 ids = sorted({i for c in concepts for i in modifier_ids(pair.custom, c)})
+                tokens = pair.custom.tokenizer.convert_ids_to_tokens(ids)
+                ids = learned_ids(pair.custom, models.baseline, ids)
                 writer.put(f"{pair.name}/embedding", embedding_diagnostics(pair.custom, models.baseline, ids))
                 if is_xl(pair.custom):  # SDXL: the second encoder's vectors of the same tokens
-                    tokens = pair.custom.tokenizer.convert_ids_to_tokens(ids)
                     ids_2 = pair.custom.tokenizer_2.convert_tokens_to_ids(tokens)
+                    ids_2 = learned_ids(pair.custom, models.baseline, ids_2, encoder=1)
                     diagnostics = embedding_diagnostics(pair.custom, models.baseline, ids_2, encoder=1)
                     writer.put(f"{pair.name}/embedding_2", diagnostics)
             if options.alignit is not None and not options.summary:

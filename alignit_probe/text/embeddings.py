@@ -58,3 +58,28 @@ def embedding_diagnostics(
         },
         attrs={"vocab_norm_mean": float(vn.mean()), "vocab_norm_std": float(vn.std())},
     )
+
+
+def learned_ids(
+    custom_pipe: StableDiffusionPipeline, baseline_pipe: StableDiffusionPipeline, token_ids: list[int], encoder: int = 0
+) -> list[int]:
+    """The ids among ``token_ids`` whose embedding the customization learned: tokens the baseline lacks, and rows
+    that differ from the baseline's (an instance word such as ``sks`` is learned only where the text encoder was
+    trained)."""
+    base = text_encoders(baseline_pipe)[encoder][2].get_input_embeddings().weight.detach()
+    custom = text_encoders(custom_pipe)[encoder][2].get_input_embeddings().weight.detach()
+    return [i for i in token_ids if i >= base.shape[0] or not torch.equal(custom[i].to(base.device), base[i])]
+
+
+def same_text_encoders(custom_pipe: StableDiffusionPipeline, baseline_pipe: StableDiffusionPipeline) -> bool:
+    """Whether every text encoder of ``custom_pipe`` holds exactly the baseline's weights (a UNet-only
+    customization: DreamBooth without ``--train_text_encoder``, a UNet LoRA)."""
+    for (_, _, custom), (_, _, base) in zip(text_encoders(custom_pipe), text_encoders(baseline_pipe)):
+        if custom is base:
+            continue
+        mine, theirs = custom.state_dict(), base.state_dict()
+        if mine.keys() != theirs.keys():
+            return False
+        if any(a.shape != b.shape or not torch.equal(a, b.to(a.device)) for k, a in mine.items() for b in [theirs[k]]):
+            return False
+    return True

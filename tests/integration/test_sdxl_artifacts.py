@@ -2,6 +2,8 @@
 file with clip_l / clip_g) into both text encoders, DreamBooth-LoRA (UNet and both text encoders), each loaded
 through diffusers' own loaders, checked by "did it load?" on both encoders, and recorded exactly."""
 
+import warnings
+
 import peft
 import pytest
 import torch
@@ -11,7 +13,7 @@ from safetensors.torch import save_file
 from alignit_probe import Concept
 from alignit_probe import store as st
 from alignit_probe.analysis.metrics import compare_rows
-from alignit_probe.errors import ProbeError
+from alignit_probe.errors import ProbeError, ProbeWarning
 from alignit_probe.models.load import apply_artifact, load_pair, load_pipeline
 from alignit_probe.record.batch import stage_tensors
 from alignit_probe.record.run import RecordOptions, record_store
@@ -174,9 +176,21 @@ def test_lora_alpha_from_adapter_metadata(sdxl_dir, tmp_path):
 
 
 def test_unet_only_lora(sdxl_dir, tmp_path):
+    """Exact as everywhere; recorded, the store says that its text-stage differences are the prompt edit's (the
+    text encoders are the baseline's), and lists no learned vector for the unchanged instance word."""
     pair = load_pair(sdxl_dir, [str(write_lora(sdxl_dir, tmp_path / "lora", text=False))], progress=False)
     assert pair.method == "lora" and pair.warnings == []
     assert_exact(pair.custom, "a photo of sks cat", [])
+    concepts, prompts = [Concept("sks", "cat")], ["a photo of sks cat"]
+    with pytest.warns(ProbeWarning, match="UNet-only customization"):
+        out = record_store(pair, concepts, prompts, tmp_path / "s.zarr", RecordOptions(), progress=False)
+    tree = st.open_store(out)
+    assert any("UNet-only" in w for w in st.model_attrs(tree, "custom")["warnings"])
+    assert tree["custom/embedding"].sizes["vector"] == tree["custom/embedding_2"].sizes["vector"] == 0
+    trained = load_pair(sdxl_dir, [str(write_lora(sdxl_dir, tmp_path / "lora_te", text=True))], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProbeWarning)  # text encoders trained too: no such note
+        record_store(trained, concepts, prompts, tmp_path / "t.zarr", RecordOptions(), progress=False)
 
 
 def test_did_it_load_covers_both_encoders(sdxl_dir, tmp_path):
@@ -198,6 +212,8 @@ def test_did_it_load_covers_both_encoders(sdxl_dir, tmp_path):
         ("counts-differ", r"2 vector\(s\) for the first text encoder, 3 for the second"),
         ("second-other-tokens", "does not hold the tokens"),
         ("clip_g-too-narrow", "is 40-wide but the text encoder is 48-wide"),
+        ("second-file-alone", "second text encoder only: learned_embeds.safetensors .* is missing"),
+        ("other-model-width", f"holds 1024-wide token vectors, but this SDXL model's text encoders are {W1} and {W2}"),
     ],
 )
 def test_bad_sdxl_textual_inversion_is_one_line(sdxl_dir, tmp_path, case, message):
@@ -208,6 +224,11 @@ def test_bad_sdxl_textual_inversion_is_one_line(sdxl_dir, tmp_path, case, messag
     elif case == "second-other-tokens":
         spec = write_ti_folder(tmp_path / "ti")
         save_file({"<other>": vectors(2, W2, 6)}, str(spec / "learned_embeds_2.safetensors"))
+    elif case == "second-file-alone":
+        spec = write_ti_folder(tmp_path / "ti")
+        (spec / "learned_embeds.safetensors").unlink()
+    elif case == "other-model-width":  # an SD 2.x embedding
+        spec = write_ti_folder(tmp_path / "ti", first=vectors(2, 1024, 1), second=False)
     else:
         spec = write_ti_file(tmp_path / "zqxnarrow.safetensors", widths=(W1, 40))
     pipe = load_pipeline(sdxl_dir)
