@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ProbeError
-from ..schema import block_of
+from ..schema import block_of, short_layer
 from .sdpa import intercept_sdpa, recording
 
 if TYPE_CHECKING:
@@ -119,14 +119,21 @@ def select_sites(
     blocks: list[str] | None = None,
     resolutions: list[int] | None = None,
 ) -> list[str]:
-    """attn2 paths chosen by exact path, by block (down/mid/up), and/or by resolution (attention-map side at the
-    UNet's default sample size). All given filters apply together; none given: every site."""
+    """attn2 paths chosen by exact path (or its ``schema.short_layer`` label), by block (down/mid/up), and/or by
+    resolution (attention-map side at the UNet's default sample size). All given filters apply together; none
+    given: every site."""
     sites = find_sites(unet)
     valid = [s.path for s in sites]
     if layers:
+        short = {short_layer(p): p for p in valid}  # the labels compare and the report print (down1.0, mid.0.t1)
+        layers = [short.get(p, p) for p in layers]
         bad = [p for p in layers if p not in valid]
         if bad:
-            raise ProbeError(f"no attn2 layer {bad[0]!r} in this UNet", "valid layers: " + ", ".join(valid))
+            raise ProbeError(
+                f"no attn2 layer {bad[0]!r} in this UNet",
+                "valid layers (paths, or the short labels compare prints): "
+                + ", ".join(f"{p} ({short_layer(p)})" for p in valid),
+            )
     if blocks:
         bad = [b for b in blocks if b not in ("down", "mid", "up")]
         if bad:

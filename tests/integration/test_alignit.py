@@ -13,6 +13,7 @@ from alignit_probe.capture.sdpa import intercept_sdpa, recording
 from alignit_probe.capture.sites import attn2_paths, record_kv
 from alignit_probe.errors import ProbeError
 from alignit_probe.record.run import RecordOptions, record_store
+from alignit_probe.schema import short_layer
 from alignit_probe.text.concepts import Concept
 from alignit_probe.text.encoder import encoder_states
 
@@ -196,6 +197,9 @@ def test_options_layers_keys_only_alpha(cd_pair):
     assert torch.allclose(half.kv[p][0], 0.5 * full.kv[p][0] + 0.5 * custom_kv[p][0])
     with pytest.raises(ProbeError, match="valid layers"):
         alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(layers=["nope.attn2"]))
+    labels = [short_layer(p) for p in paths[-2:]]  # as compare prints them: the same layers as their paths
+    by_label = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(layers=labels))
+    assert list(by_label.kv) == paths[-2:] and all(torch.equal(by_label.kv[p][0], full.kv[p][0]) for p in paths[-2:])
     with pytest.raises(ProbeError, match="outside"):
         alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(alpha=-0.1))
     with pytest.raises(ProbeError, match="placeholder"):
