@@ -7,6 +7,7 @@ chosen layers each chosen token position takes B's value (position by position; 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,9 +15,9 @@ import torch
 
 from ..capture.inject import inject_kv
 from ..capture.sites import record_kv, select_sites
-from ..errors import ProbeError
+from ..errors import ProbeError, ProbeWarning
 from ..models.pipes import placement
-from ..text.concepts import TokenizedPrompt, tokenize_pair
+from ..text.concepts import TokenizedPrompt, quoted, tokenize_pair
 from ..text.encoder import conditioning
 from .engine import check_layouts
 from .generation import generate_images
@@ -31,8 +32,15 @@ class Source:
     prompt: str
 
 
-def _tokenized(pipe, prompt: str):
-    return tokenize_pair(prompt, pipe, pipe.tokenizer, [], allow_absent=True)[0]
+def _tokenized(pipe, prompt: str, which: str = "prompt") -> TokenizedPrompt:
+    tp = tokenize_pair(prompt, pipe, pipe.tokenizer, [], allow_absent=True)[0]
+    if tp.dropped:  # as record, alignit and attention say it
+        warnings.warn(
+            f"{which} {quoted(prompt)} truncated: {tp.dropped} token(s) beyond the encoder's {len(tp.ids)} dropped",
+            ProbeWarning,
+            stacklevel=3,
+        )
+    return tp
 
 
 def token_positions(tp: TokenizedPrompt, words: list[str]) -> list[int]:
@@ -61,7 +69,8 @@ def swap_kv(
     A's pooled embedding (SDXL; None otherwise), last."""
     check_layouts(key_src.pipe.unet, value_src.pipe.unet, denoiser.unet)
     sites = select_sites(denoiser.unet, layers, blocks)
-    ta, tb = _tokenized(key_src.pipe, key_src.prompt), _tokenized(value_src.pipe, value_src.prompt)
+    ta = _tokenized(key_src.pipe, key_src.prompt, "key prompt (A)")
+    tb = _tokenized(value_src.pipe, value_src.prompt, "value prompt (B)")
     (ca, pooled_a), cb = conditioning(key_src.pipe, [ta]), conditioning(value_src.pipe, [tb])[0]
     kv_a, kv_b = record_kv(key_src.pipe.unet, ca, sites), record_kv(value_src.pipe.unet, cb, sites)
     positions = token_positions(ta, tokens) if tokens else list(range(len(ta.ids)))
@@ -105,8 +114,8 @@ def generate_swap(
     )
     kv, ca, _, pooled_a = swap_kv(key_src, value_src, denoiser, tokens, layers, blocks, with_pooled=True)
     images = {}
-    for name, src in (("A", key_src), ("B", value_src)):
-        c, pooled = conditioning(src.pipe, [_tokenized(src.pipe, src.prompt)])
+    for name, src, which in (("A", key_src, "key prompt (A)"), ("B", value_src, "value prompt (B)")):
+        c, pooled = conditioning(src.pipe, [_tokenized(src.pipe, src.prompt, which)])
         images[name] = generate_images(src.pipe, c, pooled_prompt_embeds=pooled, **kw)
     with inject_kv(denoiser.unet, ca, kv):
         images["keys A + values B"] = generate_images(denoiser, ca, pooled_prompt_embeds=pooled_a, **kw)

@@ -136,7 +136,10 @@ def test_swap_command(toy_dir, tmp_path, capsys):
         str(out),
         "--no-progress",
     ]
-    assert main(argv) == 0
+    long = argv.index("a dog on the grass")
+    assert main(argv[:long] + ["a dog on the grass" + " and more" * 40] + argv[long + 1 :]) == 0
+    err = capsys.readouterr().err  # a truncated prompt is said, once, as record, alignit and attention say it
+    assert err.count("warning: key prompt (A)") == 1 and "token(s) beyond the encoder's 77 dropped" in err, err
     assert (out / "grid.png").exists() and len(list((out / "images").glob("000-*.png"))) == 3
     assert json.loads((out / "config.json").read_text())["tokens"] == ["dog"]
     rc, lines = run(argv[:-3] + ["--tokens", "zebra", "--out", str(tmp_path / "s2")], capsys)
