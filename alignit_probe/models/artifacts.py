@@ -201,6 +201,9 @@ def classify(state: dict, path: Path) -> tuple[str, dict, dict]:
     raise ProbeError(f"{path} is no customization this tool knows (keys: {keys})", f"give {KNOWN}")
 
 
+NO_TOKEN_FILE = "no modifier-token file <token>.safetensors (or .bin) found"  # unless a stacked artifact adds one
+
+
 def clip_tokens(vectors: torch.Tensor, path: Path) -> dict[str, torch.Tensor]:
     """The tokens of a ``clip_l`` / ``clip_g`` embedding file: ``<s0>``, ``<s1>`` … (one vector each) for the
     ``<name>_emb.safetensors`` that the advanced DreamBooth-LoRA scripts write with ``--train_text_encoder_ti``
@@ -289,8 +292,8 @@ def parse_artifact(path: str | Path) -> Parsed:
         _add_modifier_tokens(parsed, p, main)
         if not parsed.embeddings:
             parsed.warnings.append(
-                f"no modifier-token file <token>.safetensors (or .bin) found next to {main}: only the Custom "
-                "Diffusion K/V projections are applied, no new token is added"
+                f"{NO_TOKEN_FILE} next to {main}: only the Custom Diffusion K/V projections are applied, no new "
+                "token is added"
             )
     parsed.sha256 = sha256_files(parsed.files)
     return parsed

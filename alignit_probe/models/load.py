@@ -25,7 +25,7 @@ from ..capture import sites
 from ..errors import ProbeError
 from ..schema import DEFAULT_CUSTOM
 from .apply import Artifact, apply_artifact, apply_parsed
-from .artifacts import artifact_paths, first_line, is_pipeline_dir, parse_artifact
+from .artifacts import NO_TOKEN_FILE, artifact_paths, first_line, is_pipeline_dir, parse_artifact
 from .components import check_components, component_folders, ema_note, load_components
 from .pipes import SD, SUPPORTED, not_supported, text_copy
 from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec
@@ -176,7 +176,13 @@ def _parse_specs(name: str, customs: list[str]) -> list:
                 f"{WHOLE[kind]} {customs[i]} must be the first SPEC of model {name} (it replaces the model's weights)",
                 "put it first, followed by the artifacts to apply onto it",
             )
-    return [parse_artifact(a) for spec in (customs[1:] if kinds[0] in WHOLE else customs) for a in artifact_paths(spec)]
+    parsed = [
+        parse_artifact(a) for spec in (customs[1:] if kinds[0] in WHOLE else customs) for a in artifact_paths(spec)
+    ]
+    if any(p.embeddings for p in parsed):  # Custom Diffusion weights stacked with the token's own embedding file
+        for p in parsed:
+            p.warnings = [w for w in p.warnings if not w.startswith(NO_TOKEN_FILE)]
+    return parsed
 
 
 def _custom_model(
