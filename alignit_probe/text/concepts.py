@@ -87,7 +87,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 _ADDED_LOOKING = re.compile(r"<[^<>\s]+>")  # <new1>, <cat-toy>: placeholder tokens an artifact adds
 
 
-def added_tokens(tok, expansions: bool = False) -> list[str]:
+def added_tokens(tok: PreTrainedTokenizerBase, expansions: bool = False) -> list[str]:
     """The tokens an artifact added to ``tok`` (not special ones; without ``expansions``, not the ``<x>_1`` …
     rows of multi-vector tokens)."""
     special = set(tok.all_special_tokens)
@@ -98,7 +98,9 @@ def added_tokens(tok, expansions: bool = False) -> list[str]:
     return [t for t in added if not expansion.fullmatch(t)]
 
 
-def check_concepts_use_added(pipe: StableDiffusionPipeline, baseline_tokenizer, concepts: list[Concept]) -> None:
+def check_concepts_use_added(
+    pipe: StableDiffusionPipeline, baseline_tokenizer: PreTrainedTokenizerBase, concepts: list[Concept]
+) -> None:
     """A customized model that added tokens (Textual Inversion, Custom Diffusion, pivotal tuning) is measured
     through them: concepts that use none of them would compare words the baseline knows, never the learned
     vectors."""
