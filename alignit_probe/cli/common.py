@@ -218,7 +218,7 @@ def check_concepts(args: argparse.Namespace) -> None:
         if c.class_word is None:
             warnings.warn(
                 f"concept {c.token!r} has no --class-word: its tokens have no baseline partner, so compare "
-                "shows no concept rows (pass --class-word WORD, e.g. cat)",
+                "shows no concept rows (pass --class-word WORD, the class it stands for, e.g. dog)",
                 ProbeWarning,
                 stacklevel=2,
             )

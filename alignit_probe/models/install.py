@@ -30,9 +30,13 @@ def check_embeddings(
                 RETRAINED,
             )
         if token in vocab or f"{token}_1" in vocab:
+            word = token in vocab and token not in tokenizer.get_added_vocab()
             raise ProbeError(
-                f"token {token!r} from {parsed.path} is already in the tokenizer",
-                "remove the duplicate SPEC, or rename the token in the file",
+                f"token {token!r} from {parsed.path} is already in the tokenizer"
+                + (" (a word of its vocabulary: an embedding cannot redefine it)" if word else ""),
+                "rename the token in the file (e.g. <" + token.strip("<>") + ">)"
+                if word
+                else "load each embedding once (another SPEC added the same token), or rename the token in the file",
             )
 
 

@@ -368,4 +368,30 @@ def tokenize_prompts(
                 )
         customs.append(ct)
         bases.append(bt)
-    return customs, bases, warnings
+    return customs, bases, warnings + class_word_notes(prompts, concepts)
+
+
+def class_word_notes(prompts: Sequence[str], concepts: list[Concept]) -> list[str]:
+    """A note for each class word that follows its concept's token in none of the prompts while one same word
+    follows it in all of them: the prompts name the class with that word ("<new1> cat" with --class-word dog makes
+    the baseline's prompt "dog cat"). Prompts like "a <new1> on the beach" rightly get the class word inserted."""
+    notes = []
+    for c in concepts:
+        if not c.class_word:
+            continue
+        after = set()
+        for prompt in prompts:
+            pieces = _split(prompt, [c])
+            for i, (_text, which) in enumerate(pieces):
+                if which is not None:
+                    if _take_class_word(pieces[i + 1][0], c.class_word)[0]:
+                        after.add(None)
+                    else:
+                        after.add((re.findall(r"\w+", pieces[i + 1][0]) or [""])[0].lower())
+        if len(after) == 1 and (word := after.pop()):
+            notes.append(
+                f"class word {c.class_word!r} follows {c.token} in none of the prompts, while {word!r} follows it in "
+                f"all: the baseline's prompts read '… {c.class_word} {word} …'; if {word!r} is the class, pass "
+                f"--class-word {word}"
+            )
+    return notes

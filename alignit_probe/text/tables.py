@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..schema import ROLES
-from .concepts import Concept, TokenizedPrompt, check_concepts_use_added, tokenize_pair
+from .concepts import Concept, TokenizedPrompt, check_concepts_use_added, class_word_notes, tokenize_pair
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -85,4 +85,4 @@ def tokenize_table(
                 )
         custom.set(k, ct)
         base.set(k, bt)
-    return custom, base, warnings
+    return custom, base, warnings + class_word_notes([prompts[k] for k in span], concepts)

@@ -131,7 +131,13 @@ def test_wrong_widths(clean, base, arts, tmp_path):
 def test_duplicate_token_and_misplaced_pipeline(toy_dir, arts):
     with pytest.raises(ProbeError) as e:
         load_pair(toy_dir, [str(arts["ti1"]), str(arts["ti1"])], progress=False)
-    err(e, "<one>", "already in the tokenizer")
+    err(e, "<one>", "already in the tokenizer", "another SPEC added the same token")
+    word = arts["ti1"].parent / "word" / "learned_embeds.safetensors"  # a token that is a vocabulary word
+    word.parent.mkdir(exist_ok=True)
+    save_file({"cat": torch.zeros(32)}, str(word))
+    with pytest.raises(ProbeError) as e:
+        load_pair(toy_dir, [str(word)], progress=False)
+    err(e, "'cat'", "a word of its vocabulary", "rename the token in the file (e.g. <cat>)")
     with pytest.raises(ProbeError) as e:
         load_pair(toy_dir, [str(arts["ti1"]), str(arts["db"])], progress=False)
     err(e, "must be the first")

@@ -182,3 +182,16 @@ def test_unknown_token_names_the_added_tokens(base_tok):
     assert modifier_ids(pipe, Concept("<new1>")) == pipe.tokenizer.convert_tokens_to_ids(
         ["<new1>", "<new1>_1", "<new1>_2"]
     )
+
+
+def test_class_word_note_only_where_the_prompts_name_the_class_otherwise():
+    from alignit_probe.text.concepts import class_word_notes
+
+    cat = ["a photo of <new1> cat", "a <new1> cat in the snow"]
+    notes = class_word_notes(cat, [Concept("<new1>", "dog")])
+    assert len(notes) == 1 and "'cat' follows it in all" in notes[0] and "--class-word cat" in notes[0]
+    assert class_word_notes(cat, [Concept("<new1>", "cat")]) == []  # the class word follows
+    assert class_word_notes(cat, [Concept("<new1>", None)]) == []
+    scenes = ["a <new1> on the beach", "a <new1> in the snow"]  # inserted where it belongs
+    assert class_word_notes(scenes, [Concept("<new1>", "dog")]) == []
+    assert class_word_notes(["a <new1> cat", "a <new1> dog"], [Concept("<new1>", "dog")]) == []
