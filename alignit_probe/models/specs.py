@@ -4,11 +4,12 @@ Everything here is checked at once, so a typo never waits for a model to load.""
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
 
-from ..errors import ProbeError
+from ..errors import ProbeError, ProbeWarning
 from ..schema import DEFAULT_CUSTOM
 from .artifacts import is_pipeline_dir
 from .components import component_folders
@@ -49,6 +50,13 @@ def parse_custom_specs(specs: list[str]) -> dict[str, list[str]]:
             if not rest:
                 raise ProbeError(f"--custom {spec!r} names model {name!r} but no SPEC", f"write --custom {name}=PATH")
         out.setdefault(name, []).append(rest)
+    if len(out.get(DEFAULT_CUSTOM, [])) > 1:
+        warnings.warn(
+            f"{' + '.join(out[DEFAULT_CUSTOM])} are stacked into one model {DEFAULT_CUSTOM!r} (applied in this order); "
+            "to compare them as separate models, name each: --custom NAME=SPEC",
+            ProbeWarning,
+            stacklevel=2,
+        )
     return out
 
 

@@ -10,6 +10,7 @@ import torch
 from alignit_probe import Concept, Probe, ProbeError, compare, open_store
 from alignit_probe import store as st
 from alignit_probe.cli import main
+from alignit_probe.errors import ProbeWarning
 from alignit_probe.models.load import parse_custom_specs
 from alignit_probe.record.run import RecordOptions, record_store
 from alignit_probe.viz.drift import checkpoint_order
@@ -22,6 +23,8 @@ def test_custom_specs_parse_names_and_stack():
     got = parse_custom_specs(["step500=a", "step500=b", "step1000=c"])
     assert got == {"step500": ["a", "b"], "step1000": ["c"]}
     assert parse_custom_specs(["some/dir"]) == {"custom": ["some/dir"]}
+    with pytest.warns(ProbeWarning, match=r"a \+ b are stacked into one model 'custom'.*--custom NAME=SPEC"):
+        assert parse_custom_specs(["a", "b"]) == {"custom": ["a", "b"]}  # said: it may be meant as two models
     for bad in ("baseline=x", "alignit-a=x", "a/b=x", "x="):
         with pytest.raises(ProbeError):
             parse_custom_specs([bad])
