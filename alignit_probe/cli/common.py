@@ -51,8 +51,9 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompts:
         path = Path(args.prompts)
-        if not path.is_file():
-            raise ProbeError(f"prompts file {path} does not exist", "pass a text file with one prompt per line")
+        if not path.exists() or path.is_dir():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ProbeError(f"prompts file {path} {what}", "pass a text file with one prompt per line")
         try:
             lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
         except UnicodeDecodeError:
@@ -62,7 +63,13 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
             raise ProbeError(f"prompts file {path} is empty", "write one prompt per line")
     if not prompts:
         raise ProbeError("no prompts given", "pass --prompt TEXT (repeatable) or --prompts FILE")
-    return [fill_template(p, concepts_from(args)) for p in prompts]
+    concepts = concepts_from(args)
+    prompts = [fill_template(p, concepts) for p in prompts]
+    if concepts and getattr(args, "custom", None):  # said before any model loads
+        from ..text.concepts import check_concepts_present
+
+        check_concepts_present(prompts, concepts)
+    return prompts
 
 
 def fill_template(prompt: str, concepts: Iterable[Concept]) -> str:
@@ -159,9 +166,11 @@ def add_alignit_args(p: argparse.ArgumentParser) -> None:
 
 def alignit_options(args: argparse.Namespace) -> AlignITOptions:
     from ..alignit.engine import AlignITOptions
-    from ..alignit.plan import check_alpha
+    from ..alignit.plan import check_alpha, dummy_prompt
+    from ..text.concepts import Concept
 
     check_alpha(args.alpha)
+    dummy_prompt(args.template, Concept("<x>"))  # a template without {concept}: said before any model loads
     return AlignITOptions(
         template=args.template,
         layers=args.layers,

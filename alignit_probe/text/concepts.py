@@ -231,6 +231,17 @@ def _assemble(pieces, tokenizer, max_length: int) -> TokenizedPrompt:
     return TokenizedPrompt("", ids, tokens, role, concept, label, dropped)
 
 
+def check_concepts_present(prompts: Sequence[str], concepts: list[Concept]) -> None:
+    """Every prompt holds a concept's token as a word of its own (checked on the text: before any model loads)."""
+    for prompt in prompts:
+        if not any(_occurs(prompt, c) for c in concepts):
+            names = ", ".join(c.token for c in concepts)
+            raise ProbeError(
+                f"concept token {names} is absent from prompt {quoted(prompt)}",
+                "put the token in the prompt as a word of its own",
+            )
+
+
 def tokenize_pair(
     prompt: str,
     custom_pipe: StableDiffusionPipeline,
@@ -240,12 +251,8 @@ def tokenize_pair(
 ) -> tuple[TokenizedPrompt, TokenizedPrompt]:
     """(customized TokenizedPrompt with ref_index into the baseline one, baseline TokenizedPrompt)."""
     mods = [modifier_ids(custom_pipe, c) for c in concepts]
-    if not allow_absent and not any(_occurs(prompt, c) for c in concepts):
-        names = ", ".join(c.token for c in concepts)
-        raise ProbeError(
-            f"concept token {names} is absent from prompt {prompt!r}",
-            "put the token in the prompt as a word of its own",
-        )
+    if not allow_absent:
+        check_concepts_present([prompt], concepts)
     ctok = custom_pipe.tokenizer
     max_length = ctok.model_max_length
     pieces = _split(prompt, concepts)

@@ -277,3 +277,17 @@ def test_step_window_beyond_the_steps_is_refused(window, toy_dir, tmp_path, caps
     rc, err = run(argv + ["--out", str(out), "--no-progress"], capsys)
     assert rc == 2 and "ends after the last of the 4 denoising steps" in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["record", "alignit", "attention"])
+def test_prompt_and_template_mistakes_are_said_before_any_model_loads(command, toy_dir, tmp_path, capsys):
+    """The customized model given does not even exist: the error about the prompt (or the dummy template) must come
+    first, as it does when told on the text alone, before seconds of loading."""
+    args = swap(base_args(toy_dir, str(tmp_path / "missing"), tmp_path / "o"), "record", command)
+    rc, err = run(swap(args, "photo of a <new1> cat", "photo of a cat"), capsys)
+    assert rc == 2 and "absent from prompt" in err and "Traceback" not in err, err
+    rc, err = run(args + ["--template", "a photo"] + (["--alignit"] if command == "record" else []), capsys)
+    assert rc == 2 and "has no {concept} placeholder" in err, err
+    at = args.index("--prompt")
+    rc, err = run(args[:at] + args[at + 2 :] + ["--prompts", "/dev/null"], capsys)  # not "does not exist"
+    assert rc == 2 and "prompts file /dev/null is empty" in err, err
