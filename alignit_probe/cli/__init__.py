@@ -20,6 +20,7 @@ def quiet_libraries(progress: bool = True) -> None:
     """Silence the libraries' own chatter; our warnings print as ``warning: …`` lines."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # no "Retrying in 8s" lines while a download is tried
     if not progress:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         os.environ["TQDM_DISABLE"] = "1"

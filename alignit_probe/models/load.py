@@ -13,6 +13,7 @@ load?": each artifact is checked to change something (``apply``, ``verify``).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -150,18 +151,38 @@ def load_pipeline(
     import diffusers
 
     model = check_pipeline_path(model)
-    try:
-        cls = pipeline_class(model) or diffusers.DiffusionPipeline.load_config(model).get("_class_name")
+    hub = not Path(model).exists()
+
+    def load(local_only: bool) -> StableDiffusionPipeline:
+        config = diffusers.DiffusionPipeline.load_config
+        cls = pipeline_class(model) or config(model, local_files_only=local_only).get("_class_name")
         if cls not in SUPPORTED:
             raise ProbeError(*not_supported(model, cls))
         extra = dict(safety_checker=None, requires_safety_checker=False) if cls == SD else dict(add_watermarker=False)
-        pipe = getattr(diffusers, cls).from_pretrained(model, dtype=dtype, **extra)
+        return getattr(diffusers, cls).from_pretrained(model, dtype=dtype, local_files_only=local_only, **extra)
+
+    try:
+        try:  # a hub id: the local cache first, so that a cached model never waits on the network
+            pipe = load(local_only=hub)
+        except ProbeError:
+            raise
+        except Exception:
+            if not hub or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+                raise
+            print(f"{model} is not in the local Hugging Face cache: downloading it", file=sys.stderr)
+            pipe = load(local_only=False)
     except ProbeError:
         raise
     except Exception as e:
+        if hub:
+            raise ProbeError(
+                f"cannot load pipeline {model}: it is not in the local Hugging Face cache and could not be "
+                f"downloaded ({first_line(e)})",
+                f"download it where there is network (huggingface-cli download {model}) into this machine's cache, "
+                "or pass a local pipeline directory",
+            ) from e
         raise ProbeError(
-            f"cannot load pipeline {model} ({first_line(e)})",
-            "give a local diffusers pipeline directory, or a hub id that is cached or reachable",
+            f"cannot load pipeline {model} ({first_line(e)})", "check the directory (save_pretrained writes it)"
         ) from e
     return pipe.to(device)
 

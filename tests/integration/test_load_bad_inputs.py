@@ -150,3 +150,13 @@ def test_different_attn2_layouts(toy_dir, tmp_path):
     with pytest.raises(ProbeError) as e:
         load_pair(toy_dir, [str(tmp_path / "other")], progress=False)
     err(e, "different cross-attention layouts")
+
+
+def test_uncached_hub_id_offline_names_the_cache(tmp_path, monkeypatch):
+    """A hub id is looked up in the local cache first; not there and not downloadable, the error says so (no
+    library traceback text as the only cause)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ProbeError) as e:
+        load_pipeline("someorg/not-cached-model")
+    err(e, "not in the local Hugging Face cache", "huggingface-cli download someorg/not-cached-model")
