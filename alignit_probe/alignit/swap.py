@@ -17,8 +17,9 @@ from ..capture.inject import inject_kv
 from ..capture.sites import record_kv, select_sites
 from ..errors import ProbeError, ProbeWarning
 from ..models.pipes import placement
-from ..text.concepts import TokenizedPrompt, quoted, tokenize_pair
+from ..text.concepts import TokenizedPrompt, tokenize_pair
 from ..text.encoder import conditioning
+from ..text.prompt_text import quoted
 from .engine import check_layouts
 from .generation import generate_images
 

@@ -66,7 +66,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     concepts = concepts_from(args)
     prompts = [fill_template(p, concepts) for p in prompts]
     if concepts and getattr(args, "custom", None):  # said before any model loads
-        from ..text.concepts import check_concepts_present
+        from ..text.prompt_text import check_concepts_present
 
         check_concepts_present(prompts, concepts)
     return prompts

@@ -24,7 +24,8 @@ import torch
 
 from ..capture.sites import SUFFIX, attn2_paths
 from ..models.pipes import is_xl
-from ..text.concepts import Concept, baseline_text
+from ..text.concepts import Concept
+from ..text.prompt_text import baseline_text
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline

@@ -29,16 +29,19 @@ from typing import TYPE_CHECKING
 
 from ..errors import ProbeError
 from ..schema import ROLES  # noqa: F401  (re-exported: roles are a property of tokens)
+from .prompt_text import (
+    Concept,
+    baseline_text,
+    check_concepts_present,
+    class_word_notes,
+    quoted,
+    split_concepts,
+    take_class_word,
+)
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
     from transformers import PreTrainedTokenizerBase
-
-
-@dataclass(frozen=True)
-class Concept:
-    token: str
-    class_word: str | None = None
 
 
 @dataclass
@@ -156,59 +159,6 @@ def modifier_ids(pipe: StableDiffusionPipeline, concept: Concept) -> list[int]:
     return ids
 
 
-def _token_pattern(token: str) -> str:
-    """``token`` as a regex: word-bounded at edges that are word characters (``sks``), bare elsewhere (``<new1>``)."""
-    pattern = re.escape(token)
-    if re.match(r"\w", token):
-        pattern = r"(?<!\w)" + pattern
-    if re.search(r"\w$", token):
-        pattern += r"(?!\w)"
-    return pattern
-
-
-def _occurs(prompt: str, concept: Concept) -> bool:
-    return bool(concept.token) and re.search(_token_pattern(concept.token), prompt) is not None
-
-
-def _split(prompt: str, concepts: list[Concept]) -> list[tuple[str, int | None]]:
-    """The prompt as alternating (text chunk, None) and (modifier, concept index) pieces."""
-    order = sorted((i for i in range(len(concepts)) if concepts[i].token), key=lambda i: -len(concepts[i].token))
-    if not order:
-        return [(prompt, None)]
-    pattern = re.compile("|".join(_token_pattern(concepts[i].token) for i in order))
-    pieces, last = [], 0
-    for m in pattern.finditer(prompt):
-        pieces.append((prompt[last : m.start()], None))
-        pieces.append((m.group(0), next(i for i in order if concepts[i].token == m.group(0))))
-        last = m.end()
-    pieces.append((prompt[last:], None))
-    return pieces
-
-
-def _take_class_word(chunk: str, word: str | None) -> tuple[bool, str]:
-    if word:
-        m = re.match(r"\s*" + re.escape(word) + r"(?=\W|$)", chunk, flags=re.IGNORECASE)
-        if m:
-            return True, chunk[m.end() :]
-    return False, chunk
-
-
-def baseline_text(prompt: str, concepts: list[Concept]) -> str:
-    """The prompt without modifier tokens (the class word stands in where none follows)."""
-    out = []
-    pieces = _split(prompt, concepts)
-    for i, (text, c) in enumerate(pieces):
-        if c is None:
-            out.append(text)
-            continue
-        follows, _ = _take_class_word(pieces[i + 1][0], concepts[c].class_word)
-        if not follows and concepts[c].class_word:
-            out.append(" " + concepts[c].class_word + " ")
-        else:
-            out.append(" ")
-    return re.sub(r"\s+", " ", "".join(out)).strip()
-
-
 def _assemble(pieces, tokenizer, max_length: int) -> TokenizedPrompt:
     """pieces: (ids, role, concept, labels) runs → 77 positions with start/end/padding."""
     ids, role, concept, label = [], [], [], []
@@ -231,17 +181,6 @@ def _assemble(pieces, tokenizer, max_length: int) -> TokenizedPrompt:
     return TokenizedPrompt("", ids, tokens, role, concept, label, dropped)
 
 
-def check_concepts_present(prompts: Sequence[str], concepts: list[Concept]) -> None:
-    """Every prompt holds a concept's token as a word of its own (checked on the text: before any model loads)."""
-    for prompt in prompts:
-        if not any(_occurs(prompt, c) for c in concepts):
-            names = ", ".join(c.token for c in concepts)
-            raise ProbeError(
-                f"concept token {names} is absent from prompt {quoted(prompt)}",
-                "put the token in the prompt as a word of its own",
-            )
-
-
 def tokenize_pair(
     prompt: str,
     custom_pipe: StableDiffusionPipeline,
@@ -255,13 +194,13 @@ def tokenize_pair(
         check_concepts_present([prompt], concepts)
     ctok = custom_pipe.tokenizer
     max_length = ctok.model_max_length
-    pieces = _split(prompt, concepts)
+    pieces = split_concepts(prompt, concepts)
     custom, base = [], []
     n_ctx, occurrence, skip_class = 0, 0, False
     for i, (text, c) in enumerate(pieces):
         if c is None:
             if skip_class:
-                _, text = _take_class_word(text, concepts[pieces[i - 1][1]].class_word)
+                _, text = take_class_word(text, concepts[pieces[i - 1][1]].class_word)
             cids, bids = _encode(ctok, text), _encode(baseline_tokenizer, text)
             if cids != bids:
                 raise ProbeError(
@@ -274,7 +213,7 @@ def tokenize_pair(
             base.append((bids, "context", -1, labels))
             continue
         word = concepts[c].class_word
-        follows, _ = _take_class_word(pieces[i + 1][0], word)
+        follows, _ = take_class_word(pieces[i + 1][0], word)
         skip_class = follows
         b_ids = _encode(baseline_tokenizer, word) if word else []
         c_ids = mods[c] + (_encode(ctok, word) if follows else [])
@@ -302,13 +241,6 @@ def tokenize_pair(
     ct.ref_index = align_positions(ct, bt)
     bt.ref_index = list(range(len(bt.ids)))
     return ct, bt
-
-
-def quoted(prompt: str, most: int = 80) -> str:
-    """``prompt`` quoted for a one-line message, its middle elided when long."""
-    if len(prompt) <= most:
-        return repr(prompt)
-    return repr(prompt[: most // 2 - 2] + " … " + prompt[-(most // 2 - 2) :])
 
 
 def ids_for(tokenizer: PreTrainedTokenizerBase, tp: TokenizedPrompt) -> list[int]:
@@ -376,29 +308,3 @@ def tokenize_prompts(
         customs.append(ct)
         bases.append(bt)
     return customs, bases, warnings + class_word_notes(prompts, concepts)
-
-
-def class_word_notes(prompts: Sequence[str], concepts: list[Concept]) -> list[str]:
-    """A note for each class word that follows its concept's token in none of the prompts while one same word
-    follows it in all of them: the prompts name the class with that word ("<new1> cat" with --class-word dog makes
-    the baseline's prompt "dog cat"). Prompts like "a <new1> on the beach" rightly get the class word inserted."""
-    notes = []
-    for c in concepts:
-        if not c.class_word:
-            continue
-        after = set()
-        for prompt in prompts:
-            pieces = _split(prompt, [c])
-            for i, (_text, which) in enumerate(pieces):
-                if which is not None:
-                    if _take_class_word(pieces[i + 1][0], c.class_word)[0]:
-                        after.add(None)
-                    else:
-                        after.add((re.findall(r"\w+", pieces[i + 1][0]) or [""])[0].lower())
-        if len(after) == 1 and (word := after.pop()):
-            notes.append(
-                f"class word {c.class_word!r} follows {c.token} in none of the prompts, while {word!r} follows it in "
-                f"all: the baseline's prompts read '… {c.class_word} {word} …'; if {word!r} is the class, pass "
-                f"--class-word {word}"
-            )
-    return notes

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..schema import ROLES
-from .concepts import Concept, TokenizedPrompt, check_concepts_use_added, class_word_notes, tokenize_pair
+from .concepts import Concept, TokenizedPrompt, check_concepts_use_added, tokenize_pair
+from .prompt_text import class_word_notes
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline

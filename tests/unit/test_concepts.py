@@ -4,7 +4,8 @@ import pytest
 
 from alignit_probe.errors import ProbeError
 from alignit_probe.models.toy import clip_tokenizer
-from alignit_probe.text.concepts import Concept, baseline_text, modifier_ids, tokenize_pair
+from alignit_probe.text.concepts import Concept, modifier_ids, tokenize_pair
+from alignit_probe.text.prompt_text import baseline_text
 
 
 class FakePipe:
@@ -185,7 +186,7 @@ def test_unknown_token_names_the_added_tokens(base_tok):
 
 
 def test_class_word_note_only_where_the_prompts_name_the_class_otherwise():
-    from alignit_probe.text.concepts import class_word_notes
+    from alignit_probe.text.prompt_text import class_word_notes
 
     cat = ["a photo of <new1> cat", "a <new1> cat in the snow"]
     notes = class_word_notes(cat, [Concept("<new1>", "dog")])

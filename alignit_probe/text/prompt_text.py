@@ -1,0 +1,117 @@
+"""Prompts as text, before any tokenizer: where each concept's token stands (a word of its own), the class word
+after it, the baseline's prompt (the concept's token left out, its class word standing in), and what is said
+about them (a prompt without its concept, a class word that never follows). Torch-free and model-free, so the CLI
+checks prompts before any model loads."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import ProbeError
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A concept's token in prompts (``<new1>``, ``sks``) and its class word (``cat``), the baseline's partner."""
+
+    token: str
+    class_word: str | None = None
+
+
+def token_pattern(token: str) -> str:
+    """``token`` as a regex: word-bounded at edges that are word characters (``sks``), bare elsewhere (``<new1>``)."""
+    pattern = re.escape(token)
+    if re.match(r"\w", token):
+        pattern = r"(?<!\w)" + pattern
+    if re.search(r"\w$", token):
+        pattern += r"(?!\w)"
+    return pattern
+
+
+def occurs(prompt: str, concept: Concept) -> bool:
+    return bool(concept.token) and re.search(token_pattern(concept.token), prompt) is not None
+
+
+def split_concepts(prompt: str, concepts: list[Concept]) -> list[tuple[str, int | None]]:
+    """The prompt as alternating (text chunk, None) and (modifier, concept index) pieces."""
+    order = sorted((i for i in range(len(concepts)) if concepts[i].token), key=lambda i: -len(concepts[i].token))
+    if not order:
+        return [(prompt, None)]
+    pattern = re.compile("|".join(token_pattern(concepts[i].token) for i in order))
+    pieces, last = [], 0
+    for m in pattern.finditer(prompt):
+        pieces.append((prompt[last : m.start()], None))
+        pieces.append((m.group(0), next(i for i in order if concepts[i].token == m.group(0))))
+        last = m.end()
+    pieces.append((prompt[last:], None))
+    return pieces
+
+
+def take_class_word(chunk: str, word: str | None) -> tuple[bool, str]:
+    if word:
+        m = re.match(r"\s*" + re.escape(word) + r"(?=\W|$)", chunk, flags=re.IGNORECASE)
+        if m:
+            return True, chunk[m.end() :]
+    return False, chunk
+
+
+def baseline_text(prompt: str, concepts: list[Concept]) -> str:
+    """The prompt without modifier tokens (the class word stands in where none follows)."""
+    out = []
+    pieces = split_concepts(prompt, concepts)
+    for i, (text, c) in enumerate(pieces):
+        if c is None:
+            out.append(text)
+            continue
+        follows, _ = take_class_word(pieces[i + 1][0], concepts[c].class_word)
+        if not follows and concepts[c].class_word:
+            out.append(" " + concepts[c].class_word + " ")
+        else:
+            out.append(" ")
+    return re.sub(r"\s+", " ", "".join(out)).strip()
+
+
+def check_concepts_present(prompts: Sequence[str], concepts: list[Concept]) -> None:
+    """Every prompt holds a concept's token as a word of its own (checked on the text: before any model loads)."""
+    for prompt in prompts:
+        if not any(occurs(prompt, c) for c in concepts):
+            names = ", ".join(c.token for c in concepts)
+            raise ProbeError(
+                f"concept token {names} is absent from prompt {quoted(prompt)}",
+                "put the token in the prompt as a word of its own",
+            )
+
+
+def quoted(prompt: str, most: int = 80) -> str:
+    """``prompt`` quoted for a one-line message, its middle elided when long."""
+    if len(prompt) <= most:
+        return repr(prompt)
+    return repr(prompt[: most // 2 - 2] + " … " + prompt[-(most // 2 - 2) :])
+
+
+def class_word_notes(prompts: Sequence[str], concepts: list[Concept]) -> list[str]:
+    """A note for each class word that follows its concept's token in none of the prompts while one same word
+    follows it in all of them: the prompts name the class with that word ("<new1> cat" with --class-word dog makes
+    the baseline's prompt "dog cat"). Prompts like "a <new1> on the beach" rightly get the class word inserted."""
+    notes = []
+    for c in concepts:
+        if not c.class_word:
+            continue
+        after = set()
+        for prompt in prompts:
+            pieces = split_concepts(prompt, [c])
+            for i, (_text, which) in enumerate(pieces):
+                if which is not None:
+                    if take_class_word(pieces[i + 1][0], c.class_word)[0]:
+                        after.add(None)
+                    else:
+                        after.add((re.findall(r"\w+", pieces[i + 1][0]) or [""])[0].lower())
+        if len(after) == 1 and (word := after.pop()):
+            notes.append(
+                f"class word {c.class_word!r} follows {c.token} in none of the prompts, while {word!r} follows it in "
+                f"all: the baseline's prompts read '… {c.class_word} {word} …'; if {word!r} is the class, pass "
+                f"--class-word {word}"
+            )
+    return notes
