@@ -11,6 +11,7 @@ them, and summarises them the same way.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from .. import store as st
-from ..errors import ProbeError
+from ..errors import ProbeError, ProbeWarning
 from ..schema import BASELINE, KV_STAGES, METRICS, POOLED, ROLES, STAGES, TEXT_STAGES, text_layer, unet_order_key
 from .stats import bootstrap_ci, gather_partners, role_means
 
@@ -189,6 +190,7 @@ def compare_rows(
         else:
             role = roles[model] = roles[model].load()
             names = ROLES
+        first = len(rows)
         for metric in METRICS:
             per_role = role_means(dist[metric], role, names)
             for name in names:
@@ -207,6 +209,13 @@ def compare_rows(
                         n=n,
                     )
                 )
+        if not any(r["n"] for r in rows[first:]):  # zarr reads missing chunk files as NaN, silently
+            where = f"{model} {stage}" + ("" if layer is None else f" {layer}")
+            warnings.warn(
+                f"{where}: no finite values in the store (chunk files missing, or NaN/inf recorded); record it again",
+                ProbeWarning,
+                stacklevel=2,
+            )
         if progress is not None:
             progress.update(1)
     if any("attention" in tree[m].children for m in st.models(tree)):

@@ -11,6 +11,14 @@ import numpy.typing as npt
 MIN_CI = 3  # below this many prompts a bootstrap CI says nothing: tables and reports show the value alone
 
 
+def fmt(x: float | None, digits: int = 4) -> str:
+    """``digits`` decimals; small nonzero values with ``digits - 1`` significant digits instead of 0.0000; "—"
+    for no value."""
+    if x is None or not np.isfinite(x):
+        return "—"
+    return f"{x:.{max(1, digits - 1)}g}" if 0 < abs(x) < 10 ** -(digits - 1) else f"{x:.{digits}f}"
+
+
 def gather_partners(b: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """``b[..., ref[..., t], *rest]`` in float64, NaN where ``ref < 0``.
 

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from ..analysis.stats import MIN_CI
+from ..analysis.stats import MIN_CI, fmt
 from ..errors import ProbeError
 from ..schema import ATTENTION_METRICS, METRICS, ROLES, STAGES, short_layer
 from .common import Subparsers, json_safe, subparser
@@ -41,8 +41,8 @@ def cell(r: dict | None) -> str:
     if not r or not r["n"]:
         return "-"
     if r["n"] < MIN_CI:
-        return f"{r['value']:.4f}"
-    return f"{r['value']:.4f} [{r['ci_low']:.3f},{r['ci_high']:.3f}]"
+        return fmt(r["value"])
+    return f"{fmt(r['value'])} [{fmt(r['ci_low'], 3)},{fmt(r['ci_high'], 3)}]"
 
 
 def print_table(rows: list[dict], tree: xr.DataTree, out: TextIO | None = None) -> None:
@@ -116,6 +116,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows = compare_rows(tree, stages=stages, progress=bar)
         bar.close()
     rows = filter_rows(rows, args)
+    if not rows:
+        given = " ".join(
+            f"--{k} {' '.join(v)}"
+            for k, v in (("stage", args.stage), ("role", args.role), ("metric", args.metric), ("model", args.model))
+            if v
+        )
+        raise ProbeError(
+            f"no rows match {given or 'the store'}: the store holds no such stage, role, metric or model",
+            "drop or change the filters (compare without them lists every row)",
+        )
     for w in store_warnings(tree):
         print(f"warning: {w}", file=sys.stderr)
     if args.json:

@@ -15,7 +15,7 @@ from typing import Any
 import xarray as xr
 
 from .. import store as st
-from ..analysis.stats import MIN_CI
+from ..analysis.stats import MIN_CI, fmt
 from ..schema import ATTENTION_METRICS, BASELINE, alignit_branch, short_layer, unet_order_key
 from .figures import is_alignit
 
@@ -40,13 +40,6 @@ def file_figure_uri(draw: Callable[..., str | Path], *args: Any) -> str:
 def safe_rows(rows: list[dict]) -> list[dict]:
     """Rows with NaN as None (as ``compare --json`` writes them)."""
     return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
-
-
-def fmt(x: float | None, digits: int = 4) -> str:
-    """``digits`` decimals; small nonzero values with ``digits - 1`` significant digits instead of 0.0000."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "—"
-    return f"{x:.{max(1, digits - 1)}g}" if 0 < abs(x) < 10 ** -(digits - 1) else f"{x:.{digits}f}"
 
 
 def cell_text(entry: dict | None) -> str:

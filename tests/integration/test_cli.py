@@ -74,6 +74,22 @@ def test_record_then_compare_with_prompts_file_template(toy_dir, cd_dir, tmp_pat
     assert main(["compare", str(out), "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "alignit" in table and "learned embeddings" in table and "<new1>" in table
+    rc, lines = run(["compare", str(out), "--stage", "attention_map", "--no-progress"], capsys)  # no maps recorded
+    assert rc == 2 and len(lines) == 1 and "no rows match --stage attention_map" in lines[0]
+
+
+def test_compare_says_when_chunk_files_are_missing(toy_dir, cd_dir, tmp_path, capsys):
+    """zarr reads a missing chunk file as NaN without a word: compare says which arrays hold no finite values."""
+    out = tmp_path / "s.zarr"
+    assert main(record_args(toy_dir, cd_dir, out, "--prompt", "a <new1> cat", "--prompt", "a <new1> cat on a rug")) == 0
+    site = sorted((out / "custom" / "kv").iterdir())[0]
+    for chunk in (site / "key").glob("c*"):
+        chunk.unlink()
+    capsys.readouterr()
+    assert main(["compare", str(out), "--stage", "key", "value", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"custom key {site.name}: no finite values in the store" in err, err
+    assert err.count("no finite values") == 1, err  # the value arrays of that site, and every other array, are whole
 
 
 def test_console_script_error_has_no_traceback(tmp_path):
