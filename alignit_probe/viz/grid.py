@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from PIL import ImageFont
+    from PIL import ImageDraw, ImageFont
 
 
 def font(size: int = 14) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -22,6 +22,27 @@ def font(size: int = 14) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def fitted(text: str, face: ImageFont.ImageFont, width: float, draw: ImageDraw.ImageDraw) -> str:
+    """``text`` cut to ``width`` pixels, ending in "…" where cut."""
+    if draw.textlength(text, font=face) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=face) > width:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def wrapped(text: str, face: ImageFont.ImageFont, width: float, draw: ImageDraw.ImageDraw) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels, broken between words (a word wider than a line is cut)."""
+    lines: list[str] = []
+    for word in text.split():
+        line = f"{lines[-1]} {word}" if lines else word
+        if lines and draw.textlength(line, font=face) <= width:
+            lines[-1] = line
+        else:
+            lines.append(fitted(word, face, width, draw))
+    return lines
+
+
 def image_grid(
     columns: dict[str, list], row_labels: list[str], path: str | Path, cell: int = 256, caption: str | None = None
 ) -> Path:
@@ -31,19 +52,22 @@ def image_grid(
 
     title, small = font(15), font(12)
     names = list(columns)
-    label_h, top = 22, 28 + (20 if caption else 0)
+    width = cell * len(names)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = wrapped(caption, small, width - 8, measure) if caption else []
+    label_h, top = 22, 28 + 16 * len(lines) + (4 if lines else 0)
     rows = len(row_labels)
-    grid = Image.new("RGB", (cell * len(names), top + rows * (cell + label_h)), "white")
+    grid = Image.new("RGB", (width, top + rows * (cell + label_h)), "white")
     draw = ImageDraw.Draw(grid)
     for j, name in enumerate(names):
-        draw.text((j * cell + 4, 4), name, fill="black", font=title)
+        draw.text((j * cell + 4, 4), fitted(name, title, cell - 8, draw), fill="black", font=title)
         for i, img in enumerate(columns[name]):
             y = top + i * (cell + label_h)
             grid.paste(img.convert("RGB").resize((cell, cell), Image.NEAREST), (j * cell, y + label_h))
-    if caption:
-        draw.text((4, 26), caption[: 24 * len(names)], fill="dimgray", font=small)
-    for i, label in enumerate(row_labels):
-        draw.text((4, top + i * (cell + label_h) + 3), label[: 30 * len(names)], fill="black", font=small)
+    for k, line in enumerate(lines):  # the whole caption, wrapped to the grid's width
+        draw.text((4, 26 + 16 * k), line, fill="dimgray", font=small)
+    for i, label in enumerate(row_labels):  # one line; the whole prompt is in the PNG's "prompts" text
+        draw.text((4, top + i * (cell + label_h) + 3), fitted(label, small, width - 8, draw), fill="black", font=small)
     info = PngImagePlugin.PngInfo()
     info.add_itxt("prompts", "\n".join(row_labels))
     if caption:

@@ -28,3 +28,23 @@ def test_grid_keeps_prompts_and_caption_in_png_text(tmp_path):
     with Image.open(path) as im:
         assert im.info["prompts"] == "photo of a <new1> cat on the beach" and im.info["caption"] == "alpha 1"
         assert im.size[0] == 128
+
+
+def test_grid_caption_wraps_to_the_grid_and_labels_end_in_an_ellipsis(tmp_path):
+    from PIL import ImageDraw
+
+    from alignit_probe.viz.grid import fitted, font, wrapped
+
+    draw, small = ImageDraw.Draw(Image.new("RGB", (1, 1))), font(12)
+    caption = "dummy 'photo of a <new1> cat' · blocks up · keys and values · alpha 0.7 · 30 steps, guidance 7.5, seed 0"
+    lines = wrapped(caption, small, 120, draw)
+    assert " ".join(lines) == caption and len(lines) > 2  # every word kept, in order
+    assert all(draw.textlength(line, font=small) <= 120 for line in lines)
+    label = fitted("a very long prompt " * 10, small, 120, draw)
+    assert label.endswith("…") and draw.textlength(label, font=small) <= 120
+    assert fitted("short", small, 120, draw) == "short"
+    images = {name: [Image.new("RGB", (32, 32), "red")] for name in ("baseline", "alignit")}
+    one = image_grid(images, ["p"], tmp_path / "one.png", cell=64, caption="alpha 1")
+    many = image_grid(images, ["p"], tmp_path / "many.png", cell=64, caption=caption)
+    with Image.open(one) as a, Image.open(many) as b:  # the long caption takes more lines above the images
+        assert b.size[1] > a.size[1] and b.info["caption"] == caption
