@@ -216,7 +216,12 @@ def record_store(
     tables = {}
     notes: list[str] = []
     for pair in models.pairs:
-        custom_tp, base_tp, w = tokenize_table(prompts, span, pair.custom, models.baseline.tokenizer, concepts)
+        try:
+            custom_tp, base_tp, w = tokenize_table(prompts, span, pair.custom, models.baseline.tokenizer, concepts)
+        except ProbeError as e:  # with several customized models, say which one
+            if len(models.pairs) == 1:
+                raise
+            raise ProbeError(f"customized model {pair.name}: {e.problem}", e.fix) from None
         tables[pair.name] = custom_tp
         tables[BASELINE] = base_tp
         notes += [x for x in w if x not in notes]
