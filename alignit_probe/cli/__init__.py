@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("error: out of memory — use a smaller --batch-size, --dtype float16, or a GPU", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as command-line tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except OSError as e:
         if getattr(e, "errno", None) is None:
             raise

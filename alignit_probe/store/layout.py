@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import xarray as xr
@@ -86,17 +87,31 @@ def open_store(path: str | os.PathLike, chunks: dict | None = None) -> xr.DataTr
         partial = path.with_name(path.name + ".partial")
         hint = "rerun the same record command to finish it" if partial.exists() else "run `alignit-probe record` first"
         raise ProbeError(f"store {path} does not exist", hint)
+    if not is_netcdf(path) and path.is_dir():  # the root's attributes first: an unfinished store is not opened
+        try:
+            attrs = json.loads((path / "zarr.json").read_text()).get("attributes") or {}
+        except (OSError, ValueError, AttributeError):
+            attrs = {}
+        check_complete(path, attrs)
     try:
-        if is_netcdf(path):
-            tree = xr.open_datatree(path, engine="h5netcdf", chunks=chunks)
-        else:
-            tree = xr.open_datatree(path, engine="zarr", chunks=chunks)
+        with warnings.catch_warnings():  # (a store without consolidated metadata: read all the same)
+            warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata")
+            if is_netcdf(path):
+                tree = xr.open_datatree(path, engine="h5netcdf", chunks=chunks)
+            else:
+                tree = xr.open_datatree(path, engine="zarr", chunks=chunks)
     except Exception as e:  # noqa: BLE001 - any backend failure is a bad input here
         raise ProbeError(
             f"cannot open store {path}: {type(e).__name__}", "pass a store written by `alignit-probe record`"
         ) from None
-    if tree.attrs.get("format") != FORMAT or not tree.attrs.get("complete"):
-        if path.name.endswith(".partial") and tree.attrs.get("format") == FORMAT:
+    check_complete(path, tree.attrs)
+    return tree
+
+
+def check_complete(path: Path, attrs: dict) -> None:
+    """A complete store of this toolkit (its root attributes say so), else a one-line error with the fix."""
+    if attrs.get("format") != FORMAT or not attrs.get("complete"):
+        if path.name.endswith(".partial") and attrs.get("format") == FORMAT:
             final = path.name[: -len(".partial")]
             raise ProbeError(
                 f"{path} is an unfinished recording", f"rerun the same record command to resume it, then pass {final}"
@@ -104,7 +119,6 @@ def open_store(path: str | os.PathLike, chunks: dict | None = None) -> xr.DataTr
         raise ProbeError(
             f"{path} is not a complete alignit-probe store", "rerun `alignit-probe record` with --overwrite"
         )
-    return tree
 
 
 def models(tree: xr.DataTree) -> list[str]:

@@ -134,6 +134,15 @@ def test_compare_on_partial_and_missing_store(tmp_path, capsys):
     assert rc == 2 and "rerun the same record command" in err
     rc, err = run(["compare", str(tmp_path / "x.zarr.partial")], capsys)
     assert rc == 2 and err.startswith("error: ") and "Traceback" not in err
+    import json
+
+    from alignit_probe.store.layout import FORMAT
+
+    meta = {"zarr_format": 3, "node_type": "group", "attributes": {"format": FORMAT, "written": "{}"}}
+    (tmp_path / "x.zarr.partial" / "zarr.json").write_text(json.dumps(meta))  # as a recording leaves it
+    for extra in ([], ["--out", str(tmp_path / "r.html")]):
+        rc, err = run(["report" if extra else "compare", str(tmp_path / "x.zarr.partial"), *extra], capsys)
+        assert rc == 2 and err.count("\n") == 1 and "is an unfinished recording" in err, err  # no library warning
 
 
 def test_generation_arguments_are_checked_before_loading(toy_dir, cd_dir, tmp_path, capsys):
