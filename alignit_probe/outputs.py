@@ -11,7 +11,7 @@ from .errors import ProbeError
 
 
 def out_dir(path: str, overwrite: bool) -> Path:
-    out = Path(path)
+    out = Path(path).resolve()  # (".": a name to stage next to)
     if out.exists() and not out.is_dir():
         raise ProbeError(f"output {out} is a file", "choose a folder for --out")
     if out.exists() and any(out.iterdir()) and not overwrite:

@@ -247,21 +247,29 @@ def json_safe(x: _T) -> _T | None:
 
 
 # ------------------------------------------------------------------------------------------------ outputs
+PATH_ARGS = ("baseline", "custom", "prompts", "store", "shards", "clip", "references", "weights", "image", "images")
+
+
 def check_out_clear(args: argparse.Namespace) -> None:
     """Refuse an ``--out`` that is, or contains, one of the command's inputs (a model, an artifact, a prompts file, a
-    store): writing there (with ``--overwrite``) would delete the input before it is read."""
+    store) or the working directory: writing there (with ``--overwrite``) would delete it before it is read."""
     out = getattr(args, "out", None)
     if not out:
         return
     target = Path(out).resolve()
-    for name, value in vars(args).items():
-        if name == "out" or not isinstance(value, (str, list)):
-            continue
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise ProbeError(
+            f"--out {out} holds the working directory; writing there would delete the folder you are in",
+            "choose a new folder for --out",
+        )
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
         for text in value if isinstance(value, list) else [value]:
             if not isinstance(text, str) or not text:
                 continue
-            for candidate in {text, text.partition("=")[2]} - {""}:  # NAME=SPEC
-                try:  # a prompt is no path (and may be too long a name for the filesystem)
+            for candidate in {text, text.partition("=")[2]} - {""}:  # NAME=SPEC, TITLE=PATH
+                try:  # (a long string may be too long a name for the filesystem)
                     where = Path(candidate).resolve() if Path(candidate).exists() else None
                 except (OSError, ValueError):
                     where = None

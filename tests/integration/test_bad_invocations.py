@@ -300,3 +300,21 @@ def test_prompt_and_template_mistakes_are_said_before_any_model_loads(command, t
     at = args.index("--prompt")
     rc, err = run(args[:at] + args[at + 2 :] + ["--prompts", "/dev/null"], capsys)  # not "does not exist"
     assert rc == 2 and "prompts file /dev/null is empty" in err, err
+
+
+def test_out_checks_look_at_paths_only_and_keep_the_working_directory(toy_dir, tmp_path, capsys, monkeypatch):
+    """Only path arguments count as inputs (a rerun with --out named like the command or a class word works);
+    an --out holding the working directory is refused, not emptied."""
+    monkeypatch.chdir(tmp_path)
+    gen = ["--steps", "1", "--height", "32", "--width", "32", "--no-progress"]
+    swap = ["swap", "--baseline", toy_dir, "--key-prompt", "a dog", "--value-prompt", "a cat", *gen]
+    for _ in range(2):  # the second run replaces ./swap, named like the command
+        rc, err = run(swap + ["--out", "swap", "--overwrite"], capsys)
+        assert rc == 0 and "error" not in err, err
+    (tmp_path / "here").mkdir()
+    (tmp_path / "keep.txt").write_text("x")
+    monkeypatch.chdir(tmp_path / "here")
+    for out in (".", ".."):
+        rc, err = run(swap + ["--out", out, "--overwrite"], capsys)
+        assert rc == 2 and "holds the working directory" in err, err
+    assert (tmp_path / "keep.txt").is_file() and (tmp_path / "here").is_dir()
