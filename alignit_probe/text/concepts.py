@@ -224,8 +224,12 @@ def tokenize_pair(
         occurrence += 1
     ct = _assemble(custom, ctok, max_length)
     bt = _assemble(base, baseline_tokenizer, max_length)
-    kept, had = ct.role.count("concept"), sum(len(run[0]) for run in custom if run[1] == "concept")
-    if kept < had and not allow_absent:
+    at, whole = 0, []  # each occurrence: are all its modifier ids inside the window (class word aside)?
+    for ids, role, c, _labels in custom:
+        if role == "concept":
+            whole.append(at + len(mods[c]) <= max_length - 2)
+        at += len(ids)
+    if whole and not any(whole) and not allow_absent:
         names = ", ".join(concepts[c].token for c in sorted({run[2] for run in custom if run[1] == "concept"}))
         raise ProbeError(
             f"concept {names} of prompt {quoted(prompt)} is cut off: the prompt is {len(ct.ids) + ct.dropped} "

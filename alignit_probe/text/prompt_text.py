@@ -91,10 +91,19 @@ def quoted(prompt: str, most: int = 80) -> str:
     return repr(prompt[: most // 2 - 2] + " … " + prompt[-(most // 2 - 2) :])
 
 
+# words that follow a concept without naming its class ("a <new1> on the beach", "<new1> wearing a hat")
+FUNCTION_WORDS = frozenset(
+    "a an the and or but of in on at to from with without by for into onto over under near next behind beside "
+    "between above below inside outside through across against along around as is are was were be being been "
+    "has have had that this these those which who while where when its his her their our your my very".split()
+)
+
+
 def class_word_notes(prompts: Sequence[str], concepts: list[Concept]) -> list[str]:
     """A note for each class word that follows its concept's token in none of the prompts while one same word
-    follows it in all of them: the prompts name the class with that word ("<new1> cat" with --class-word dog makes
-    the baseline's prompt "dog cat"). Prompts like "a <new1> on the beach" rightly get the class word inserted."""
+    follows it in all of them, a word that may name a class (not a function word, not a verb form ending in -ing or
+    -ed): the prompts may name the class with it ("<new1> cat" with --class-word dog makes the baseline's prompt
+    "dog cat"). Prompts like "a <new1> on the beach" rightly get the class word inserted."""
     notes = []
     for c in concepts:
         if not c.class_word:
@@ -108,7 +117,8 @@ def class_word_notes(prompts: Sequence[str], concepts: list[Concept]) -> list[st
                         after.add(None)
                     else:
                         after.add((re.findall(r"\w+", pieces[i + 1][0]) or [""])[0].lower())
-        if len(after) == 1 and (word := after.pop()):
+        word = next(iter(after)) if len(after) == 1 else None
+        if word and word.isalpha() and word not in FUNCTION_WORDS and not word.endswith(("ing", "ed")):
             notes.append(
                 f"class word {c.class_word!r} follows {c.token} in none of the prompts, while {word!r} follows it in "
                 f"all: the baseline's prompts read '… {c.class_word} {word} …'; if {word!r} is the class, pass "

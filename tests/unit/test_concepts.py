@@ -99,6 +99,15 @@ def test_truncation_is_explicit(base_tok):
     ct, bt = tokenize_pair(long, pipe, base_tok, [Concept("<new1>", "cat")])
     assert ct.dropped > 0 and bt.dropped > 0
     assert len(ct.ids) == 77 and ct.ids[-1] == base_tok.eos_token_id
+    pipe3 = FakePipe({"<new3>": 3})
+    cat = [Concept("<new3>", "cat")]
+    beach = " ".join(["beach"] * 80)
+    for kept in (f"a <new3> cat {beach} <new3> cat", " ".join(["red"] * 72) + " <new3> cat"):  # one whole occurrence
+        ct, _ = tokenize_pair(kept, pipe3, base_tok, cat)  # (the second: only the class word is cut)
+        assert ct.dropped > 0 and ct.role.count("concept") >= 3
+    for cut in (f"{beach} a <new3> cat", " ".join(["red"] * 73) + " <new3> cat"):  # none whole (2 of 3 vectors)
+        with pytest.raises(ProbeError, match="is cut off"):
+            tokenize_pair(cut, pipe3, base_tok, cat)
 
 
 def test_bad_concepts(base_tok):
@@ -196,3 +205,6 @@ def test_class_word_note_only_where_the_prompts_name_the_class_otherwise():
     scenes = ["a <new1> on the beach", "a <new1> in the snow"]  # inserted where it belongs
     assert class_word_notes(scenes, [Concept("<new1>", "dog")]) == []
     assert class_word_notes(["a <new1> cat", "a <new1> dog"], [Concept("<new1>", "dog")]) == []
+    for prompts in (["a <new1> on the beach", "a <new1> on a table"], ["a photo of <new1> in the snow"]):
+        assert class_word_notes(prompts, [Concept("<new1>", "cat")]) == []  # function words name no class
+    assert class_word_notes(["a <s0><s1> wearing a red hat"], [Concept("<s0><s1>", "dog")]) == []
