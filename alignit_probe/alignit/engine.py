@@ -26,7 +26,7 @@ from ..capture.inject import inject_kv
 from ..capture.sites import layout, record_kv, select_sites
 from ..errors import ProbeError
 from ..models.pipes import placement
-from ..text.concepts import Concept, TokenizedPrompt, tokenize_prompts
+from ..text.concepts import Concept, TokenizedPrompt, check_concepts_use_added, tokenize_prompts
 from ..text.encoder import conditioning
 from .generation import generate_images
 from .plan import (
@@ -111,6 +111,7 @@ def validate(pair: ModelPair, concepts: list[Concept], options: AlignITOptions) 
     """Every AlignIT option checked against the models, before any work is done."""
     check_alpha(options.alpha)
     check_pooled(options)
+    check_concepts_use_added(pair.custom, pair.baseline.tokenizer, concepts, strict=pair.method == "textual_inversion")
     end_from(options, {0: None})
     check_layouts(pair.baseline.unet, pair.custom.unet)
     select_sites(denoiser_of(pair, options).unet, options.layers, options.blocks, options.resolutions)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..analysis.stats import MIN_CI, fmt
 from ..errors import ProbeError
-from ..schema import ATTENTION_METRICS, METRICS, ROLES, STAGES, short_layer
+from ..schema import ATTENTION_METRICS, BASELINE, METRICS, ROLES, STAGES, short_layer
 from .common import Subparsers, json_safe, subparser
 
 if TYPE_CHECKING:
@@ -106,6 +106,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from .. import store as st
 
         models = st.models(tree)
+        if args.model and BASELINE in args.model:
+            raise ProbeError(
+                f"--model {BASELINE}: the baseline is the reference every row measures the other models against",
+                "choose among: " + ", ".join(m for m in models if m != BASELINE),
+            )
         if args.model:
             bad = [m for m in args.model if m not in models]
             if bad:
@@ -116,7 +121,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows = compare_rows(tree, stages=stages, progress=bar)
         bar.close()
     rows = filter_rows(rows, args)
-    if not rows:
+    if not rows and not any((args.stage, args.role, args.metric, args.model)):  # e.g. a baseline-only maps store
+        print(f"note: no rows: {args.store[0]} holds no model to compare with the {BASELINE}", file=sys.stderr)
+    elif not rows:
         given = " ".join(
             f"--{k} {' '.join(v)}"
             for k, v in (("stage", args.stage), ("role", args.role), ("metric", args.metric), ("model", args.model))
@@ -131,7 +138,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         json.dump([{k: json_safe(v) for k, v in r.items()} for r in rows], sys.stdout, indent=1)
         print()
-    else:
+    elif rows:
         print_table(rows, tree)
     return 0
 

@@ -26,7 +26,7 @@ from ..models.pipes import TEXT_2, is_xl, placement, text_encoders
 from ..schema import BASELINE, alignit_branch
 from ..store.shards import shard_name, shard_range
 from ..store.writer import StoreWriter
-from ..text.concepts import Concept, modifier_ids
+from ..text.concepts import Concept, check_concepts_use_added, modifier_ids
 from ..text.embeddings import embedding_diagnostics, learned_ids, same_text_encoders
 from ..text.tables import tokenize_table
 from . import jobs
@@ -130,6 +130,10 @@ def check_job(
     if options.clip_skip is not None:
         check_clip_skip([models.baseline] + [p.custom for p in models.pairs], options.clip_skip)
     shard_range(len(prompts), options.batch_size, options.shard)
+    for pair in models.pairs:  # (strict where the added tokens are all the model learned)
+        check_concepts_use_added(
+            pair.custom, models.baseline.tokenizer, concepts, strict=pair.method == "textual_inversion"
+        )
     if options.alignit is not None:
         for pair in models.pairs:
             validate(pair, concepts, options.alignit)

@@ -23,11 +23,12 @@ and is refused.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import ProbeError
+from ..errors import ProbeError, ProbeWarning
 from ..schema import ROLES  # noqa: F401  (re-exported: roles are a property of tokens)
 from .prompt_text import (
     Concept,
@@ -102,11 +103,15 @@ def added_tokens(tok: PreTrainedTokenizerBase, expansions: bool = False) -> list
 
 
 def check_concepts_use_added(
-    pipe: StableDiffusionPipeline, baseline_tokenizer: PreTrainedTokenizerBase, concepts: list[Concept]
+    pipe: StableDiffusionPipeline,
+    baseline_tokenizer: PreTrainedTokenizerBase,
+    concepts: list[Concept],
+    strict: bool = True,
 ) -> None:
     """A customized model that added tokens (Textual Inversion, Custom Diffusion, pivotal tuning) is measured
-    through them: concepts that use none of them would compare words the baseline knows, never the learned
-    vectors."""
+    through them: concepts that use none of them compare words the baseline knows, never the learned vectors. An
+    error where the added tokens are all the model learned (``strict``: Textual Inversion alone), else a warning
+    (an instance word may carry what DreamBooth or a LoRA learned)."""
     tok = pipe.tokenizer
     new = [
         t
@@ -121,11 +126,13 @@ def check_concepts_use_added(
     names = [t for t in added_tokens(tok) if t in new]
     pivotal = sorted((t for t in names if re.fullmatch(r"<s\d+>", t)), key=lambda t: int(t[2:-1]))
     suggestion = "".join(pivotal) if pivotal and len(pivotal) == len(names) else names[0]
-    raise ProbeError(
+    problem = (
         f"concept {', '.join(repr(c.token) for c in concepts)} uses none of the tokens the customized model added "
-        f"({', '.join(names)}), so its learned vectors would never be read",
-        f"pass --concept {suggestion} and write it in the prompts",
+        f"({', '.join(names)}), so their learned vectors are never read"
     )
+    if strict:
+        raise ProbeError(problem, f"pass --concept {suggestion} and write it in the prompts")
+    warnings.warn(f"{problem} (measure them with --concept {suggestion})", ProbeWarning, stacklevel=2)
 
 
 def _unknown(tok, token: str) -> ProbeError:
@@ -299,8 +306,6 @@ def tokenize_prompts(
 ) -> tuple[list[TokenizedPrompt], list[TokenizedPrompt], list[str]]:
     """Tokenize every prompt; returns (customized list, baseline list, warnings; prompts numbered from ``first``)."""
     customs, bases, warnings = [], [], []
-    if not allow_absent:
-        check_concepts_use_added(custom_pipe, baseline_tokenizer, concepts)
     for k, p in enumerate(prompts, first):
         ct, bt = tokenize_pair(p, custom_pipe, baseline_tokenizer, concepts, allow_absent)
         for name, tp in (("customized", ct), ("baseline", bt)):

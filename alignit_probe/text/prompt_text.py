@@ -21,13 +21,15 @@ class Concept:
 
 
 def token_pattern(token: str) -> str:
-    """``token`` as a regex: word-bounded at edges that are word characters (``sks``), bare elsewhere (``<new1>``)."""
+    """``token`` as a regex. A plain word (``sks``) matches in any case (CLIP lowercases prompts) and only where no
+    letter touches it (CLIP's pre-tokenizer splits ``sks_dog`` and ``sks2`` there, not ``asksy``); a token with
+    other characters (``<new1>``, added to the tokenizer) matches exactly, anywhere."""
     pattern = re.escape(token)
-    if re.match(r"\w", token):
-        pattern = r"(?<!\w)" + pattern
-    if re.search(r"\w$", token):
-        pattern += r"(?!\w)"
-    return pattern
+    if re.match(r"[^\W\d_]", token):
+        pattern = r"(?<![^\W\d_])" + pattern
+    if re.search(r"[^\W\d_]$", token):
+        pattern += r"(?![^\W\d_])"
+    return f"(?i:{pattern})" if re.fullmatch(r"[^\W_]+", token) else pattern
 
 
 def occurs(prompt: str, concept: Concept) -> bool:
@@ -39,11 +41,11 @@ def split_concepts(prompt: str, concepts: list[Concept]) -> list[tuple[str, int 
     order = sorted((i for i in range(len(concepts)) if concepts[i].token), key=lambda i: -len(concepts[i].token))
     if not order:
         return [(prompt, None)]
-    pattern = re.compile("|".join(token_pattern(concepts[i].token) for i in order))
+    pattern = re.compile("|".join(f"(?P<c{i}>{token_pattern(concepts[i].token)})" for i in order))
     pieces, last = [], 0
     for m in pattern.finditer(prompt):
         pieces.append((prompt[last : m.start()], None))
-        pieces.append((m.group(0), next(i for i in order if concepts[i].token == m.group(0))))
+        pieces.append((m.group(0), int(m.lastgroup[1:])))
         last = m.end()
     pieces.append((prompt[last:], None))
     return pieces

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..schema import ROLES
-from .concepts import Concept, TokenizedPrompt, check_concepts_use_added, tokenize_pair
+from .concepts import Concept, TokenizedPrompt, tokenize_pair
 from .prompt_text import class_word_notes
 
 if TYPE_CHECKING:
@@ -75,7 +75,6 @@ def tokenize_table(
     custom = TokenTable(custom_pipe.tokenizer, span, length)
     base = TokenTable(baseline_tokenizer, span, baseline_tokenizer.model_max_length)
     warnings = []
-    check_concepts_use_added(custom_pipe, baseline_tokenizer, concepts)
     for k in span:
         ct, bt = tokenize_pair(prompts[k], custom_pipe, baseline_tokenizer, concepts)
         for name, tp in (("customized", ct), ("baseline", bt)):

@@ -102,6 +102,9 @@ def test_attention_command_without_custom(toy_dir, tmp_path, capsys):
     assert st.model_attrs(tree, "baseline")["method"] == "baseline"
     assert attention_rows(tree) == []  # nothing to compare against
     capsys.readouterr()
+    assert main(["compare", str(out / "store.zarr"), "--json", "--no-progress"]) == 0  # said, not an error
+    got = capsys.readouterr()
+    assert got.out.strip() == "[]" and "holds no model to compare with the baseline" in got.err
 
 
 def test_attention_command_refuses_customized_flags_without_custom(toy_dir, tmp_path, capsys):

@@ -76,6 +76,8 @@ def test_record_then_compare_with_prompts_file_template(toy_dir, cd_dir, tmp_pat
     assert "alignit" in table and "learned embeddings" in table and "<new1>" in table
     rc, lines = run(["compare", str(out), "--stage", "attention_map", "--no-progress"], capsys)  # no maps recorded
     assert rc == 2 and len(lines) == 1 and "no rows match --stage attention_map" in lines[0]
+    rc, lines = run(["compare", str(out), "--model", "baseline", "--no-progress"], capsys)
+    assert rc == 2 and len(lines) == 1 and "the baseline is the reference" in lines[0] and "custom" in lines[0]
 
 
 def test_compare_says_when_chunk_files_are_missing(toy_dir, cd_dir, tmp_path, capsys):

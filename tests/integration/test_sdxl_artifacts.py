@@ -16,7 +16,7 @@ from alignit_probe.analysis.metrics import compare_rows
 from alignit_probe.errors import ProbeError, ProbeWarning
 from alignit_probe.models.load import apply_artifact, load_pair, load_pipeline
 from alignit_probe.record.batch import stage_tensors
-from alignit_probe.record.run import RecordOptions, record_store
+from alignit_probe.record.run import RecordOptions, check_job, record_store
 from alignit_probe.text.concepts import tokenize_pair
 from alignit_probe.text.tables import tokenize_table
 from tests.integration.test_exactness import caught_in_step
@@ -159,8 +159,12 @@ def test_pivotal_tuning_folder_loads_lora_and_embeddings(sdxl_dir, tmp_path):
     assert recorded["text"]["token_embedding"].shape[1] == 77
     tables = tokenize_table([prompt], range(1), pipe, pair.baseline.tokenizer, [Concept("<s0><s1>", "dog")])
     assert tables[0][0].role[:7] == ["special", "context", "context", "context", "concept", "concept", "concept"]
+    sks = [Concept("sks", "dog")]  # with the LoRA, an instance word may carry what it learned: said, not refused
+    with pytest.warns(ProbeWarning, match=r"uses none of the tokens .*measure them with --concept <s0><s1>"):
+        check_job(pair, sks, ["a photo of sks dog"], RecordOptions())
+    alone = load_pair(sdxl_dir, [str(folder / "adv_emb.safetensors")], progress=False)  # embeddings alone: refused
     with pytest.raises(ProbeError, match=r"pass --concept <s0><s1>"):
-        tokenize_table(["a photo of sks dog"], range(1), pipe, pair.baseline.tokenizer, [Concept("sks", "dog")])
+        check_job(alone, sks, ["a photo of sks dog"], RecordOptions())
 
 
 def test_lora_alpha_from_adapter_metadata(sdxl_dir, tmp_path):

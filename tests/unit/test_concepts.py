@@ -169,6 +169,13 @@ def test_instance_words_match_on_word_boundaries(base_tok):
     assert concept_tokens(ct) == ["sks</w>", "dog</w>", "sks</w>"]
     lead = base_tok("asksy and", add_special_tokens=False).input_ids  # asksy stays context
     assert ct.ids[1 : 1 + len(lead)] == lead and set(ct.role[1 : 1 + len(lead)]) == {"context"}
+    # CLIP lowercases and splits letters from digits and "_": SKS and sks_dog hold the instance word too
+    ct, bt = tokenize_pair("a photo of SKS dog", pipe, base_tok, [sks])
+    assert concept_tokens(ct) == ["sks</w>", "dog</w>"] and bt.text == "a photo of dog"
+    ct, _ = tokenize_pair("a sks_dog on grass", pipe, base_tok, [sks])
+    assert (
+        concept_tokens(ct)[0] == "sks</w>" and ct.ids == base_tok("a sks_dog on grass", padding="max_length").input_ids
+    )
     # added tokens keep matching anywhere: the tokenizer splits them out anywhere
     added = FakePipe({"<new1>": 1})
     assert baseline_text("a<new1>cat", [Concept("<new1>", "cat")]) == "a cat"
