@@ -130,13 +130,12 @@ def check_job(
     if options.clip_skip is not None:
         check_clip_skip([models.baseline] + [p.custom for p in models.pairs], options.clip_skip)
     shard_range(len(prompts), options.batch_size, options.shard)
-    for pair in models.pairs:  # (strict where the added tokens are all the model learned)
-        check_concepts_use_added(
-            pair.custom, models.baseline.tokenizer, concepts, strict=pair.method == "textual_inversion"
-        )
-    if options.alignit is not None:
-        for pair in models.pairs:
-            validate(pair, concepts, options.alignit)
+    for pair in models.pairs:
+        if options.alignit is not None:
+            validate(pair, concepts, options.alignit)  # (checks the concepts against the added tokens too)
+        else:  # strict where the added tokens are all the model learned
+            strict = pair.method == "textual_inversion"
+            check_concepts_use_added(pair.custom, models.baseline.tokenizer, concepts, strict=strict)
 
 
 def unet_only_note(name: str) -> str:
