@@ -45,12 +45,15 @@ class PartialArrays:
         self.layouts: dict = {}  # templates read, metadata parsed, plans made (zarr_layout.plan_like)
 
     def encoding(self, ds: xr.Dataset) -> tuple[dict, dict]:
-        """zarr encoding (chunks, compressors) and the matching dask chunks of the variables along ``prompt``.
+        """zarr encoding (chunks, compressors) of the variables along ``prompt`` and of the numeric index
+        coordinates (token, layer: one uncompressed chunk each), and the dask chunks along ``prompt``.
 
         Numeric arrays are stored uncompressed: activations barely compress, zstd costs more than the disk write,
         and uncompressed whole chunks can be written straight to their files (``extend``)."""
         enc, chunks = {}, {}
         for name, var in ds.variables.items():
+            if var.dims == (name,) and name != "prompt" and var.dtype.kind in "fiu" and var.size:
+                enc[name] = {"chunks": var.shape, "chunk_key_encoding": zc.CHUNK_KEYS, "compressors": None}
             if "prompt" not in var.dims:
                 continue
             sizes = {d: (1 if d == "layer" else s) for d, s in var.sizes.items()}

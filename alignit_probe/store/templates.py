@@ -1,8 +1,9 @@
-"""Laying a new group out like one already in the store, at the file level.
+"""Laying a new group out at the file level: like one already in the store, or from scratch.
 
 Every branch of a store has the same shape, and a branch has many K/V groups of the same variables: creating each
-through xarray (``to_zarr``) costs far more than a batch's write, so only the first of a kind is; the others copy
-its ``zarr.json`` files with their own sizes (``zarr_layout``), all of a batch's new groups written side by side."""
+through xarray (``to_zarr``) costs far more than a batch's write (zarr's round trips per array), so none is: the first
+of a kind is laid out from scratch as xarray would, the others copy its ``zarr.json`` files with their own sizes
+(``zarr_layout``), all of a batch's new groups written side by side. Groups of other variables go through xarray."""
 
 from __future__ import annotations
 
@@ -47,4 +48,16 @@ def plan_like(
     created, plan = out
     axes = {k: list(ds.variables[k].dims).index("prompt") for k in created}
     arrays.add(group, arrays.index[template], created, axes)
+    return plan
+
+
+def plan_new(arrays: PartialArrays, group: str, ds: xr.Dataset, n_prompts: int | None) -> zl.Plan | None:
+    """Lay ``group`` out from scratch (``zarr_layout.plan_new``, the store's encoding) and take it into ``arrays``;
+    returns the plan that writes its files, None if xarray must write it."""
+    out = zl.plan_new(arrays.root, group, ds, arrays.encoding(ds)[0], n_prompts, arrays.layouts)
+    if out is None:
+        return None
+    created, plan, index = out
+    axes = {k: list(ds.variables[k].dims).index("prompt") for k in created}
+    arrays.add(group, index, created, axes)
     return plan

@@ -21,7 +21,7 @@ from .batch import Batch, keep_tokens, select_prompts
 from .export import export_netcdf
 from .layout import FORMAT, check_output, decode_attrs, encode_attrs, is_netcdf, remove_path
 from .resume import resume as resume_partial
-from .templates import plan_like, templates
+from .templates import plan_like, plan_new, templates
 
 
 class StoreWriter:
@@ -131,7 +131,7 @@ class StoreWriter:
                         if (p := plan_like(arrays, group, ds, t, self.n_prompts))
                     ),
                     None,
-                )
+                ) or plan_new(arrays, group, ds, self.n_prompts)
                 if plan is None:
                     arrays.create(group, ds)
                     by_xarray.append(group)

@@ -1,16 +1,21 @@
-"""New groups laid out like a template group at the file level: planned (``plan_like``: every directory and
-``zarr.json`` of the new group, computed without touching the disk), then written (``write_plan``), so that the many
-groups of one batch are written side by side by a pool of threads. A planned group serves as a template before its
-files exist: its plan is kept in the same cache its files would have been read into."""
+"""New groups laid out at the file level: planned (every directory and ``zarr.json`` of the new group, computed
+without touching the disk), then written (``write_plan``), so that the many groups of one batch are written side by
+side by a pool of threads. ``plan_like`` copies a template group's layout with the new group's sizes; ``plan_new``
+lays out the first group of its kind from scratch, as xarray's ``to_zarr`` would (the same documents: a unit test
+holds them equal), without zarr's per-array round trips. A planned group serves as a template before its files
+exist: its plan is kept in the same cache its files would have been read into."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from xarray.conventions import encode_dataset_coordinates
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from .zarr_chunks import GROUP_META, group_arrays, read_node
@@ -19,6 +24,95 @@ if TYPE_CHECKING:
     import xarray as xr
 
 Plan = list[tuple[Path, bytes | None]]  # in order: a directory to make (None) or a file's bytes
+FLOAT_FILL = base64.standard_b64encode(struct.pack("<d", float("nan"))).decode()  # xarray's _FillValue of floats
+ZSTD = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}  # zarr's default compressor
+
+
+def make_parents(root: Path, dst: Path) -> None:
+    """Make the implicit groups between ``root`` and the new group ``dst`` (``custom/kv``), at once."""
+    for parent in reversed(list(dst.relative_to(root).parents)[:-1]):
+        if not (root / parent / "zarr.json").is_file():
+            (root / parent).mkdir(parents=True, exist_ok=True)
+            (root / parent / "zarr.json").write_text(json.dumps(GROUP_META))
+
+
+def array_doc(var: xr.Variable, enc: dict, n_prompts: int | None) -> dict | None:
+    """The ``zarr.json`` xarray writes for ``var`` with encoding ``enc`` (chunks, chunk keys, compressors None or
+    zarr's default), ``prompt`` sized to ``n_prompts`` when larger; None for what ``plan_new`` leaves to xarray:
+    other dtypes (bool, 1-byte, big-endian, numpy "U" strings, objects that are not strings), other compressors,
+    a variable's own attributes."""
+    kind, along = var.dtype.kind, "prompt" in var.dims
+    extra = {k: v for k, v in var.attrs.items() if k != "coordinates"}
+    if extra or not enc.get("chunks") or 0 in var.shape or enc.get("compressors", ()) not in ((), None):
+        return None
+    attributes = {}
+    if kind in "fiu" and var.dtype.itemsize > 1 and var.dtype.byteorder != ">":
+        codecs, data_type, fill = [{"name": "bytes", "configuration": {"endian": "little"}}], var.dtype.name, 0
+        if kind == "f":
+            fill, attributes["_FillValue"] = "NaN", FLOAT_FILL
+    elif along and kind == "O" and all(isinstance(x, str) for x in var.values.flat):  # (numpy "U": UTF-32)
+        codecs, data_type, fill = [{"name": "vlen-utf8", "configuration": {}}], "string", ""
+    else:
+        return None
+    if "compressors" not in enc:
+        codecs.append(ZSTD)
+    if "coordinates" in var.attrs:
+        attributes["coordinates"] = var.attrs["coordinates"]
+    keys = enc.get("chunk_key_encoding", {"name": "default", "separator": "/"})
+    return {
+        "shape": [max(n_prompts or 0, s) if d == "prompt" else s for d, s in zip(var.dims, var.shape)],
+        "data_type": data_type,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(enc["chunks"])}},
+        "chunk_key_encoding": {"name": keys["name"], "configuration": {"separator": keys["separator"]}},
+        "fill_value": fill,
+        "codecs": codecs,
+        "attributes": attributes,
+        "dimension_names": list(var.dims),
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+
+
+def plan_new(
+    root: Path, group: str, ds: xr.Dataset, enc: dict, n_prompts: int | None, cache: dict
+) -> tuple[dict, Plan, dict] | None:
+    """The first group of its kind laid out from scratch: the ``zarr.json`` documents xarray's ``to_zarr`` writes
+    for ``ds`` with the store's encoding ``enc`` (``arrays.PartialArrays.encoding``), ``prompt`` sized to
+    ``n_prompts`` when larger, and the values of its index coordinates (token, layer: uncompressed whole chunks).
+    The arrays along ``prompt`` are left for the writer's ``extend``.
+
+    Returns (name -> metadata of the arrays along ``prompt``, the plan, name -> index values); None where a
+    variable is not one of those (``array_doc``) or an attribute is not plain JSON: xarray writes that group."""
+    if not all(type(v) in (str, int, float) for v in ds.attrs.values()):
+        return None
+    variables, attrs = encode_dataset_coordinates(ds)
+    dst = root / group
+    node = {"attributes": dict(attrs), "zarr_format": 3, "node_type": "group"}
+    plan: Plan = [(dst, None), (dst / "zarr.json", json.dumps(node).encode())]
+    docs, created, index = {}, {}, {}
+    for name, var in variables.items():
+        along = "prompt" in var.dims
+        if name not in enc or not (along or var.dims == (name,)):
+            return None
+        doc = docs[name] = array_doc(var, enc[name], n_prompts)
+        if doc is None or (not along and doc["data_type"] == "string"):
+            return None
+        text = json.dumps(doc).encode()
+        plan += [(dst / name, None), (dst / name / "zarr.json", text)]
+        if along:
+            created[name] = ArrayV3Metadata.from_dict(doc)
+            continue
+        index[name] = var.values
+        chunk = "c" + doc["chunk_key_encoding"]["configuration"]["separator"] + "0"
+        if doc["chunk_key_encoding"]["configuration"]["separator"] == "/" or len(doc["codecs"]) != 1:
+            return None  # a folder per chunk, or compressed: not what the store's encoding gives index coordinates
+        data = np.ascontiguousarray(var.values, dtype=var.dtype.newbyteorder("<")).tobytes()
+        plan.append((dst / name / chunk, data))
+        cache["files", group, name] = [(Path(chunk), data), (Path("zarr.json"), text)]  # as plan_like reads them
+    make_parents(root, dst)
+    cache["arrays", group], cache["node", group] = docs, node  # a template before its files are written
+    return created, plan, index
 
 
 def plan_like(
@@ -45,10 +139,7 @@ def plan_like(
             return None
         if "prompt" not in var.dims and not np.array_equal(index.get(name), var.values):
             return None
-    for parent in reversed(list(dst.relative_to(root).parents)[:-1]):  # implicit groups (custom/kv)
-        if not (root / parent / "zarr.json").is_file():
-            (root / parent).mkdir(parents=True, exist_ok=True)
-            (root / parent / "zarr.json").write_text(json.dumps(GROUP_META))
+    make_parents(root, dst)
     if ("node", template) not in cache:
         cache["node", template] = read_node(src)
     node = dict(cache["node", template])

@@ -109,3 +109,101 @@ def test_planned_group_is_a_template_before_its_files_exist(tmp_path):
         back = xr.open_zarr(root, group=f"m/kv/{name}", consolidated=False)
         assert back["key"].shape == (6, 3, width) and back.attrs["site"] == name
         np.testing.assert_array_equal(back["token"].values, np.arange(3))
+
+
+def batch_groups(n: int = 4) -> dict:
+    """Groups like a recorded batch's: token coordinates (strings, int16/int64 along prompt), an encoder group
+    (float16 with a ``layer`` index, one chunk per layer), a K/V site (float32, attributes) and a pooled stage (a
+    dimension without an index)."""
+    import xarray as xr
+
+    rng = np.random.default_rng(1)
+    pt = ("prompt", "token")
+    idx = {"prompt": np.arange(n), "token": np.arange(5)}
+    return {
+        "m": xr.Dataset(
+            coords={
+                **idx,
+                "prompt_text": ("prompt", np.array([f"a <new1> cat, ü {i}" for i in range(n)], dtype=object)),
+                "token_str": (pt, np.array([[f"t{i}{j}" for j in range(5)] for i in range(n)], dtype=object)),
+                "role": (pt, np.full((n, 5), "context", dtype=object)),
+                "token_id": (pt, rng.integers(0, 49407, (n, 5))),
+                "concept": (pt, np.full((n, 5), -1, np.int16)),
+            }
+        ),
+        "m/text": xr.Dataset(
+            {"encoder_layer": (("prompt", "layer", "token", "channel"), rng.standard_normal((n, 3, 5, 8), "f4"))},
+            coords={**idx, "layer": [0, 1, 2]},
+        ).astype("float16"),
+        "m/kv/a": xr.Dataset(
+            {"key": (("prompt", "token", "channel"), rng.standard_normal((n, 5, 4), "f4"))},
+            coords=idx,
+            attrs={"site": "down_blocks.0.attn2", "n": 3},
+        ),
+        "m/text_out": xr.Dataset(
+            {"pooled": (("prompt", "pooled_channel"), rng.standard_normal((n, 6)).astype("float32"))},
+            coords={"prompt": idx["prompt"]},
+        ),
+    }
+
+
+def test_group_laid_out_from_scratch_is_what_xarray_writes(tmp_path):
+    """``zarr_layout.plan_new`` writes the ``zarr.json`` documents xarray's ``to_zarr`` writes with the store's
+    encoding, and the store reads back identical (values, dtypes, coordinates, attributes), without warnings, also
+    for a group laid out like it before its files exist."""
+    import json
+    import warnings
+
+    import xarray as xr
+
+    from alignit_probe.store import templates as tp
+    from alignit_probe.store.arrays import PartialArrays
+
+    groups = batch_groups()
+    by_xarray, ours = PartialArrays(tmp_path / "x.zarr", 2), PartialArrays(tmp_path / "o.zarr", 2)
+    for arrays in (by_xarray, ours):
+        zarr.open_group(str(arrays.root), mode="w-")
+    plans = []
+    for group, ds in groups.items():
+        by_xarray.create(group, ds)
+        plan = tp.plan_new(ours, group, ds, None)
+        assert plan is not None, group
+        plans.append(plan)
+    plans.append(tp.plan_like(ours, "m/kv/b", groups["m/kv/a"].assign_attrs(site="b"), "m/kv/a", None))
+    ours.write_plans(plans[::-1])  # in any order: parents are made at planning time
+    ours.extend([*groups.items(), ("m/kv/b", groups["m/kv/a"])], 0)
+    ours.close()
+    by_xarray.create("m/kv/b", groups["m/kv/a"].assign_attrs(site="b"))
+    docs = {
+        name: {p.relative_to(a.root).as_posix(): json.loads(p.read_text()) for p in a.root.rglob("zarr.json")}
+        for name, a in (("xarray", by_xarray), ("ours", ours))
+    }
+    # root; m and its 7 arrays; m/kv; m/kv/a and m/kv/b (3 arrays each); m/text (4 arrays); m/text_out (2)
+    assert len(docs["ours"]) == 1 + 8 + 1 + 4 + 4 + 5 + 3
+    assert docs["ours"] == docs["xarray"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for group, ds in {**groups, "m/kv/b": groups["m/kv/a"].assign_attrs(site="b")}.items():
+            a, b = (xr.open_zarr(s.root, group=group, consolidated=False).load() for s in (by_xarray, ours))
+            xr.testing.assert_identical(a, b)
+            xr.testing.assert_identical(b.drop_vars([v for v in b.variables if v not in ds.variables]), ds)
+
+
+def test_unusual_groups_are_left_to_xarray(tmp_path):
+    import xarray as xr
+
+    from alignit_probe.store import zarr_layout as zl
+    from alignit_probe.store.arrays import PartialArrays
+
+    arrays = PartialArrays(tmp_path / "s.zarr", 2)
+    base = batch_groups(2)["m/kv/a"]
+    for ds in (
+        base.assign(mask=(("prompt", "token"), np.zeros((2, 5), bool))),  # bool (xarray stores int8 + dtype attr)
+        base.assign(small=(("prompt", "token"), np.zeros((2, 5), np.int8))),  # 1-byte numbers
+        base.assign(role=(("prompt", "token"), np.full((2, 5), "context"))),  # numpy strings (fixed-length UTF-32)
+        base.assign_attrs(nested={"a": 1}),  # an attribute that is not plain JSON
+        base.assign_coords(token=["a", "b", "c", "d", "e"]),  # a string index
+        base.assign(unit=base["key"].assign_attrs(units="m")),  # a variable's own attributes
+    ):
+        assert zl.plan_new(arrays.root, "m/kv/a", ds, arrays.encoding(ds)[0], None, {}) is None
+    assert not arrays.root.exists()
