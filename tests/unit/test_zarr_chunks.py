@@ -190,7 +190,6 @@ def test_group_laid_out_from_scratch_is_what_xarray_writes(tmp_path):
 
 
 def test_unusual_groups_are_left_to_xarray(tmp_path):
-    import xarray as xr
 
     from alignit_probe.store import zarr_layout as zl
     from alignit_probe.store.arrays import PartialArrays
