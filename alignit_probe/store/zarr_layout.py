@@ -28,12 +28,14 @@ FLOAT_FILL = base64.standard_b64encode(struct.pack("<d", float("nan"))).decode()
 ZSTD = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}  # zarr's default compressor
 
 
-def make_parents(root: Path, dst: Path) -> None:
-    """Make the implicit groups between ``root`` and the new group ``dst`` (``custom/kv``), at once."""
+def make_parents(root: Path, dst: Path, cache: dict) -> None:
+    """Make the implicit groups between ``root`` and the new group ``dst`` (``custom/kv``), at once (each looked
+    at once per store: ``cache``)."""
     for parent in reversed(list(dst.relative_to(root).parents)[:-1]):
-        if not (root / parent / "zarr.json").is_file():
+        if ("parent", parent) not in cache and not (root / parent / "zarr.json").is_file():
             (root / parent).mkdir(parents=True, exist_ok=True)
             (root / parent / "zarr.json").write_text(json.dumps(GROUP_META))
+        cache["parent", parent] = True
 
 
 def array_doc(var: xr.Variable, enc: dict, n_prompts: int | None) -> dict | None:
@@ -110,7 +112,7 @@ def plan_new(
         data = np.ascontiguousarray(var.values, dtype=var.dtype.newbyteorder("<")).tobytes()
         plan.append((dst / name / chunk, data))
         cache["files", group, name] = [(Path(chunk), data), (Path("zarr.json"), text)]  # as plan_like reads them
-    make_parents(root, dst)
+    make_parents(root, dst, cache)
     cache["arrays", group], cache["node", group] = docs, node  # a template before its files are written
     return created, plan, index
 
@@ -139,7 +141,7 @@ def plan_like(
             return None
         if "prompt" not in var.dims and not np.array_equal(index.get(name), var.values):
             return None
-    make_parents(root, dst)
+    make_parents(root, dst, cache)
     if ("node", template) not in cache:
         cache["node", template] = read_node(src)
     node = dict(cache["node", template])
@@ -166,8 +168,8 @@ def plan_like(
                 plan.append((dst / name / rel, data))
             new_arrays[name] = meta
             continue
-        key = ("sized", template, name, tuple(var.shape), n_prompts)
-        if key not in cache:  # groups of one width share their arrays' metadata
+        key = ("sized", json.dumps(meta), tuple(var.shape), n_prompts)
+        if key not in cache:  # arrays of one kind and width share their metadata, whichever group they come from
             sized = copy.deepcopy(meta)
             chunks = sized["chunk_grid"]["configuration"]["chunk_shape"]
             for d, (dim, size) in enumerate(zip(var.dims, var.shape)):
