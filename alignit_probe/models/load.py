@@ -14,7 +14,9 @@ load?": each artifact is checked to change something (``apply``, ``verify``).
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +145,26 @@ def check_pipeline_path(model: str | Path) -> str:
     return model
 
 
+PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face hub (``HF_ENDPOINT``) cannot be reached from here, found in at most ``timeout`` seconds:
+    its host does not resolve or takes no connection. None when it may be reached (also whenever a proxy is set:
+    the proxy decides)."""
+    if any(os.environ.get(k) for k in PROXIES):
+        return None
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{host} cannot be reached from this machine ({e.strerror or type(e).__name__})"
+    return None
+
+
 def load_pipeline(
     model: str, device: str | torch.device | None = "cpu", dtype: torch.dtype = torch.float32
 ) -> StableDiffusionPipeline:
@@ -169,6 +191,13 @@ def load_pipeline(
         except Exception:
             if not hub or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
                 raise
+            why = hub_unreachable()
+            if why:  # say so at once: huggingface_hub would retry for ~30 s before failing
+                raise ProbeError(
+                    f"cannot load pipeline {model}: it is not in the local Hugging Face cache and {why}",
+                    f"download it where there is network (huggingface-cli download {model}) into this machine's "
+                    "cache, or pass a local pipeline directory",
+                ) from None
             print(f"{model} is not in the local Hugging Face cache: downloading it", file=sys.stderr)
             pipe = load(local_only=False)
     except ProbeError:

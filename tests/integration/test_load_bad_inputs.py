@@ -160,3 +160,30 @@ def test_uncached_hub_id_offline_names_the_cache(tmp_path, monkeypatch):
     with pytest.raises(ProbeError) as e:
         load_pipeline("someorg/not-cached-model")
     err(e, "not in the local Hugging Face cache", "huggingface-cli download someorg/not-cached-model")
+
+
+def test_uncached_hub_id_without_network_fails_at_once(tmp_path, monkeypatch):
+    """Online mode but no network: the hub's host is tried once, and the error names it, before huggingface_hub
+    would retry for half a minute (a download attempt fails the test)."""
+    import socket
+
+    import diffusers
+
+    load_config = diffusers.DiffusionPipeline.load_config
+
+    def no_network(address, timeout=None):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def cache_only(*a, local_files_only=False, **k):
+        assert local_files_only, "a download was tried"
+        return load_config(*a, local_files_only=local_files_only, **k)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "load_config", cache_only)
+    with pytest.raises(ProbeError) as e:
+        load_pipeline("someorg/not-cached-model")
+    err(e, "huggingface.co cannot be reached from this machine", "huggingface-cli download someorg/not-cached-model")
