@@ -7,8 +7,9 @@ chosen layers each chosen token position takes B's value (position by position; 
 
 from __future__ import annotations
 
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,9 +18,9 @@ from ..capture.inject import inject_kv
 from ..capture.sites import record_kv, select_sites
 from ..errors import ProbeError, ProbeWarning
 from ..models.pipes import placement
-from ..text.concepts import TokenizedPrompt, tokenize_pair
+from ..text.concepts import Concept, TokenizedPrompt, added_tokens, tokenize_pair
 from ..text.encoder import conditioning
-from ..text.prompt_text import quoted
+from ..text.prompt_text import quoted, token_pattern
 from .engine import check_layouts
 from .generation import generate_images
 
@@ -29,12 +30,27 @@ if TYPE_CHECKING:
 
 @dataclass
 class Source:
+    """A prompt through a model; ``concepts``: the model's own (a customized model's multi-vector tokens expand)."""
+
     pipe: object
     prompt: str
+    concepts: list[Concept] = field(default_factory=list)
 
 
-def _tokenized(pipe, prompt: str, which: str = "prompt") -> TokenizedPrompt:
-    tp = tokenize_pair(prompt, pipe, pipe.tokenizer, [], allow_absent=True)[0]
+def unknown_to_baseline(prompt: str, baseline_tokenizer, customs: dict) -> tuple[str, str] | None:
+    """(token, model name) of a token in ``prompt`` that a customized model (``customs``: name -> pipeline) added
+    and the baseline's tokenizer lacks (the baseline would read it as plain text); None if there is none."""
+    known = set(baseline_tokenizer.get_added_vocab())
+    for name, pipe in customs.items():
+        for token in added_tokens(pipe.tokenizer):
+            if token not in known and re.search(token_pattern(token), prompt):
+                return token, name
+    return None
+
+
+def _tokenized(src: Source, which: str = "prompt") -> TokenizedPrompt:
+    pipe, prompt = src.pipe, src.prompt
+    tp = tokenize_pair(prompt, pipe, pipe.tokenizer, src.concepts, allow_absent=True)[0]
     if tp.dropped:  # as record, alignit and attention say it
         warnings.warn(
             f"{which} {quoted(prompt)} truncated: {tp.dropped} token(s) beyond the encoder's {len(tp.ids)} dropped",
@@ -70,8 +86,8 @@ def swap_kv(
     A's pooled embedding (SDXL; None otherwise), last."""
     check_layouts(key_src.pipe.unet, value_src.pipe.unet, denoiser.unet)
     sites = select_sites(denoiser.unet, layers, blocks)
-    ta = _tokenized(key_src.pipe, key_src.prompt, "key prompt (A)")
-    tb = _tokenized(value_src.pipe, value_src.prompt, "value prompt (B)")
+    ta = _tokenized(key_src, "key prompt (A)")
+    tb = _tokenized(value_src, "value prompt (B)")
     (ca, pooled_a), cb = conditioning(key_src.pipe, [ta]), conditioning(value_src.pipe, [tb])[0]
     kv_a, kv_b = record_kv(key_src.pipe.unet, ca, sites), record_kv(value_src.pipe.unet, cb, sites)
     positions = token_positions(ta, tokens) if tokens else list(range(len(ta.ids)))
@@ -116,7 +132,7 @@ def generate_swap(
     kv, ca, _, pooled_a = swap_kv(key_src, value_src, denoiser, tokens, layers, blocks, with_pooled=True)
     images = {}
     for name, src, which in (("A", key_src, "key prompt (A)"), ("B", value_src, "value prompt (B)")):
-        c, pooled = conditioning(src.pipe, [_tokenized(src.pipe, src.prompt, which)])
+        c, pooled = conditioning(src.pipe, [_tokenized(src, which)])
         images[name] = generate_images(src.pipe, c, pooled_prompt_embeds=pooled, **kw)
     with inject_kv(denoiser.unet, ca, kv):
         images["keys A + values B"] = generate_images(denoiser, ca, pooled_prompt_embeds=pooled_a, **kw)

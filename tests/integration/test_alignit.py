@@ -234,3 +234,34 @@ def test_swap_keys_from_a_values_from_b(cd_pair):
         assert torch.equal(v[:, keep], ta[path][1][:, keep])
     with pytest.raises(ProbeError, match="none of the tokens"):
         swap_kv(Source(base, "a dog"), Source(base, "a cat"), base, tokens=["zebra"])
+
+
+def test_swap_reads_a_multi_vector_token_through_its_model_only(toy_dir, arts):
+    """A 3-vector Textual Inversion token in a prompt of the customized model expands as the pipeline expands it
+    (A's conditioning equals the pipeline's own encoding); through the baseline, which would read it as plain
+    text, it is refused; a loaded customized model that nothing uses is said to be unused."""
+    import warnings
+
+    from alignit_probe import Probe
+    from alignit_probe.errors import ProbeWarning
+
+    token = "<three>"  # arts["ti3"]: 3 vectors
+    probe = Probe(toy_dir, {"ti": str(arts["ti3"])}, [Concept(token, "cat")], progress=False)
+    custom = probe.models.pairs[0].custom
+    a, b = f"a photo of a {token} on the beach", "a photo of a dog in the snow"
+    kv, ca, pos = swap_kv(Source(custom, a, probe.concepts), Source(probe.models.baseline, b), custom)
+    want = custom.encode_prompt([a], "cpu", 1, False)[0]  # the pipeline expands the token itself
+    assert torch.equal(ca, want.detach())
+    images = probe.swap(a, b, key_model="ti", steps=1, height=32, width=32)
+    assert sorted(images) == ["A", "B", "keys A + values B"]
+    with pytest.raises(ProbeError, match=f"holds {token}, a token only the customized model 'ti' knows"):
+        probe.swap(a, b, steps=1)
+    with pytest.raises(ProbeError, match="--value-model ti"):
+        probe.swap(b, a, key_model="ti", steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probe.swap("a cat", b, steps=1, height=32, width=32)
+    assert any("'ti'" not in str(w.message) and "ti is loaded but unused" in str(w.message) for w in caught), [
+        str(w.message) for w in caught
+    ]
+    assert all(issubclass(w.category, ProbeWarning) for w in caught if "unused" in str(w.message))
