@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ProbeError
+from .training_folders import is_accelerate_state, nothing_to_load
 
 KINDS = ("textual_inversion", "a1111_embedding", "custom_diffusion", "lora")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -265,12 +266,9 @@ def parse_artifact(path: str | Path) -> Parsed:
                     "itself to load it as a Textual Inversion embedding",
                 )
             candidates = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
-            if len(candidates) != 1:
-                raise ProbeError(
-                    f"folder {path} has no customization weights (looked for {TI_NAMES[0]}, {CD_NAMES[0]}, "
-                    f"{LORA_NAMES[0]}; found {len(candidates)} other weights files)",
-                    "pass the weights file itself",
-                )
+            if len(candidates) != 1 or is_accelerate_state(p):
+                looked_for = f"{TI_NAMES[0]}, {CD_NAMES[0]}, {LORA_NAMES[0]}"
+                raise nothing_to_load(p, looked_for, TI_NAMES + CD_NAMES + LORA_NAMES, len(candidates))
             main = candidates[0]
     else:
         main = p

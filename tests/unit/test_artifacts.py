@@ -300,3 +300,36 @@ def test_pivotal_tuning_embeddings_and_their_folder(tmp_path):
     (tmp_path / "style.safetensors").rename(run / "other_emb.safetensors")
     with pytest.raises(ProbeError, match="several pivotal-tuning embeddings"):
         artifact_paths(run)
+
+
+def test_training_folders_without_weights_name_what_to_pass(tmp_path):
+    """What diffusers' training scripts leave that holds nothing to load: an accelerate state (textual_inversion.py,
+    train_custom_diffusion.py checkpoints), an output folder mid-training, its logs. Each error names the fix."""
+
+    def touch(*names):
+        for name in names:
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_bytes(b"x")
+
+    save_file({"token_embedding.weight": torch.zeros(3, 4)}, tmp_path / "state.safetensors")
+    touch("ti/checkpoint-500/optimizer.bin", "ti/checkpoint-500/random_states_0.pkl")
+    os.replace(tmp_path / "state.safetensors", tmp_path / "ti/checkpoint-500/model.safetensors")
+    with pytest.raises(ProbeError, match="training state saved by accelerate.*learned_embeds-steps-N"):
+        parse_artifact(tmp_path / "ti/checkpoint-500")  # one weights file, which is no customization
+    touch("cd/checkpoint-2/optimizer.bin", "cd/checkpoint-10/optimizer.bin", "cd/logs/run/events.out.tfevents.1.vm")
+    with pytest.raises(ProbeError, match=r"\(checkpoint-2, checkpoint-10\) but no final weights yet — wait until"):
+        parse_artifact(tmp_path / "cd")
+    touch("db/checkpoint-3/unet/config.json", "db/checkpoint-12/unet/config.json", "db/checkpoint-12/optimizer.bin")
+    with pytest.raises(ProbeError, match=r"no final weights yet — pass a checkpoint: --custom .*db/checkpoint-12 \("):
+        parse_artifact(tmp_path / "db")
+    touch("lora/checkpoint-7/pytorch_lora_weights.safetensors", "lora/logs/events.out.tfevents.2")
+    with pytest.raises(ProbeError, match="--custom .*lora/checkpoint-7"):
+        parse_artifact(tmp_path / "lora")
+    for logs in ("cd/logs", "cd/logs/run"):
+        with pytest.raises(
+            ProbeError, match="holds training logs, no weights — pass the training output folder \\(.*cd\\)$"
+        ):
+            parse_artifact(tmp_path / logs)
+    touch("empty/notes.txt")
+    with pytest.raises(ProbeError, match="found 0 other weights files\\) — pass the folder the training script"):
+        parse_artifact(tmp_path / "empty")
