@@ -62,9 +62,22 @@ def token_sets(pipe: StableDiffusionPipeline, parsed: Parsed) -> list[tuple[obje
                 f"text encoders are {widths[0]} and {widths[1]} wide",
                 "use it with the model it was trained for (SD 1.x encoders are 768 wide, SD 2.x 1024)",
             )
-        which = "first" if parsed.embeddings else "second"
+        if parsed.kind == "custom_diffusion":  # diffusers trains Custom Diffusion for one-encoder models only
+            raise ProbeError(
+                f"{parsed.path} is a Custom Diffusion artifact of a one-text-encoder model (SD 1.x/2.x), but the "
+                "baseline is SDXL",
+                "use it with the baseline it was trained from",
+            )
+        if parsed.embeddings:
+            raise ProbeError(
+                f"{parsed.path} has {'/'.join(map(str, sorted(given)))}-wide token vectors for one text encoder: an "
+                "SD 1.x embedding, or the first half of an SDXL one, but this SDXL model has two encoders",
+                "use an SD 1.x embedding with its SD 1.x baseline; for SDXL pass the folder with "
+                "learned_embeds.safetensors and learned_embeds_2.safetensors (textual_inversion_sdxl.py writes both), "
+                "or one file with clip_l and clip_g",
+            )
         raise ProbeError(
-            f"{parsed.path} has token vectors for SDXL's {which} text encoder only (the model has two)",
+            f"{parsed.path} has token vectors for SDXL's second text encoder only (the model has two)",
             "pass the folder with learned_embeds.safetensors and learned_embeds_2.safetensors "
             "(textual_inversion_sdxl.py writes both), or one file with clip_l and clip_g",
         )

@@ -212,7 +212,8 @@ def test_did_it_load_covers_both_encoders(sdxl_dir, tmp_path):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("first-encoder-only", "first text encoder only"),
+        ("first-encoder-only", "token vectors for one text encoder: an SD 1.x embedding, or the first half"),
+        ("sd1-custom-diffusion", "Custom Diffusion artifact of a one-text-encoder model .* but the baseline is SDXL"),
         ("counts-differ", r"2 vector\(s\) for the first text encoder, 3 for the second"),
         ("second-other-tokens", "does not hold the tokens"),
         ("clip_g-too-narrow", "is 40-wide but the text encoder is 48-wide"),
@@ -220,9 +221,13 @@ def test_did_it_load_covers_both_encoders(sdxl_dir, tmp_path):
         ("other-model-width", f"holds 1024-wide token vectors, but this SDXL model's text encoders are {W1} and {W2}"),
     ],
 )
-def test_bad_sdxl_textual_inversion_is_one_line(sdxl_dir, tmp_path, case, message):
+def test_bad_sdxl_textual_inversion_is_one_line(sdxl_dir, toy_dir, tmp_path, case, message):
     if case == "first-encoder-only":
         spec = write_ti_folder(tmp_path / "ti", second=False)
+    elif case == "sd1-custom-diffusion":  # its token is as wide as SDXL's first encoder, as in real models (768)
+        from tests.integration.artifact_files import write_cd
+
+        spec = write_cd(toy_dir, tmp_path / "cd")
     elif case == "counts-differ":
         spec = write_ti_folder(tmp_path / "ti", n=2, second=vectors(3, W2, 5))
     elif case == "second-other-tokens":
