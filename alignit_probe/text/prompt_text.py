@@ -19,6 +19,15 @@ class Concept:
     token: str
     class_word: str | None = None
 
+    def __post_init__(self):
+        if self.class_word and isinstance(self.token, str) and self.token.strip().lower() == self.class_word.lower():
+            raise ProbeError(
+                f"concept {self.token!r} is its own class word: the baseline's prompts would equal the customized "
+                "model's, so nothing would tell the concept apart",
+                f"pass the token or instance word the model learned as the concept (e.g. sks, <new1>) and "
+                f"{self.class_word!r} as its class word",
+            )
+
 
 def token_pattern(token: str) -> str:
     """``token`` as a regex. A plain word (``sks``) matches in any case (CLIP lowercases prompts) and only where no

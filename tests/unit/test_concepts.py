@@ -215,3 +215,10 @@ def test_class_word_note_only_where_the_prompts_name_the_class_otherwise():
     for prompts in (["a <new1> on the beach", "a <new1> on a table"], ["a photo of <new1> in the snow"]):
         assert class_word_notes(prompts, [Concept("<new1>", "cat")]) == []  # function words name no class
     assert class_word_notes(["a <s0><s1> wearing a red hat"], [Concept("<s0><s1>", "dog")]) == []
+
+
+def test_a_concept_that_is_its_own_class_word_is_refused():
+    for token in ("dog", "Dog", " dog "):
+        with pytest.raises(ProbeError, match="is its own class word.*instance word the model learned"):
+            Concept(token, "dog")
+    assert Concept("sks", "dog").class_word == "dog" and Concept("dog").class_word is None
