@@ -121,10 +121,19 @@ def check_concepts_use_added(
     if not new or not concepts:
         return
     ids = set(tok.convert_tokens_to_ids(new))
-    if any(ids & set(modifier_ids(pipe, c)) for c in concepts):
-        return
     names = [t for t in added_tokens(tok) if t in new]
     pivotal = sorted((t for t in names if re.fullmatch(r"<s\d+>", t)), key=lambda t: int(t[2:-1]))
+    if any(ids & set(modifier_ids(pipe, c)) for c in concepts):
+        for c in concepts:  # pivotal tuning's <s0><s1>… are learned together and prompted together
+            used = [t for t in pivotal if t in c.token]
+            if 0 < len(used) < len(pivotal):
+                warnings.warn(
+                    f"concept {c.token!r} uses {len(used)} of the tokens {''.join(pivotal)} that pivotal tuning "
+                    f'learned together (the others\' vectors are never read): pass --concept "{"".join(pivotal)}"',
+                    ProbeWarning,
+                    stacklevel=2,
+                )
+        return
     suggestion = "".join(pivotal) if pivotal and len(pivotal) == len(names) else names[0]
     problem = (
         f"concept {', '.join(repr(c.token) for c in concepts)} uses none of the tokens the customized model added "
@@ -139,9 +148,12 @@ def _unknown(tok, token: str) -> ProbeError:
     """The error for a token the tokenizer cannot encode, naming the tokens it added (not ``<x>_1`` expansions)."""
     added = added_tokens(tok)
     if added:
-        fix = f"use one of its added tokens: {', '.join(added)}, or an instance word it knows (sks)"
+        fix = f"use one of its added tokens: {', '.join(added)}"
     else:
-        fix = "it added no tokens: use an instance word it knows (sks), or load the artifact that defines the token"
+        fix = (
+            "it added no tokens: use the instance word it was trained on (DreamBooth, LoRA: e.g. sks), or load the "
+            "artifact that defines the token"
+        )
     return ProbeError(f"concept token {token!r} is unknown to the customized model's tokenizer", fix)
 
 

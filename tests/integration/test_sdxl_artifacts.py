@@ -140,7 +140,7 @@ def test_pivotal_tuning_folder_loads_lora_and_embeddings(sdxl_dir, tmp_path):
     """train_dreambooth_lora_sdxl_advanced.py --train_text_encoder_ti writes pytorch_lora_weights.safetensors and
     <output_dir>_emb.safetensors ({"clip_l": (n, 768), "clip_g": (n, 1280)}, used as tokens <s0>, <s1> … written
     together in prompts): the folder loads as both, each vector where diffusers' documented loading puts it, exact;
-    a concept using none of the added tokens is refused, naming the one to use."""
+    a concept using none of the added tokens is refused, naming the one to use; one using some of them is said."""
     folder = write_lora(sdxl_dir, tmp_path / "adv", text=False)
     emb = {"clip_l": vectors(2, W1, 7), "clip_g": vectors(2, W2, 8)}
     save_file(emb, str(folder / "adv_emb.safetensors"))
@@ -162,6 +162,11 @@ def test_pivotal_tuning_folder_loads_lora_and_embeddings(sdxl_dir, tmp_path):
     sks = [Concept("sks", "dog")]  # with the LoRA, an instance word may carry what it learned: said, not refused
     with pytest.warns(ProbeWarning, match=r"uses none of the tokens .*measure them with --concept <s0><s1>"):
         check_job(pair, sks, ["a photo of sks dog"], RecordOptions())
+    with pytest.warns(ProbeWarning, match=r"uses 1 of the tokens <s0><s1> .*: pass --concept \"<s0><s1>\""):
+        check_job(pair, [Concept("<s0>", "dog")], ["a photo of <s0> dog"], RecordOptions())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProbeWarning)  # both: nothing to say
+        check_job(pair, [Concept("<s0><s1>", "dog")], [prompt], RecordOptions())
     alone = load_pair(sdxl_dir, [str(folder / "adv_emb.safetensors")], progress=False)  # embeddings alone: refused
     with pytest.raises(ProbeError, match=r"pass --concept <s0><s1>"):
         check_job(alone, sks, ["a photo of sks dog"], RecordOptions())
