@@ -69,7 +69,7 @@ def print_table(rows: list[dict], tree: xr.DataTree, out: TextIO | None = None) 
     for line in lines:
         print(fmt(line), file=out)
     n = max((r["n"] for r in rows), default=0)
-    ci = f"value [95% bootstrap CI over prompts; shown from {MIN_CI} prompts]"
+    ci = f"value [95% bootstrap CI over prompts, where n >= {MIN_CI}]"
     print(
         f"\n{ci}; n = prompts with tokens of that role (at most {n}); distance of each model to the baseline on "
         "role-aligned tokens",

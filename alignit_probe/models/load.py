@@ -145,6 +145,7 @@ def check_pipeline_path(model: str | Path) -> str:
     return model
 
 
+CHANGED_NOTHING = "changed nothing: every stage is bit-identical to the baseline"  # a customized model's warning
 PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -256,7 +257,8 @@ def _custom_model(
     methods = ["dreambooth"] if kinds[0] in WHOLE else []
     warnings = ema_note(customs[0]) if kinds[0] == "checkpoint" else []
     if kinds[0] in WHOLE and not differs(stages(base), after := stages(custom), after.keys()):
-        warnings.append(f"custom model {customs[0]} changed nothing: every stage is bit-identical to the baseline")
+        shown = customs[0] if name == DEFAULT_CUSTOM else f"{name} ({customs[0]})"
+        warnings.append(f"custom model {shown} {CHANGED_NOTHING}")
     artifacts = []
     from tqdm.auto import tqdm
 
@@ -364,7 +366,7 @@ def models_from_pipelines(
             pipe.text_encoder.get_input_embeddings().weight, baseline.text_encoder.get_input_embeddings().weight
         )
         if same_vocab and not differs(stages(baseline), after := stages(pipe), after.keys()):
-            warnings.append(f"custom model {name} changed nothing: every stage is bit-identical to the baseline")
+            warnings.append(f"custom model {name} {CHANGED_NOTHING}")
         pairs.append(
             ModelPair(
                 baseline, pipe, baseline_id, [f"<in-memory {type(pipe).__name__}>"], "in-memory", [], warnings, name

@@ -21,7 +21,7 @@ import xarray as xr
 from ..alignit.engine import AlignITOptions, validate
 from ..capture.sites import attn2_paths
 from ..errors import ProbeError, ProbeWarning
-from ..models.load import ModelPair, ModelSet
+from ..models.load import CHANGED_NOTHING, ModelPair, ModelSet
 from ..models.pipes import TEXT_2, is_xl, placement, text_encoders
 from ..schema import BASELINE, alignit_branch
 from ..store.shards import shard_name, shard_range
@@ -138,13 +138,25 @@ def check_job(
             check_concepts_use_added(pair.custom, models.baseline.tokenizer, concepts, strict=strict)
 
 
-def unet_only_note(name: str) -> str:
+def unet_only_note(names: list[str]) -> str:
+    one = len(names) == 1
     return (
-        f"the text encoder(s) of {name} hold the baseline's weights (a UNet-only customization): its "
-        "token_embedding, encoder_layer, encoder_output (and pooled) differences come from the prompt edit alone "
-        "(the concept left out of the baseline's prompt), not from training; key/value differences also hold its "
+        f"the text encoder(s) of {', '.join(names)} hold the baseline's weights (UNet-only "
+        f"customization{'' if one else 's'}): {'its' if one else 'their'} token_embedding, encoder_layer, "
+        "encoder_output (and pooled) differences come from the prompt edit alone (the concept left out of the "
+        f"baseline's prompt), not from training; key/value differences also hold {'its' if one else 'their'} "
         "UNet's changes"
     )
+
+
+def unet_only_models(models: ModelSet) -> list[str]:
+    """The customized models whose text encoders equal the baseline's and that changed something (a model that
+    changed nothing is already said to)."""
+    return [
+        p.name
+        for p in models.pairs
+        if not any(CHANGED_NOTHING in w for w in p.warnings) and same_text_encoders(p.custom, models.baseline)
+    ]
 
 
 def check_clip_skip(pipes: list[StableDiffusionPipeline], clip_skip: int) -> None:
@@ -228,8 +240,8 @@ def record_store(
         tables[pair.name] = custom_tp
         tables[BASELINE] = base_tp
         notes += [x for x in w if x not in notes]
-    unet_only = {p.name: unet_only_note(p.name) for p in models.pairs if same_text_encoders(p.custom, models.baseline)}
-    for note in notes + list(unet_only.values()):
+    unet_only = {name: unet_only_note([name]) for name in unet_only_models(models)}
+    for note in notes + ([unet_only_note(list(unet_only))] if unet_only else []):  # said once for all models
         warnings.warn(note, ProbeWarning, stacklevel=2)
     n_full = first.custom.tokenizer.model_max_length
     n_tokens = n_full
