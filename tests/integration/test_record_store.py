@@ -160,3 +160,31 @@ def test_page_locked_host_copies_equal_pageable_ones(monkeypatch):
             np.testing.assert_array_equal(a, to_host(t, dtype))
         del got
         release_host_copies()  # the cached page-locked blocks given back; the next batch locks new ones
+
+
+def test_unet_only_note_said_once_and_not_for_a_model_that_changed_nothing(toy_dir, arts, tmp_path):
+    """Two UNet-only LoRA models and one that changed nothing: one warning names both LoRA models (each keeps
+    its note in the store); the unchanged model is said to have changed nothing, and gets no UNet-only note."""
+    import warnings
+
+    from alignit_probe.errors import ProbeWarning
+    from alignit_probe.models.load import load_models
+
+    specs = {"same": str(toy_dir), "l1": str(arts["lora"]), "l2": str(arts["lora"])}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        models = load_models(str(toy_dir), specs, progress=False)
+        out = record_store(
+            models,
+            [Concept("sks", "dog")],
+            ["a photo of sks dog"],
+            tmp_path / "s.zarr",
+            RecordOptions(),
+            progress=False,
+        )
+    said = [str(w.message) for w in caught if issubclass(w.category, ProbeWarning) and "UNet-only" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("the text encoder(s) of l1, l2 hold"), said
+    assert any("changed nothing" in w for w in models.pairs[0].warnings)
+    tree = st.open_store(out)
+    notes = {m: [w for w in st.model_attrs(tree, m).get("warnings", []) if "UNet-only" in w] for m in specs}
+    assert notes["same"] == [] and len(notes["l1"]) == len(notes["l2"]) == 1, notes
