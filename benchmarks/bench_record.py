@@ -23,7 +23,7 @@ Measured side by side in one run, all per prompt and per model (the store holds 
   recording's share of its speed is the GPU target (≥ 80%), where the compute floor is far below it;
 * writer alone (``--writer``): the same batches computed first and kept on the host, then written by the store
   writer (``writer_alone.py``), alternated with the I/O floor: whether the writer keeps pace with the disk, on any
-  machine (on a CPU the recording is bounded by the compute).
+  machine (on a CPU the recording is bounded by the compute); ``--writer-only``: that alone.
 
 Floor and record (and summary) runs alternate (after one warm-up of each); ms/prompt are medians, record/floor is the
 median of the ratios of adjacent runs (on a shared machine, load comes and goes between runs).
@@ -145,6 +145,11 @@ def main(argv=None) -> None:
         action="store_true",
         help="then the store writer alone (batches computed first), alternated with the I/O floor",
     )
+    ap.add_argument(
+        "--writer-only",
+        action="store_true",
+        help="only the store writer alone against the I/O floor (no floor, record or naive runs)",
+    )
     args = ap.parse_args(argv)
 
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
@@ -212,14 +217,16 @@ def main(argv=None) -> None:
         shutil.rmtree(out)  # every run starts from the same disk and page-cache state
         return seconds
 
-    def io_floor(k: int) -> float:
-        """The I/O floor: the bytes the last full recording wrote, in files of the same sizes, written as plain files
-        to the same filesystem (no compute, no zarr, no metadata), then removed like the stores."""
+    def io_floor(k: int, sizes: list[int] | None = None) -> float:
+        """The I/O floor: the bytes the last full recording wrote (or files of ``sizes``), in files of the same
+        sizes, written as plain files to the same filesystem (no compute, no zarr, no metadata), then removed like
+        the stores."""
+        sizes = file_sizes if sizes is None else sizes
         folder = tmp / f"io{k}"
         folder.mkdir()
-        payload = memoryview(bytes(max(file_sizes)))
+        payload = memoryview(bytes(max(sizes)))
         t = time.perf_counter()
-        for i, n in enumerate(file_sizes):
+        for i, n in enumerate(sizes):
             with open(folder / f"f{i}", "wb") as fh:
                 fh.write(payload[:n])
         seconds = time.perf_counter() - t
@@ -258,6 +265,15 @@ def main(argv=None) -> None:
             for h in handles:
                 h.remove()
 
+    if args.writer_only:
+        print(
+            f"bench_record --writer-only: size={args.size} device={args.device} "
+            f"dtype={str(dtype).removeprefix('torch.')} store_dtype={args.store_dtype} prompts={args.prompts} "
+            f"batch={args.batch_size} (models built in {build_s:.0f} s)"
+        )
+        batches = host_batches(pair, concepts, texts, args.batch_size, args.store_dtype)
+        report_writer_alone(batches, tmp, args.batch_size, args.prompts, args.repeats, io_floor)
+        return
     floor(), record(-1)  # warm-up (allocator, lazy imports, first zarr write)
     if args.summary:
         record(-1, summary=True)

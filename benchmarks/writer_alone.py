@@ -37,9 +37,11 @@ def host_batches(
     return out
 
 
-def write_alone(batches: list[tuple[str, Batch]], out: Path, batch_size: int, n_prompts: int) -> tuple[float, int]:
-    """Seconds to write ``batches`` into a new store at ``out`` (writer thread, commit included), and its bytes; the
-    store is removed afterwards, as the recordings are."""
+def write_alone(
+    batches: list[tuple[str, Batch]], out: Path, batch_size: int, n_prompts: int
+) -> tuple[float, list[int]]:
+    """Seconds to write ``batches`` into a new store at ``out`` (writer thread, commit included), and the sizes of
+    its files; the store is removed afterwards, as the recordings are."""
     t = time.perf_counter()
     with StoreWriter(
         out, overwrite=True, attrs={}, chunk_prompts=batch_size, n_prompts=n_prompts, background=True
@@ -48,9 +50,9 @@ def write_alone(batches: list[tuple[str, Batch]], out: Path, batch_size: int, n_
             writer.append(name, batch, {})
         done = writer.commit()
     seconds = time.perf_counter() - t
-    size = sum(f.stat().st_size for f in done.rglob("*") if f.is_file())
+    sizes = [f.stat().st_size for f in done.rglob("*") if f.is_file()]
     shutil.rmtree(done)
-    return seconds, size
+    return seconds, sizes
 
 
 def report_writer_alone(
@@ -59,16 +61,17 @@ def report_writer_alone(
     batch_size: int,
     n_prompts: int,
     repeats: int,
-    io_floor: Callable[[int], float],
+    io_floor: Callable[[int, list[int]], float],
 ) -> None:
     """Time the writer alone and the I/O floor, alternated, and print the writer's share of the I/O floor's speed
-    (``io_floor(k)`` writes the last recording's bytes as plain files and returns its seconds)."""
+    (``io_floor(k, sizes)`` writes files of those sizes as plain files and returns its seconds)."""
     write_alone(batches, folder / "writer-warmup.zarr", batch_size, n_prompts)
     writes, ios = [], []
     for k in range(repeats):
-        seconds, size = write_alone(batches, folder / f"writer{k}.zarr", batch_size, n_prompts)
+        seconds, sizes = write_alone(batches, folder / f"writer{k}.zarr", batch_size, n_prompts)
         writes.append(seconds)
-        ios.append(io_floor(100 + k))
+        ios.append(io_floor(100 + k, sizes))
+    size = sum(sizes)
     per = sum(batch.coords.sizes["prompt"] for _, batch in batches)  # prompts x models
     share = statistics.median(i / w for i, w in zip(ios, writes))
     print(
