@@ -29,7 +29,7 @@ import xarray as xr
 
 from .alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv, validate
 from .alignit.generation import generate_images
-from .alignit.swap import Source, generate_swap, unknown_to_baseline
+from .alignit.swap import Source, check_sources, generate_swap
 from .capture.attention import AttentionSlices
 from .errors import ProbeError, ProbeWarning
 from .models.load import ModelSet, check_device, load_models, load_pipeline, models_from_pipelines
@@ -37,7 +37,6 @@ from .record.branches import baseline_maps, generation_maps
 from .record.run import RecordOptions, record_store
 from .schema import ALIGNIT, BASELINE, DEFAULT_CUSTOM, alignit_branch
 from .text.concepts import Concept
-from .text.prompt_text import quoted
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -313,25 +312,7 @@ class Probe:
         for which, name in (("key model", key_model), ("value model", value_model), ("denoiser", denoiser)):
             if name not in pipes:
                 raise ProbeError(f"{which} {name!r} is not loaded", "choose among: " + ", ".join(pipes))
-        customs = {n: p for n, p in pipes.items() if n != BASELINE}
-        for which, flag, prompt, name in (
-            ("key prompt", "--key-model", key_prompt, key_model),
-            ("value prompt", "--value-model", value_prompt, value_model),
-        ):
-            hit = unknown_to_baseline(prompt, pipes[BASELINE].tokenizer, customs) if name == BASELINE else None
-            if hit:
-                raise ProbeError(
-                    f"the {which} {quoted(prompt)} holds {hit[0]}, a token only the customized model {hit[1]!r} "
-                    "knows, but goes through the baseline (which would read it as plain text)",
-                    f"pass {flag} {hit[1]}",
-                )
-        if customs and names == {BASELINE}:
-            warnings.warn(
-                f"the customized model {', '.join(customs)} is loaded but unused: keys, values and denoiser are all "
-                "the baseline's (--key-model, --value-model, --denoiser NAME use it)",
-                ProbeWarning,
-                stacklevel=2,
-            )
+        check_sources(pipes, (key_prompt, key_model), (value_prompt, value_model), denoiser)
 
         def source(name: str, prompt: str) -> Source:
             return Source(pipes[name], prompt, [] if name == BASELINE else self.concepts)

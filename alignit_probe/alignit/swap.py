@@ -18,6 +18,7 @@ from ..capture.inject import inject_kv
 from ..capture.sites import record_kv, select_sites
 from ..errors import ProbeError, ProbeWarning
 from ..models.pipes import placement
+from ..schema import BASELINE
 from ..text.concepts import Concept, TokenizedPrompt, added_tokens, tokenize_pair
 from ..text.encoder import conditioning
 from ..text.prompt_text import quoted, token_pattern
@@ -46,6 +47,28 @@ def unknown_to_baseline(prompt: str, baseline_tokenizer, customs: dict) -> tuple
             if token not in known and re.search(token_pattern(token), prompt):
                 return token, name
     return None
+
+
+def check_sources(pipes: dict, key: tuple[str, str], value: tuple[str, str], denoiser: str) -> None:
+    """Before any work: a prompt (``key``, ``value``: (prompt, model name)) holding a token only a customized model
+    knows is refused through the baseline; customized models loaded (``pipes``: name -> pipeline) but used by
+    none of keys, values and denoiser are said to be unused."""
+    customs = {n: p for n, p in pipes.items() if n != BASELINE}
+    for which, flag, (prompt, name) in (("key prompt", "--key-model", key), ("value prompt", "--value-model", value)):
+        hit = unknown_to_baseline(prompt, pipes[BASELINE].tokenizer, customs) if name == BASELINE else None
+        if hit:
+            raise ProbeError(
+                f"the {which} {quoted(prompt)} holds {hit[0]}, a token only the customized model {hit[1]!r} "
+                "knows, but goes through the baseline (which would read it as plain text)",
+                f"pass {flag} {hit[1]}",
+            )
+    if customs and {key[1], value[1], denoiser} == {BASELINE}:
+        warnings.warn(
+            f"the customized model {', '.join(customs)} is loaded but unused: keys, values and denoiser are all "
+            "the baseline's (--key-model, --value-model, --denoiser NAME use it)",
+            ProbeWarning,
+            stacklevel=3,
+        )
 
 
 def _tokenized(src: Source, which: str = "prompt") -> TokenizedPrompt:
