@@ -113,6 +113,8 @@ def check_complete(path: Path, attrs: dict) -> None:
     if attrs.get("format") != FORMAT or not attrs.get("complete"):
         if path.name.endswith(".partial") and attrs.get("format") == FORMAT:
             final = path.name[: -len(".partial")]
+            if attrs.get("merged_from"):
+                raise ProbeError(f"{path} is an unfinished merge", f"rerun the same merge command, then pass {final}")
             raise ProbeError(
                 f"{path} is an unfinished recording", f"rerun the same record command to resume it, then pass {final}"
             )

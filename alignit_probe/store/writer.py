@@ -65,7 +65,7 @@ class StoreWriter:
         self.out = check_output(out, overwrite)
         self.tmp = self.out.with_name(self.out.name + ".partial")
         self.netcdf = is_netcdf(self.out)
-        self.attrs = dict(attrs or {})
+        self.attrs = {k: v for k, v in (attrs or {}).items() if k != "complete"}  # (a merge's come from stores)
         self.chunk_prompts, self.n_prompts, self.n_tokens = chunk_prompts, n_prompts, n_tokens
         self.first_prompt, self.background = first_prompt, background
         self.log = log if log is not None else sys.stderr

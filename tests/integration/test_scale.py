@@ -191,6 +191,26 @@ def test_merge_shards_equals_single_run(shards, reference, tmp_path):
     assert "shard" not in store_attrs(tree)
 
 
+def test_interrupted_merge_leaves_nothing_that_reads_as_a_store(shards, tmp_path, monkeypatch):
+    """The merged store's attributes come from complete shards: its partial store must not say it is complete."""
+    from alignit_probe.errors import ProbeError
+
+    put, calls = StoreWriter.put, []
+
+    def interrupted(self, group, ds):
+        calls.append(group)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        put(self, group, ds)
+
+    monkeypatch.setattr(StoreWriter, "put", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        merge_shards(shards, tmp_path / "m.zarr")
+    assert not (tmp_path / "m.zarr").exists() and (tmp_path / "m.zarr.partial").is_dir()
+    with pytest.raises(ProbeError, match="unfinished merge — rerun the same merge command, then pass m.zarr"):
+        open_store(tmp_path / "m.zarr.partial")
+
+
 def test_compare_on_local_cluster_equals_eager(reference, capsys):
     from distributed import Client, LocalCluster
 
