@@ -53,7 +53,7 @@ def read_prompts(args: argparse.Namespace) -> list[str] | None:
         if not path.is_file():
             raise ProbeError(f"prompts file {path} does not exist", "pass a text file with one prompt per line")
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()  # (a BOM dropped)
         except (OSError, UnicodeDecodeError) as e:
             raise ProbeError(
                 f"prompts file {path} cannot be read ({e})", "pass UTF-8 text, one prompt a line"

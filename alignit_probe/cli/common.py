@@ -55,7 +55,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
             what = "is a folder" if path.is_dir() else "does not exist"
             raise ProbeError(f"prompts file {path} {what}", "pass a text file with one prompt per line")
         try:
-            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]  # (a BOM dropped)
         except UnicodeDecodeError:
             raise ProbeError(f"prompts file {path} is not UTF-8 text", "save it as UTF-8 text") from None
         prompts += [ln for ln in lines if ln and not ln.startswith("#")]
@@ -101,7 +101,10 @@ def concepts_from(args: argparse.Namespace) -> list[Concept]:
 
 
 # ------------------------------------------------------------------------------------------------ arguments
-def add_model_args(p: argparse.ArgumentParser, *, custom_required: bool = True, concept_required: bool = True) -> None:
+def add_model_args(
+    p: argparse.ArgumentParser, *, custom_required: bool = True, concept_required: bool = True, prompts: bool = True
+) -> None:
+    """The models, concepts, prompts (not for ``swap``, which has its own) and device arguments."""
     g = p.add_argument_group("models")
     g.add_argument("--baseline", required=True, help="baseline pipeline: a diffusers directory or a hub id")
     g.add_argument(
@@ -127,12 +130,13 @@ def add_model_args(p: argparse.ArgumentParser, *, custom_required: bool = True, 
         metavar="WORD",
         help="class word of each --concept, in order (e.g. cat): the baseline's partner of the concept",
     )
-    g.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable)")
-    g.add_argument(
-        "--prompts",
-        metavar="FILE",
-        help="one prompt per line; {} stands for the next concept's 'TOKEN CLASS', {0} {1} … for one's",
-    )
+    if prompts:
+        g.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable)")
+        g.add_argument(
+            "--prompts",
+            metavar="FILE",
+            help="one prompt per line; {} stands for the next concept's 'TOKEN CLASS', {0} {1} … for one's",
+        )
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available, else cpu)")
     g.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights' dtype")
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw")

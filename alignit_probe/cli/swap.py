@@ -65,7 +65,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Subparsers) -> None:
     p = subparser(sub, "swap", "keys from prompt A, values from prompt B (K/V semantic control)")
-    add_model_args(p, custom_required=False, concept_required=False)
+    add_model_args(p, custom_required=False, concept_required=False, prompts=False)  # (--key/--value-prompt)
     g = p.add_argument_group("swap")
     g.add_argument("--key-prompt", required=True, metavar="A", help="prompt whose keys (and layout) are kept")
     g.add_argument("--value-prompt", required=True, metavar="B", help="prompt whose values are written in")

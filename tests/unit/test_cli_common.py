@@ -48,3 +48,15 @@ def test_grid_caption_wraps_to_the_grid_and_labels_end_in_an_ellipsis(tmp_path):
     many = image_grid(images, ["p"], tmp_path / "many.png", cell=64, caption=caption)
     with Image.open(one) as a, Image.open(many) as b:  # the long caption takes more lines above the images
         assert b.size[1] > a.size[1] and b.info["caption"] == caption
+
+
+def test_prompts_file_with_a_bom_crlf_comments_and_blank_lines(tmp_path):
+    """As Windows editors save it: the byte-order mark is no part of the first prompt."""
+    import argparse
+
+    from alignit_probe.cli.common import read_prompts
+
+    path = tmp_path / "p.txt"
+    path.write_bytes("\ufeffphoto of a <new1> cat\r\n# a comment\r\n\r\n  a <new1> on the beach  \r\n".encode())
+    args = argparse.Namespace(prompt=None, prompts=str(path), concept=["<new1>"], class_word=["cat"], custom=["x"])
+    assert read_prompts(args) == ["photo of a <new1> cat", "a <new1> on the beach"]
