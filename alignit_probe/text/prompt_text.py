@@ -119,7 +119,7 @@ def class_word_notes(prompts: Sequence[str], concepts: list[Concept]) -> list[st
     for c in concepts:
         if not c.class_word:
             continue
-        after = set()
+        after, joined = set(), None
         for prompt in prompts:
             pieces = split_concepts(prompt, [c])
             for i, (_text, which) in enumerate(pieces):
@@ -128,8 +128,16 @@ def class_word_notes(prompts: Sequence[str], concepts: list[Concept]) -> list[st
                         after.add(None)
                     else:
                         after.add((re.findall(r"\w+", pieces[i + 1][0]) or [""])[0].lower())
+                        if after >= {c.class_word.lower()} and joined is None:
+                            joined = prompt
         word = next(iter(after)) if len(after) == 1 else None
-        if word and word.isalpha() and word not in FUNCTION_WORDS and not word.endswith(("ing", "ed")):
+        if joined is not None:  # "sks-dog", "<new1>, cat": the class word after punctuation is no partner
+            notes.append(
+                f"class word {c.class_word!r} follows {c.token} only after punctuation in {quoted(joined)}, so it "
+                f"is no partner of the concept there and stands in again: the baseline's prompt reads "
+                f"{quoted(baseline_text(joined, [c]))} (write '{c.token} {c.class_word}' for a partner)"
+            )
+        elif word and word.isalpha() and word not in FUNCTION_WORDS and not word.endswith(("ing", "ed")):
             notes.append(
                 f"class word {c.class_word!r} follows {c.token} in none of the prompts, while {word!r} follows it in "
                 f"all: the baseline's prompts read '… {c.class_word} {word} …'; if {word!r} is the class, pass "

@@ -221,3 +221,14 @@ def test_a_concept_that_is_its_own_class_word_is_refused():
         with pytest.raises(ProbeError, match="is its own class word.*instance word the model learned"):
             Concept(token, "dog")
     assert Concept("sks", "dog").class_word == "dog" and Concept("dog").class_word is None
+
+
+def test_class_word_after_punctuation_is_said_as_such():
+    from alignit_probe.text.prompt_text import class_word_notes
+
+    (note,) = class_word_notes(["a sks-dog", "a sks dog on the grass"], [Concept("sks", "dog")])
+    assert (
+        note.startswith("class word 'dog' follows sks only after punctuation in 'a sks-dog'") and "'a dog -dog'" in note
+    )
+    assert "pass --class-word" not in note  # (it was given: no advice to give it)
+    assert class_word_notes(["a sks dog", "sks dog, at night"], [Concept("sks", "dog")]) == []
