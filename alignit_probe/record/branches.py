@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from ..alignit.generation import generate_images
 from ..alignit.plan import alignit_plan, tokenize_dummies
 from ..capture.attention import AttentionCollector, AttentionSlices, capture_attention
 from ..capture.sites import attn2_paths
+from ..errors import ProbeWarning
 from ..schema import ALIGNIT, BASELINE
 from ..store.batch import Batch, token_coords
 from ..store.writer import StoreWriter
@@ -140,8 +142,20 @@ def branch_maps(collector: AttentionCollector) -> xr.Dataset:
 
 
 def baseline_tokens(pipe: StableDiffusionPipeline, prompts: list[str]) -> list[TokenizedPrompt]:
-    """The prompts as the baseline alone sees them: no concept, every word ``context`` (labels of the store)."""
-    return [tokenize_pair(p, pipe, pipe.tokenizer, [], allow_absent=True)[1] for p in prompts]
+    """The prompts as the baseline alone sees them: no concept, every word ``context`` (labels of the store); a
+    prompt cut to the encoder's window is said (``truncation_warnings``), as for the customized models."""
+    tokenized = [tokenize_pair(p, pipe, pipe.tokenizer, [], allow_absent=True)[1] for p in prompts]
+    for note in truncation_warnings(tokenized):
+        warnings.warn(note, ProbeWarning, stacklevel=2)
+    return tokenized
+
+
+def truncation_warnings(tokenized: list[TokenizedPrompt]) -> list[str]:
+    return [
+        f"prompt {k} truncated: {tp.dropped} token(s) beyond the encoder's {len(tp.ids)} dropped"
+        for k, tp in enumerate(tokenized)
+        if tp.dropped
+    ]
 
 
 def baseline_maps(
@@ -160,7 +174,9 @@ def write_maps_store(
 ) -> Path:
     """A store holding the baseline branch's token labels and ``baseline/attention`` only (no recorded stages);
     ``attrs``: root attributes (``concepts``, ``versions``, ``command``, …), ``model_attrs``: the branch's."""
-    root = {"concepts": [], "custom_models": [], "warnings": [], "n_prompts": len(tokenized), **attrs}
+    root = {"concepts": [], "custom_models": [], "n_prompts": len(tokenized)}
+    root["warnings"] = truncation_warnings(tokenized)
+    root.update(attrs)
     with StoreWriter(out, attrs=root, chunk_prompts=len(tokenized), n_prompts=len(tokenized), background=False) as w:
         w.append(BASELINE, Batch(token_coords(tokenized, 0), {}), model_attrs)
         w.put(f"{BASELINE}/attention", maps)

@@ -81,12 +81,15 @@ def test_attention_command(toy_dir, cd_dir, tmp_path, capsys):
 
 
 def test_attention_command_without_custom(toy_dir, tmp_path, capsys):
-    """DAAM's use: the baseline's maps alone; a store with the baseline's token labels and baseline/attention."""
+    """DAAM's use: the baseline's maps alone; a store with the baseline's token labels and baseline/attention; a
+    prompt cut to the encoder's window is said, and kept in the store's warnings, as with customized models."""
     out = tmp_path / "att"
-    prompts = ["a photo of a cat", "a dog on the beach"]
+    prompts = ["a photo of a cat", "a dog on the beach" + ", at dusk by the lighthouse" * 14]
     argv = ["attention", "--baseline", toy_dir, "--prompt", prompts[0], "--prompt", prompts[1], "--steps", "2"]
     argv += ["--aggregation", "daam", "--map-layers", "daam", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("truncated") == 1 and "warning: prompt 1 truncated: " in err, err
     assert sorted(p.name for p in (out / "images").glob("*.png")) == ["000-baseline.png", "001-baseline.png"]
     assert sorted(p.name for p in (out / "overlays").glob("*.png")) == ["000-baseline.png", "001-baseline.png"]
     tree = st.open_store(out / "store.zarr")
@@ -100,6 +103,7 @@ def test_attention_command_without_custom(toy_dir, tmp_path, capsys):
     assert float(ds["map_raw"].min()) >= 0 and ds.attrs["aggregation"] == "daam"
     assert ds.attrs["layer_selection"] == "daam" and not any(p.startswith("mid_block") for p in ds.attrs["layers"])
     assert st.model_attrs(tree, "baseline")["method"] == "baseline"
+    assert [w.split(":")[0] for w in st.store_attrs(tree)["warnings"]] == ["prompt 1 truncated"]
     assert attention_rows(tree) == []  # nothing to compare against
     capsys.readouterr()
     assert main(["compare", str(out / "store.zarr"), "--json", "--no-progress"]) == 0  # said, not an error
