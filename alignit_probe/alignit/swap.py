@@ -83,14 +83,32 @@ def _tokenized(src: Source, which: str = "prompt") -> TokenizedPrompt:
     return tp
 
 
-def token_positions(tp: TokenizedPrompt, words: list[str]) -> list[int]:
-    """Positions of prompt A whose token (without the ``</w>`` end-of-word mark) is one of ``words``."""
-    wanted = {w.lower() for w in words}
-    pos = [i for i, t in enumerate(tp.tokens) if tp.role[i] != "padding" and t.replace("</w>", "").lower() in wanted]
+def token_positions(tp: TokenizedPrompt, words: list[str], tokenizer) -> list[int]:
+    """Positions of prompt A's tokens that spell one of ``words``: each word tokenized as the prompt is (any case,
+    any script: ``café``, ``東京`` span several byte-level tokens), then found as a run of A's tokens."""
+    ids = [i for i, r in zip(tp.ids, tp.role) if r != "padding"]
+    pos = set()
+    for word in words:
+        want = tokenizer(word, add_special_tokens=False).input_ids
+        for start in range(len(ids) - len(want) + 1) if want else ():
+            if ids[start : start + len(want)] == want:
+                pos.update(range(start, start + len(want)))
     if not pos:
-        shown = " ".join(t.replace("</w>", "") for t, r in zip(tp.tokens, tp.role) if r in ("context", "concept"))
+        shown = " ".join(prompt_words(tp, tokenizer))
         raise ProbeError(f"none of the tokens {words} is in prompt A", f"choose among: {shown}")
-    return pos
+    return sorted(pos)
+
+
+def prompt_words(tp: TokenizedPrompt, tokenizer) -> list[str]:
+    """The words of prompt A as written (byte-level tokens joined and decoded; no special or padding tokens)."""
+    words, run = [], []
+    for token, role in zip(tp.tokens, tp.role):
+        if role in ("context", "concept"):
+            run.append(token)
+            if token.endswith("</w>"):
+                words.append(run)
+                run = []
+    return [tokenizer.convert_tokens_to_string(w).replace("</w>", " ").strip() for w in words + [run] if w]
 
 
 def swap_kv(
@@ -113,7 +131,7 @@ def swap_kv(
     tb = _tokenized(value_src, "value prompt (B)")
     (ca, pooled_a), cb = conditioning(key_src.pipe, [ta]), conditioning(value_src.pipe, [tb])[0]
     kv_a, kv_b = record_kv(key_src.pipe.unet, ca, sites), record_kv(value_src.pipe.unet, cb, sites)
-    positions = token_positions(ta, tokens) if tokens else list(range(len(ta.ids)))
+    positions = token_positions(ta, tokens, key_src.pipe.tokenizer) if tokens else list(range(len(ta.ids)))
     idx, device = torch.tensor(positions), placement(denoiser.unet)[0]
     kv = {}
     for path in sites:

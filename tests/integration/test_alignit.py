@@ -234,6 +234,13 @@ def test_swap_keys_from_a_values_from_b(cd_pair):
         assert torch.equal(v[:, keep], ta[path][1][:, keep])
     with pytest.raises(ProbeError, match="none of the tokens"):
         swap_kv(Source(base, "a dog"), Source(base, "a cat"), base, tokens=["zebra"])
+    a = "a dog in a café in 東京"  # words of several byte-level tokens, given as written (any case)
+    ids = base.tokenizer(a).input_ids
+    for word in ("Café", "東京"):
+        pos = swap_kv(Source(base, a), Source(base, "a cat"), base, tokens=[word])[2]
+        assert [ids[i] for i in pos] == base.tokenizer(word.lower(), add_special_tokens=False).input_ids
+    with pytest.raises(ProbeError, match="choose among: a dog in a café in 東京$"):
+        swap_kv(Source(base, a), Source(base, "a cat"), base, tokens=["zebra"])
 
 
 def test_swap_reads_a_multi_vector_token_through_its_model_only(toy_dir, arts):
