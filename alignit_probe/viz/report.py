@@ -24,6 +24,7 @@ from pathlib import Path
 import xarray as xr
 
 from .. import store as st
+from ..errors import ProbeError
 from . import sections as sec
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -37,8 +38,13 @@ def images_section(images: dict[str, str | os.PathLike] | None) -> list[dict]:
     out = []
     for title, path in (images or {}).items():
         path = Path(path)
-        with Image.open(path) as im:
-            caption = im.info.get("caption") or ""
+        try:
+            with Image.open(path) as im:
+                caption, kind = im.info.get("caption") or "", im.format
+        except (OSError, ValueError) as e:
+            raise ProbeError(f"image {path} cannot be read ({e})", "pass a PNG file (e.g. a grid.png)") from None
+        if kind != "PNG":
+            raise ProbeError(f"image {path} is a {kind} file", "pass a PNG file (e.g. a grid.png), or convert it")
         out.append(dict(title=title, uri=sec.data_uri(path.read_bytes()), caption=caption, name=path.name))
     return out
 

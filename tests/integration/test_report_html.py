@@ -101,3 +101,21 @@ def test_report_html_errors_leave_nothing(tmp_path, capsys):
     page.write_text("mine")
     assert main(["report", str(tmp_path / "missing.zarr"), "--out", str(page)]) == 2
     assert "already exists" in capsys.readouterr().err and page.read_text() == "mine"
+
+
+def test_report_images_that_are_not_png_are_one_line(tmp_path):
+    """``--image`` takes PNG files (embedded as PNG data URIs): anything else is refused before anything is written."""
+    from PIL import Image
+
+    from alignit_probe.errors import ProbeError
+    from alignit_probe.viz.report import images_section
+
+    text, jpeg, png = tmp_path / "p.txt", tmp_path / "g.jpg", tmp_path / "fake.png"
+    text.write_text("a prompt")
+    Image.new("RGB", (4, 4)).save(jpeg)
+    png.write_text("not an image")
+    for path, message in ((text, "cannot be read"), (png, "cannot be read"), (jpeg, "is a JPEG file")):
+        with pytest.raises(ProbeError, match=f"image .*{path.name} {message}"):
+            images_section({"x": path})
+    Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
+    assert images_section({"x": tmp_path / "ok.png"})[0]["uri"].startswith("data:image/png;base64,")
