@@ -87,6 +87,7 @@ def open_store(path: str | os.PathLike, chunks: dict | None = None) -> xr.DataTr
         partial = path.with_name(path.name + ".partial")
         hint = "rerun the same record command to finish it" if partial.exists() else "run `alignit-probe record` first"
         raise ProbeError(f"store {path} does not exist", hint)
+    not_a_store(path)
     if not is_netcdf(path) and path.is_dir():  # the root's attributes first: an unfinished store is not opened
         try:
             attrs = json.loads((path / "zarr.json").read_text()).get("attributes") or {}
@@ -106,6 +107,25 @@ def open_store(path: str | os.PathLike, chunks: dict | None = None) -> xr.DataTr
         ) from None
     check_complete(path, tree.attrs)
     return tree
+
+
+def not_a_store(path: Path) -> None:
+    """A one-line error for what users pass where a store belongs: a pipeline directory, the output folder of
+    ``alignit`` or ``attention`` (its store is inside), a file that is neither zarr nor netCDF."""
+    if path.is_dir() and not (path / "zarr.json").is_file():
+        if (path / "model_index.json").is_file():
+            raise ProbeError(
+                f"{path} is a diffusers pipeline, not a store",
+                f"record one first: alignit-probe record --baseline {path} … --out STORE",
+            )
+        inner = path / "store.zarr"
+        if (inner / "zarr.json").is_file():
+            raise ProbeError(f"{path} is an output folder holding a store", f"pass {inner}")
+        raise ProbeError(f"{path} is a folder but no zarr store", "pass a store written by `alignit-probe record`")
+    if path.is_file() and not is_netcdf(path):
+        raise ProbeError(
+            f"{path} is a file but no store", "pass a store written by `alignit-probe record` (a .zarr folder or .nc)"
+        )
 
 
 def check_complete(path: Path, attrs: dict) -> None:

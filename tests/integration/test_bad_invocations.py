@@ -145,6 +145,27 @@ def test_compare_on_partial_and_missing_store(tmp_path, capsys):
         assert rc == 2 and err.count("\n") == 1 and "is an unfinished recording" in err, err  # no library warning
 
 
+def test_what_is_no_store_is_named(toy_dir, tmp_path, capsys):
+    """A pipeline, an output folder of alignit/attention, a text file, an empty folder where a store belongs."""
+    (tmp_path / "al" / "store.zarr").mkdir(parents=True)
+    (tmp_path / "al" / "store.zarr" / "zarr.json").write_text("{}")
+    (tmp_path / "p.txt").write_text("a prompt")
+    (tmp_path / "empty").mkdir()
+    for path, message in (
+        (
+            toy_dir,
+            f"is a diffusers pipeline, not a store — record one first: alignit-probe record --baseline {toy_dir}",
+        ),
+        (tmp_path / "al", f"is an output folder holding a store — pass {tmp_path / 'al' / 'store.zarr'}"),
+        (tmp_path / "p.txt", "is a file but no store"),
+        (tmp_path / "empty", "is a folder but no zarr store"),
+    ):
+        for argv in (["compare", str(path)], ["report", str(path), "--out", str(tmp_path / "r.html")]):
+            rc, err = run(argv, capsys)
+            assert rc == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_generation_arguments_are_checked_before_loading(toy_dir, cd_dir, tmp_path, capsys):
     argv = [
         "alignit",
