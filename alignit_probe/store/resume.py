@@ -10,13 +10,16 @@ from typing import TextIO
 
 import zarr
 
+from ..errors import ProbeError
 from .arrays import PartialArrays
 from .layout import FORMAT, decode_attrs, remove_path
 
 SAME_JOB = ("format", "fingerprint", "shard")  # root attributes that must match for a partial store to be resumed
 
 
-def resume(arrays: PartialArrays, attrs: dict, n_prompts: int | None, log: TextIO) -> dict[str, int] | None:
+def resume(
+    arrays: PartialArrays, attrs: dict, n_prompts: int | None, log: TextIO, replace: bool = True
+) -> dict[str, int] | None:
     """Take up the partial store at ``arrays.root`` if this job (``attrs``) left it: groups of models with nothing
     written are removed, every model's arrays are trimmed back to its ``written`` count (then regrown to
     ``n_prompts`` when given, so appends never rewrite metadata) and its groups marked as started in ``arrays``.
@@ -33,6 +36,11 @@ def resume(arrays: PartialArrays, attrs: dict, n_prompts: int | None, log: TextI
     except Exception:  # noqa: BLE001 - unreadable leftovers are replaced
         old, written = {}, {}
     if [old.get(k) for k in SAME_JOB] != [({**attrs, "format": FORMAT}).get(k) for k in SAME_JOB]:
+        if old.get("format") == FORMAT and written and not replace:  # hours of another job's work: not silently
+            raise ProbeError(
+                f"{tmp} holds an unfinished recording of a different job (other models, prompts or options)",
+                "rerun that job's command to finish it, or pass --overwrite to delete it and start this one",
+            )
         print(f"note: {tmp} was left by a different recording job: starting afresh", file=log)
         return None
     for name, node in list(root.members()):

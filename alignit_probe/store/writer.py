@@ -42,8 +42,8 @@ class StoreWriter:
     * Resume: when ``<out>.partial`` exists and its ``fingerprint`` and ``shard`` attributes equal those in ``attrs``,
       every model is trimmed back to its ``written`` count and recording continues from there (``written(model)``);
       ``append`` drops prompts that are already stored, so a caller may also start over from the first prompt. A
-      partial store of another job is replaced (a note on stderr). Without a ``fingerprint`` (or with
-      ``resume=False``) nothing is resumed.
+      partial store of another job that holds prompts is refused, or replaced with ``overwrite`` (a note on
+      stderr). Without a ``fingerprint`` (or with ``resume=False``) nothing is resumed.
     * ``n_tokens``: token positions beyond it are dropped from every batch (``--drop-padding``).
     * ``.nc`` outputs are converted from the zarr partial store on ``commit()``.
     """
@@ -71,7 +71,7 @@ class StoreWriter:
         self.log = log if log is not None else sys.stderr
         self._arrays = PartialArrays(self.tmp, chunk_prompts)
         self._writes = BackgroundWriter() if background else None
-        written = resume_partial(self._arrays, self.attrs, n_prompts, self.log) if resume else None
+        written = resume_partial(self._arrays, self.attrs, n_prompts, self.log, overwrite) if resume else None
         self.resumed = written is not None
         if not self.resumed:
             remove_path(self.tmp)

@@ -159,6 +159,22 @@ def test_other_job_on_partial_starts_afresh(tmp_path):
         assert not w.resumed and "different recording job" in log.getvalue()
 
 
+def test_other_jobs_unfinished_prompts_are_kept_without_overwrite(tmp_path):
+    """A partial store holding another job's prompts is that job's work: refused, replaced only with overwrite."""
+    from alignit_probe.errors import ProbeError
+    from tests.integration.test_writer_background import batch
+
+    out = tmp_path / "s.zarr"
+    with pytest.raises(RuntimeError), StoreWriter(out, attrs={"fingerprint": "a"}, n_prompts=4) as w:
+        w.append("baseline", batch("baseline", 0, 2))
+        raise RuntimeError("interrupted")
+    with pytest.raises(ProbeError, match="unfinished recording of a different job .* pass --overwrite to delete it"):
+        StoreWriter(out, attrs={"fingerprint": "b"})
+    assert StoreWriter(out, attrs={"fingerprint": "a"}).written("baseline") == 2  # still there, resumable
+    with StoreWriter(out, attrs={"fingerprint": "b"}, overwrite=True) as w:
+        assert not w.resumed and w.written("baseline") == 0
+
+
 @pytest.fixture(scope="module")
 def shards(job):
     d, argv = job
