@@ -268,12 +268,14 @@ def tokenize_pair(
 
 def ids_for(tokenizer: PreTrainedTokenizerBase, tp: TokenizedPrompt) -> list[int]:
     """``tp``'s token ids as ``tokenizer`` numbers them (SDXL's second tokenizer: the same BPE tokens, its own pad
-    id at every ``padding`` position). A token it lacks (an embedding loaded into one encoder only) is refused."""
+    id at every ``padding`` position, and where the first reads its pad token ``!`` as a word of its own, as the
+    second tokenizer reads it). A token it lacks (an embedding loaded into one encoder only) is refused."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = tokenizer.convert_tokens_to_ids(tp.tokens)
+    split_out = f"{tokenizer.pad_token}</w>" if tokenizer.pad_token in tokenizer.get_added_vocab() else None
     out = []
     for token, i, role in zip(tp.tokens, ids, tp.role):
-        if role == "padding":
+        if role == "padding" or token == split_out:  # SDXL's "!" stands alone: the second tokenizer's pad token
             out.append(pad)
         elif i is None or (i == tokenizer.unk_token_id and token != tokenizer.unk_token):
             raise ProbeError(

@@ -56,11 +56,17 @@ def test_roles_hold_for_both_tokenizers(xl_pair):
     eos = ct.role.index("special", 1)
     assert ids2[: eos + 1] == ct.ids[: eos + 1] and set(ids2[eos + 1 :]) == {0} and set(ct.ids[eos + 1 :]) == {49407}
     assert [ct.role[i] for i in range(4, 6)] == ["concept", "concept"]
+    for prompt in ("a photo of sks cat!", "sks cat ! on the beach"):  # "!" alone: the second's pad token, as it reads
+        ct = tokenize_pair(prompt, xl_pair.custom, xl_pair.baseline.tokenizer, CONCEPTS)[0]
+        assert (
+            ids_for(xl_pair.custom.tokenizer_2, ct)
+            == xl_pair.custom.tokenizer_2(prompt, padding="max_length").input_ids
+        )
 
 
 def test_prompt_the_two_tokenizers_split_differently_is_refused(xl_pair):
     with pytest.raises(ProbeError, match="SDXL's two tokenizers split prompt") as e:
-        tokenize_pair("a photo of sks cat!", xl_pair.custom, xl_pair.baseline.tokenizer, CONCEPTS)
+        tokenize_pair("a photo of sks cat!!", xl_pair.custom, xl_pair.baseline.tokenizer, CONCEPTS)
     assert "'!'" in e.value.fix and "\n" not in str(e.value)
 
 
