@@ -21,17 +21,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from warnings import warn
 
 import torch
 
 from ..capture import sites
-from ..errors import ProbeError
+from ..errors import ProbeError, ProbeWarning
 from ..schema import DEFAULT_CUSTOM
 from .apply import Artifact, apply_artifact, apply_parsed
 from .artifacts import NO_TOKEN_FILE, artifact_paths, first_line, is_pipeline_dir, parse_artifact
 from .components import check_components, component_folders, ema_note, load_components
 from .pipes import SD, SUPPORTED, not_supported, text_copy
-from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec
+from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec, stacking_note
 from .verify import differs, stages
 
 if TYPE_CHECKING:
@@ -305,6 +306,10 @@ def load_models(
                         "compare a customized model with the baseline it was trained from",
                     )
     parsed = {name: _parse_specs(name, specs) for name, specs in by_name.items()}  # bad files fail before any load
+    stacked = by_name.get(DEFAULT_CUSTOM, [])
+    said = len(stacked) > 1 and stacking_note(stacked, [a.kind for a in parsed[DEFAULT_CUSTOM]])
+    if said:
+        warn(said, ProbeWarning, stacklevel=2)
     device = check_device(device)
     show_progress(progress)
     note(progress, f"loading baseline {baseline}")

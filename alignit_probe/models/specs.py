@@ -4,12 +4,11 @@ Everything here is checked at once, so a typo never waits for a model to load.""
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import torch
 
-from ..errors import ProbeError, ProbeWarning
+from ..errors import ProbeError
 from ..schema import DEFAULT_CUSTOM
 from .artifacts import is_pipeline_dir
 from .components import component_folders
@@ -50,14 +49,22 @@ def parse_custom_specs(specs: list[str]) -> dict[str, list[str]]:
             if not rest:
                 raise ProbeError(f"--custom {spec!r} names model {name!r} but no SPEC", f"write --custom {name}=PATH")
         out.setdefault(name, []).append(rest)
-    if len(out.get(DEFAULT_CUSTOM, [])) > 1:
-        warnings.warn(
-            f"{' + '.join(out[DEFAULT_CUSTOM])} are stacked into one model {DEFAULT_CUSTOM!r} (applied in this order); "
-            "to compare them as separate models, name each: --custom NAME=SPEC",
-            ProbeWarning,
-            stacklevel=2,
-        )
     return out
+
+
+def stacking_note(specs: list[str], kinds: list[str]) -> str | None:
+    """What to say when several ``--custom`` SPECs without ``NAME=`` stack into one model (``kinds``: the kinds of
+    their artifacts): nothing where they complement each other (Custom Diffusion with its token file, embeddings of
+    several tokens, a LoRA with its pivotal-tuning embeddings, artifacts on a checkpoint); a note where two are
+    customizations of one kind (two LoRAs, two Custom Diffusion folders, a SPEC twice), which may be meant as models
+    to compare."""
+    twice = len(set(specs)) < len(specs) or any(kinds.count(k) > 1 for k in ("lora", "custom_diffusion"))
+    if not twice:
+        return None
+    return (
+        f"{' + '.join(specs)} are stacked into one model {DEFAULT_CUSTOM!r} (applied in this order); to compare them "
+        "as separate models, name each: --custom NAME=SPEC"
+    )
 
 
 def check_model_name(name: str) -> None:

@@ -2,6 +2,7 @@
 checkpoints figure, and ``Probe`` on pipelines already in memory."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ import torch
 from alignit_probe import Concept, Probe, ProbeError, compare, open_store
 from alignit_probe import store as st
 from alignit_probe.cli import main
-from alignit_probe.errors import ProbeWarning
 from alignit_probe.models.load import parse_custom_specs
+from alignit_probe.models.specs import stacking_note
 from alignit_probe.record.run import RecordOptions, record_store
 from alignit_probe.viz.drift import checkpoint_order
 from tests.integration.artifact_files import write_ti
@@ -23,8 +24,12 @@ def test_custom_specs_parse_names_and_stack():
     got = parse_custom_specs(["step500=a", "step500=b", "step1000=c"])
     assert got == {"step500": ["a", "b"], "step1000": ["c"]}
     assert parse_custom_specs(["some/dir"]) == {"custom": ["some/dir"]}
-    with pytest.warns(ProbeWarning, match=r"a \+ b are stacked into one model 'custom'.*--custom NAME=SPEC"):
-        assert parse_custom_specs(["a", "b"]) == {"custom": ["a", "b"]}  # said: it may be meant as two models
+    assert parse_custom_specs(["a", "b"]) == {"custom": ["a", "b"]}
+    note = stacking_note(["a", "b"], ["lora", "lora"])  # said: two LoRAs may be meant as two models
+    assert re.match(r"a \+ b are stacked into one model 'custom'.*--custom NAME=SPEC", note)
+    assert stacking_note(["a", "a"], ["textual_inversion"] * 2) is not None  # a SPEC twice
+    for kinds in (["custom_diffusion", "textual_inversion"], ["textual_inversion"] * 2, ["lora", "textual_inversion"]):
+        assert stacking_note(["a", "b"], kinds) is None  # they complement each other: nothing to say
     for bad in ("baseline=x", "alignit-a=x", "a/b=x", "x="):
         with pytest.raises(ProbeError):
             parse_custom_specs([bad])
