@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import xarray as xr
 
-from ..errors import ProbeError
+from ..errors import ProbeError, ProbeWarning
 from . import layout as st
 from .writer import StoreWriter
 
@@ -82,7 +83,18 @@ def open_shards(paths: str | os.PathLike | Iterable[str | os.PathLike], chunks: 
     A single path is opened with ``store.open_store(path, chunks)``."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if len(paths) == 1:
-        return st.open_store(paths[0], chunks=chunks)
+        tree = st.open_store(paths[0], chunks=chunks)
+        attrs = st.store_attrs(tree)
+        if attrs.get("shard"):  # a part of a job, read alone: said, as its rows are that part's
+            i, n = parse_shard(attrs["shard"])
+            a, b = (attrs.get("prompt_range") or [None, None])[:2]
+            warnings.warn(
+                f"{paths[0]} is shard {i}/{n} of a recording job (prompts {a}–{b - 1 if b else '?'} only): pass all "
+                f"{n} shards together, or merge them, for the whole job",
+                ProbeWarning,
+                stacklevel=2,
+            )
+        return tree
     trees = [st.open_store(p, chunks={}) for p in paths]
     attrs = [st.store_attrs(t) for t in trees]
     shards = [_shard_of(p, a) for p, a in zip(paths, attrs)]

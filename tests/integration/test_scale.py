@@ -196,6 +196,10 @@ def test_shards_open_together_equal_single_run(shards, reference, capsys):
     assert same_rows(json.loads(capsys.readouterr().out), single)
     with pytest.raises(Exception, match="shard 0/2 given twice; shard 1/2 missing"):
         open_shards([shards[0], shards[0]])
+    from alignit_probe.errors import ProbeWarning
+
+    with pytest.warns(ProbeWarning, match=r"is shard 1/2 of a recording job \(prompts 6–11 only\): pass all 2"):
+        open_shards([shards[1]])
 
 
 def test_merge_shards_equals_single_run(shards, reference, tmp_path):
