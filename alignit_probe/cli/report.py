@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 
 
 def html_path(path: str, overwrite: bool) -> Path:
-    from ..store.layout import check_output
-
     out = Path(path)
     if out.is_dir():
         raise ProbeError(f"output {out} is a folder", "pass a file name ending in .html, or a folder without .html")
-    return check_output(out, overwrite)
+    if out.exists() and not overwrite:
+        raise ProbeError(f"output {out} already exists", "pass --overwrite to replace it, or choose another --out")
+    if not out.parent.exists():
+        raise ProbeError(f"output folder {out.parent} does not exist", "create it first or choose another --out")
+    return out
 
 
 def write_folder(tree: xr.DataTree, rows: list[dict], out: Path, stores: Iterable[str | os.PathLike]) -> list[Path]:
@@ -63,7 +65,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .. import compare, open_shards
     from ..viz.report import report_html, write_html
 
-    single = str(args.out).lower().endswith(".html")
+    single = str(args.out).lower().endswith((".html", ".htm"))
     out = html_path(args.out, args.overwrite) if single else out_dir(args.out, args.overwrite)
     tree = open_shards(args.store)
     frame = compare(tree)

@@ -55,9 +55,20 @@ def is_netcdf(path: str | os.PathLike) -> bool:
     return str(path).endswith(".nc")
 
 
+NOT_A_STORE = {".txt", ".json", ".csv", ".tsv", ".md", ".html", ".htm", ".png", ".jpg", ".jpeg", ".pdf", ".log"}
+NOT_A_STORE |= {".py", ".yaml", ".yml", ".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz", ".npy", ".pkl"}
+NOT_A_STORE |= {".h5", ".hdf5", ".gz", ".zip", ".tar"}  # names a store written as a zarr folder would be wrong with
+
+
 def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Fail early (before any work) if ``out`` exists and may not be replaced."""
+    """Fail early (before any work) if ``out`` exists and may not be replaced, or is named like another kind of
+    file (a store is a zarr folder, ``.zarr`` by convention, or a ``.nc`` file)."""
     out = Path(out)
+    if out.suffix.lower() in NOT_A_STORE:
+        raise ProbeError(
+            f"output {out} is named like a {out.suffix} file, but a store is a zarr folder (or a .nc file)",
+            f"name it {out.with_suffix('.zarr').name}",
+        )
     if out.exists() and not overwrite:
         raise ProbeError(f"output {out} already exists", "pass --overwrite to replace it, or choose another --out")
     if not out.parent.exists():

@@ -1,6 +1,8 @@
 """What a new user meets first, table-driven: every bad invocation ends in exit 2 and one line naming the problem
 and the fix (``error: … — …``), no traceback, nothing written; warnings print once each."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -164,6 +166,18 @@ def test_what_is_no_store_is_named(toy_dir, tmp_path, capsys):
             rc, err = run(argv, capsys)
             assert rc == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_store_outputs_named_like_other_files_are_refused(toy_dir, cd_dir, tmp_path, capsys):
+    from alignit_probe.store.layout import check_output
+
+    for name in ("s.txt", "m2.TXT", "out.html", "w.safetensors"):
+        argv = ["record", "--baseline", toy_dir, "--custom", cd_dir, "--concept", "<new1>", "--class-word", "cat"]
+        rc, err = run(argv + ["--prompt", "a <new1> cat", "--out", str(tmp_path / name)], capsys)
+        assert rc == 2 and err.count("\n") == 1 and "a store is a zarr folder" in err, err
+        assert f"name it {Path(name).stem}.zarr" in err and not (tmp_path / name).exists()
+    for fine in ("s.zarr", "s.nc", "run_2026.11.28", "store"):
+        assert check_output(tmp_path / fine, False) == tmp_path / fine
 
 
 def test_generation_arguments_are_checked_before_loading(toy_dir, cd_dir, tmp_path, capsys):
