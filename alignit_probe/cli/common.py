@@ -79,6 +79,14 @@ def fill_template(prompt: str, concepts: Iterable[Concept]) -> str:
 
     def sub(m: re.Match) -> str:
         k = next(counter) if m.group(1) == "" else int(m.group(1))
+        if k >= len(fills) and m.group(1):
+            raise ProbeError(
+                f"prompt {prompt!r} names concept {{{k}}}, but there are {len(fills)} --concept values "
+                f"({{0}}…{{{len(fills) - 1}}})"
+                if fills
+                else f"prompt {prompt!r} names concept {{{k}}}, but no --concept is given",
+                "number the concepts from {0}, in the order of --concept",
+            )
         if k >= len(fills):
             raise ProbeError(
                 f"prompt {prompt!r} has more concept placeholders than --concept values ({len(fills)})",
@@ -97,6 +105,15 @@ def concepts_from(args: argparse.Namespace) -> list[Concept]:
     if len(words) > len(tokens):
         raise ProbeError("more --class-word than --concept values", "give one --class-word per --concept, in order")
     words += [None] * (len(tokens) - len(words))
+    for i, token in enumerate(tokens):
+        if token in tokens[:i]:
+            raise ProbeError(f"--concept {token} is given twice", "give each concept once (with its --class-word)")
+        if len(token.split()) > 1:
+            first = token.split()[0]
+            raise ProbeError(
+                f"--concept {token!r} holds a space: it is one token (or instance word), its class word apart",
+                f"pass --concept {first} --class-word {token.split()[-1]}",
+            )
     return [Concept(t, w) for t, w in zip(tokens, words)]
 
 

@@ -18,7 +18,7 @@ def test_braces_fill_the_concepts_in_order_and_by_index():
     assert fill_template("a {}", [Concept("sks")]) == "a sks"
     with pytest.raises(ProbeError, match="more concept placeholders"):
         fill_template("{} {} {}", CONCEPTS)
-    with pytest.raises(ProbeError, match="more concept placeholders"):
+    with pytest.raises(ProbeError, match=r"names concept \{2\}, but there are 2"):
         fill_template("{2}", CONCEPTS)
 
 
@@ -60,3 +60,24 @@ def test_prompts_file_with_a_bom_crlf_comments_and_blank_lines(tmp_path):
     path.write_bytes("\ufeffphoto of a <new1> cat\r\n# a comment\r\n\r\n  a <new1> on the beach  \r\n".encode())
     args = argparse.Namespace(prompt=None, prompts=str(path), concept=["<new1>"], class_word=["cat"], custom=["x"])
     assert read_prompts(args) == ["photo of a <new1> cat", "a <new1> on the beach"]
+
+
+def test_concept_flags_that_cannot_be_meant():
+    import argparse
+
+    from alignit_probe.cli.common import concepts_from
+
+    def concepts(tokens, words=None):
+        return concepts_from(argparse.Namespace(concept=tokens, class_word=words))
+
+    with pytest.raises(ProbeError, match=r"--concept <new1> is given twice"):
+        concepts(["<new1>", "<new1>"])
+    with pytest.raises(ProbeError, match=r"holds a space.* — pass --concept <new1> --class-word cat$"):
+        concepts(["<new1> cat"])
+    assert [c.token for c in concepts(["<new1>", "<new2>"], ["cat"])] == ["<new1>", "<new2>"]
+    cs = [Concept("<new1>", "cat")]
+    with pytest.raises(ProbeError, match=r"names concept \{2\}, but there are 1 --concept values \(\{0\}…\{0\}\)"):
+        fill_template("{2} on a table", cs)
+    with pytest.raises(ProbeError, match="more concept placeholders than --concept values"):
+        fill_template("{} and {}", cs)
+    assert fill_template("{0} and {0}", cs) == "<new1> cat and <new1> cat"
