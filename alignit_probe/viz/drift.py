@@ -48,7 +48,9 @@ def stage_steps(rows: list[dict]) -> list[tuple[str, object]]:
     return sorted(steps, key=key)
 
 
-def step_label(stage: str, layer: int | str | None) -> str:
+def step_label(stage: str, layer: int | float | str | None) -> str:
+    if isinstance(layer, float):  # a table whose layers are all numbers or missing reads them as floats (3.0, NaN)
+        layer = None if layer != layer else int(layer)
     if layer is None:
         return stage
     if isinstance(layer, int):
