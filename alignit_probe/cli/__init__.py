@@ -2,7 +2,9 @@
 
 One module per command over ``common``; every command uses the public Python API (``Probe``, ``compare``,
 ``open_store`` …). Every bad input ends with one line ``error: <problem> — <fix>`` on stderr and exit status 2, no
-traceback; library warnings (``ProbeWarning``) print as ``warning: …`` once each."""
+traceback (a bad flag too: ``parsing``); library warnings (``ProbeWarning``) print as ``warning: …`` once each.
+Ctrl-C is one line saying what the command left, exit status 130. Progress bars only where stderr is a terminal
+(``--progress`` asks for them elsewhere, ``--no-progress`` turns them off)."""
 
 from __future__ import annotations
 
@@ -47,29 +49,88 @@ def quiet_libraries(progress: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from importlib import import_module
 
-    parser = argparse.ArgumentParser(prog="alignit-probe", description=__doc__.splitlines()[0], allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from .parsing import Parser, add_progress_flags
+
+    parser = Parser(prog="alignit-probe", description=__doc__.splitlines()[0], allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")  # Parsers too, nested ones as well
     for name in COMMANDS:
         import_module(f".{name}", __name__).add_parser(sub)
+    add_progress_flags(parser)
     return parser
 
 
+def wants_progress(argv: list[str]) -> bool:
+    """Progress bars only where someone watches them: stderr a terminal, or asked for with ``--progress`` (a log
+    file or CI gets none: a bar redrawn there is noise); ``--no-progress`` always wins."""
+    from .parsing import stderr_is_terminal
+
+    return "--no-progress" not in argv and ("--progress" in argv or stderr_is_terminal())
+
+
+RERUN = "rerun the same command"
+STAGED = "nothing half-written was left (outputs are written whole or not at all)"
+INTERRUPTED = {  # command → (what Ctrl-C left, what to do[, where it left it: when that is missing, nothing was])
+    "record": ("", f"{RERUN} (record resumes where it stopped)"),
+    "compare": ("nothing was written", RERUN),
+    "clipscore": ("nothing was written", RERUN),
+    "world eval": ("nothing was written", RERUN),
+    "alignit": (STAGED, RERUN),
+    "attention": (STAGED, RERUN),
+    "swap": (STAGED, RERUN),
+    "report": (STAGED, RERUN),
+    "world references": (STAGED, RERUN),
+    "world train": (STAGED, RERUN),
+    "merge": ("the merged store is unfinished ({out}.partial, replaced by the next run)", RERUN, "{out}.partial"),
+    "demo": ("", f"{RERUN} (the toy models already written are reused)"),
+    "toy build": ("{out} may be half-written", f"{RERUN} with --overwrite", "{out}"),
+    "world pipeline": ("{out} may be half-written", f"{RERUN} with --overwrite", "{out}"),
+    "world pretrain": ("{out} holds the best weights saved so far", f"use them, or {RERUN} with --overwrite", "{out}"),
+}
+
+
+def interrupted(args: argparse.Namespace | None) -> str:
+    """The one line for Ctrl-C: what the command (``None``: not parsed yet) left behind and what to do."""
+    from pathlib import Path
+
+    command = getattr(args, "command", None)
+    name = " ".join(x for x in (command, getattr(args, f"{command}_command", None)) if x)
+    left, fix, *where = INTERRUPTED.get(name, ("", RERUN))
+    out = getattr(args, "out", None)
+    if where and not (out and Path(where[0].format(out=out)).exists()):
+        left, fix = "nothing was written", RERUN
+    left = left.format(out=out)
+    return f"error: interrupted{'; ' + left if left else ''} — {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    quiet_libraries(progress="--no-progress" not in argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = None
+    try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        quiet_libraries(progress=wants_progress(argv))  # before the parser's imports read the environment
+        args = build_parser().parse_args(argv)
+        return run(args)
+    except KeyboardInterrupt:  # Ctrl-C, also during the first second's imports (before `args` exists)
+        # Exit status 130 = 128 + SIGINT (2), the shells' convention for a program stopped by Ctrl-C, so a script
+        # running this can tell an interrupt from a failure (1) or a bad input (2).
+        print(interrupted(args), file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; a ``ProbeError`` (and out of memory, a broken pipe, an I/O error) as one line."""
     try:
         from .common import check_out_clear
+        from .parsing import stderr_is_terminal
 
+        if hasattr(args, "no_progress"):
+            if getattr(args, "progress", False) and args.no_progress:
+                raise ProbeError("both --progress and --no-progress given", "pass one of them")
+            args.no_progress = args.no_progress or not (getattr(args, "progress", False) or stderr_is_terminal())
         check_out_clear(args)
         return args.func(args)
     except ProbeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted — rerun the same command (record resumes where it stopped)", file=sys.stderr)
-        return 130
     except MemoryError:
         print("error: out of memory — use a smaller --batch-size, --dtype float16, or a GPU", file=sys.stderr)
         return 2
