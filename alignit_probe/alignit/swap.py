@@ -27,6 +27,7 @@ from .generation import generate_images
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -38,7 +39,9 @@ class Source:
     concepts: list[Concept] = field(default_factory=list)
 
 
-def unknown_to_baseline(prompt: str, baseline_tokenizer, customs: dict) -> tuple[str, str] | None:
+def unknown_to_baseline(
+    prompt: str, baseline_tokenizer: PreTrainedTokenizerBase, customs: dict
+) -> tuple[str, str] | None:
     """(token, model name) of a token in ``prompt`` that a customized model (``customs``: name -> pipeline) added
     and the baseline's tokenizer lacks (the baseline would read it as plain text); None if there is none."""
     known = set(baseline_tokenizer.get_added_vocab())
@@ -83,7 +86,7 @@ def _tokenized(src: Source, which: str = "prompt") -> TokenizedPrompt:
     return tp
 
 
-def token_positions(tp: TokenizedPrompt, words: list[str], tokenizer) -> list[int]:
+def token_positions(tp: TokenizedPrompt, words: list[str], tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Positions of prompt A's tokens that spell one of ``words``: each word tokenized as the prompt is (any case,
     any script: ``café``, ``東京`` span several byte-level tokens), then found as a run of A's tokens."""
     ids = [i for i, r in zip(tp.ids, tp.role) if r != "padding"]
@@ -99,7 +102,7 @@ def token_positions(tp: TokenizedPrompt, words: list[str], tokenizer) -> list[in
     return sorted(pos)
 
 
-def prompt_words(tp: TokenizedPrompt, tokenizer) -> list[str]:
+def prompt_words(tp: TokenizedPrompt, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The words of prompt A as written (byte-level tokens joined and decoded; no special or padding tokens)."""
     words, run = [], []
     for token, role in zip(tp.tokens, tp.role):

@@ -21,7 +21,9 @@ class Parser(argparse.ArgumentParser):
         problem, fix = explain(self, message)
         self.exit(2, f"error: {self.prog}: {problem} — {fix}\n")
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
         """Extra arguments are said by the (sub)command that was given them, not by the top-level parser."""
         known, extras = self.parse_known_args(args, namespace)
         if extras:
