@@ -312,7 +312,7 @@ class Probe:
         for which, name in (("key model", key_model), ("value model", value_model), ("denoiser", denoiser)):
             if name not in pipes:
                 raise ProbeError(f"{which} {name!r} is not loaded", "choose among: " + ", ".join(pipes))
-        check_sources(pipes, (key_prompt, key_model), (value_prompt, value_model), denoiser)
+        check_sources(pipes, (key_prompt, key_model), (value_prompt, value_model))
 
         def source(name: str, prompt: str) -> Source:
             return Source(pipes[name], prompt, [] if name == BASELINE else self.concepts)

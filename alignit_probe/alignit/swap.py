@@ -52,10 +52,9 @@ def unknown_to_baseline(
     return None
 
 
-def check_sources(pipes: dict, key: tuple[str, str], value: tuple[str, str], denoiser: str) -> None:
+def check_sources(pipes: dict, key: tuple[str, str], value: tuple[str, str]) -> None:
     """Before any work: a prompt (``key``, ``value``: (prompt, model name)) holding a token only a customized model
-    knows is refused through the baseline; customized models loaded (``pipes``: name -> pipeline) but used by
-    none of keys, values and denoiser are said to be unused."""
+    (``pipes``: name -> pipeline) knows is refused through the baseline."""
     customs = {n: p for n, p in pipes.items() if n != BASELINE}
     for which, flag, (prompt, name) in (("key prompt", "--key-model", key), ("value prompt", "--value-model", value)):
         hit = unknown_to_baseline(prompt, pipes[BASELINE].tokenizer, customs) if name == BASELINE else None
@@ -65,13 +64,6 @@ def check_sources(pipes: dict, key: tuple[str, str], value: tuple[str, str], den
                 "knows, but goes through the baseline (which would read it as plain text)",
                 f"pass {flag} {hit[1]}",
             )
-    if customs and {key[1], value[1], denoiser} == {BASELINE}:
-        warnings.warn(
-            f"the customized model {', '.join(customs)} is loaded but unused: keys, values and denoiser are all "
-            "the baseline's (--key-model, --value-model, --denoiser NAME use it)",
-            ProbeWarning,
-            stacklevel=3,
-        )
 
 
 def _tokenized(src: Source, which: str = "prompt") -> TokenizedPrompt:

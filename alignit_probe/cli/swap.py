@@ -38,6 +38,17 @@ def cmd_swap(args: argparse.Namespace) -> int:
         blocks=args.blocks,
         **gen,
     )
+    if args.custom and {args.key_model, args.value_model, args.denoiser} == {"baseline"}:
+        import warnings
+
+        from ..errors import ProbeWarning
+
+        warnings.warn(
+            "the customized model is loaded but unused: keys, values and denoiser were all the baseline's "
+            "(--key-model, --value-model or --denoiser NAME use it)",
+            ProbeWarning,
+            stacklevel=2,
+        )
     config = {
         "key_prompt": args.key_prompt,
         "value_prompt": args.value_prompt,

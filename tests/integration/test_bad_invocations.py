@@ -313,6 +313,15 @@ def test_swap_names_a_model_that_is_not_loaded(toy_dir, tmp_path, capsys):
     assert not (tmp_path / "sw").exists()
 
 
+def test_swap_says_a_customized_model_it_does_not_use(toy_dir, cd_dir, tmp_path, capsys):
+    argv = ["swap", "--baseline", toy_dir, "--custom", cd_dir, "--concept", "<new1>", "--key-prompt", "a dog"]
+    argv += ["--value-prompt", "a cat", "--steps", "1", "--height", "32", "--width", "32", "--no-progress"]
+    rc, err = run(argv + ["--out", str(tmp_path / "a")], capsys)
+    assert rc == 0 and err.count("warning: the customized model is loaded but unused") == 1, err
+    rc, err = run(argv + ["--key-model", "custom", "--out", str(tmp_path / "b")], capsys)
+    assert rc == 0 and "unused" not in err, err
+
+
 @pytest.mark.parametrize("window", ["10:20", "0:5"])
 def test_step_window_beyond_the_steps_is_refused(window, toy_dir, tmp_path, capsys):
     """A window past the last denoising step would sum nothing (or less than it names): refused before loading."""
