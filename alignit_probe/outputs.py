@@ -8,10 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ProbeError
+from .store.layout import NOT_A_STORE
 
 
 def out_dir(path: str, overwrite: bool) -> Path:
     out = Path(path).resolve()  # (".": a name to stage next to)
+    if out.suffix.lower() in NOT_A_STORE and not out.is_dir():
+        raise ProbeError(
+            f"output {path} is named like a {out.suffix} file, but this command writes a folder",
+            f"name it {Path(path).with_suffix('').name}",
+        )
     if out.exists() and not out.is_dir():
         raise ProbeError(f"output {out} is a file", "choose a folder for --out")
     if out.exists() and any(out.iterdir()) and not overwrite:

@@ -87,7 +87,12 @@ def token_positions(tp: TokenizedPrompt, words: list[str], tokenizer: PreTrained
         want = tokenizer(word, add_special_tokens=False).input_ids
         for start in range(len(ids) - len(want) + 1) if want else ():
             if ids[start : start + len(want)] == want:
-                pos.update(range(start, start + len(want)))
+                end = start + len(want)
+                while end < len(ids) and re.fullmatch(
+                    re.escape(tp.tokens[end - 1].split("_")[0]) + r"_\d+", tp.tokens[end]
+                ):
+                    end += 1  # a multi-vector token's <x>_1, <x>_2 … rows with it
+                pos.update(range(start, end))
     if not pos:
         shown = " ".join(prompt_words(tp, tokenizer))
         raise ProbeError(f"none of the tokens {words} is in prompt A", f"choose among: {shown}")
@@ -96,13 +101,21 @@ def token_positions(tp: TokenizedPrompt, words: list[str], tokenizer: PreTrained
 
 def prompt_words(tp: TokenizedPrompt, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The words of prompt A as written (byte-level tokens joined and decoded; no special or padding tokens)."""
+    added = set(tokenizer.get_added_vocab())
     words, run = [], []
     for token, role in zip(tp.tokens, tp.role):
-        if role in ("context", "concept"):
-            run.append(token)
-            if token.endswith("</w>"):
-                words.append(run)
-                run = []
+        if role not in ("context", "concept"):
+            continue
+        if token in added:  # a learned token is a word of its own; its <x>_1 … rows are no words
+            words += [run] if run else []
+            run = []
+            if not re.fullmatch(r".+_\d+", token) or token.rpartition("_")[0] not in added:
+                words.append([token])
+            continue
+        run.append(token)
+        if token.endswith("</w>"):
+            words.append(run)
+            run = []
     return [tokenizer.convert_tokens_to_string(w).replace("</w>", " ").strip() for w in words + [run] if w]
 
 

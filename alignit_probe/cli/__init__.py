@@ -9,7 +9,9 @@ Ctrl-C is one line saying what the command left, exit status 130. Progress bars 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -28,6 +30,9 @@ def quiet_libraries(progress: bool = True) -> None:
         os.environ["TQDM_DISABLE"] = "1"
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # an interrupt leaves zarr's write coroutines unawaited and its event loop's tasks pending: said, not shown
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     libraries = "transformers|diffusers|huggingface_hub|xarray|zarr|torch"
     warnings.filterwarnings("ignore", category=UserWarning, module=libraries)
     warnings.simplefilter("default", ProbeWarning)
@@ -103,17 +108,20 @@ def interrupted(args: argparse.Namespace | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = None
+    args, script = None, argv is None  # script: run as the command (from Python, Ctrl-C stays the caller's)
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         quiet_libraries(progress=wants_progress(argv))  # before the parser's imports read the environment
         args = build_parser().parse_args(argv)
-        return run(args)
+        rc = run(args)
     except KeyboardInterrupt:  # Ctrl-C, also during the first second's imports (before `args` exists)
         # Exit status 130 = 128 + SIGINT (2), the shells' convention for a program stopped by Ctrl-C, so a script
         # running this can tell an interrupt from a failure (1) or a bad input (2).
         print(interrupted(args), file=sys.stderr)
-        return 130
+        rc = 130
+    if script:  # the work is over: a later Ctrl-C must not break the interpreter's shutdown into a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return rc
 
 
 def run(args: argparse.Namespace) -> int:

@@ -100,8 +100,10 @@ def fill_template(prompt: str, concepts: Iterable[Concept]) -> str:
 def concepts_from(args: argparse.Namespace) -> list[Concept]:
     from ..text.concepts import Concept
 
-    tokens = list(getattr(args, "concept", None) or [])
-    words = list(getattr(args, "class_word", None) or [])
+    tokens = [t.strip() for t in getattr(args, "concept", None) or []]
+    words = [(w.strip() or None) for w in getattr(args, "class_word", None) or []]  # "" is no class word
+    if "" in tokens:
+        raise ProbeError("--concept is empty", "pass the token prompts use for the concept (e.g. <new1>, sks)")
     if len(words) > len(tokens):
         raise ProbeError("more --class-word than --concept values", "give one --class-word per --concept, in order")
     words += [None] * (len(tokens) - len(words))

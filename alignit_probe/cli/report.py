@@ -74,6 +74,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     for spec in args.image or []:
         title, sep, path = spec.partition("=")
         title, path = (title, path) if sep else (Path(spec).stem, spec)
+        if not path:
+            raise ProbeError(f"--image {spec!r} names no file", "pass --image [TITLE=]PATH of a PNG (e.g. a grid.png)")
+        if Path(path).is_dir():
+            raise ProbeError(f"image {path} is a folder", "pass --image [TITLE=]PATH of one PNG file (e.g. a grid.png)")
         if not Path(path).is_file():
             raise ProbeError(f"image {path} does not exist", "pass --image [TITLE=]PATH of a PNG (e.g. a grid.png)")
         images[title] = path

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ProbeError
-from .training_folders import is_accelerate_state, nothing_to_load
+from .training_folders import is_accelerate_state, latest_steps_file, nothing_to_load
 
 KINDS = ("textual_inversion", "a1111_embedding", "custom_diffusion", "lora")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -239,7 +239,7 @@ def _pick(folder: Path, names: tuple[str, ...]) -> Path | None:
 
 def parse_artifact(path: str | Path) -> Parsed:
     """Locate, read (safely), recognize and sanity-check one customization file or folder."""
-    p = Path(path)
+    p, step_note = Path(path), None
     if not p.exists():
         raise ProbeError(f"customization {path} does not exist", "check the path")
     if is_pipeline_dir(p):
@@ -266,6 +266,13 @@ def parse_artifact(path: str | Path) -> Parsed:
                     "itself to load it as a Textual Inversion embedding",
                 )
             candidates = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+            steps = latest_steps_file(candidates)
+            if steps is not None:  # textual_inversion.py still training (or stopped): its latest saved embedding
+                candidates = [steps]
+                step_note = (
+                    f"{path} has no final {TI_NAMES[0]}: its latest intermediate embedding {steps.name} is used "
+                    "(training may still be running)"
+                )
             if len(candidates) != 1 or is_accelerate_state(p):
                 looked_for = f"{TI_NAMES[0]}, {CD_NAMES[0]}, {LORA_NAMES[0]}"
                 raise nothing_to_load(p, looked_for, TI_NAMES + CD_NAMES + LORA_NAMES, len(candidates))
@@ -282,6 +289,8 @@ def parse_artifact(path: str | Path) -> Parsed:
     check_finite(state, main)
     kind, embeddings, weights = classify(state, main)
     parsed = Parsed(str(path), kind, [main], "", embeddings, weights)
+    if step_note:
+        parsed.warnings.append(step_note)
     if set(state) == SDXL_KEYS:
         parsed.embeddings_2 = clip_tokens(state["clip_g"], main)
     elif kind == "textual_inversion" and main.name in TI_NAMES:

@@ -191,7 +191,14 @@ def load_pipeline(
         except ProbeError:
             raise
         except Exception:
-            if not hub or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            if hub and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+                raise ProbeError(
+                    f"cannot load pipeline {model}: it is not in the local Hugging Face cache, and HF_HUB_OFFLINE "
+                    "is set (no download is tried)",
+                    f"download it where there is network (huggingface-cli download {model}) into this machine's "
+                    "cache, or pass a local pipeline directory",
+                ) from None
+            if not hub:
                 raise
             why = hub_unreachable()
             if why:  # say so at once: huggingface_hub would retry for ~30 s before failing

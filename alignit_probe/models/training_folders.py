@@ -22,6 +22,17 @@ def checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found) if p.is_dir()]
 
 
+def latest_steps_file(files: Sequence[Path]) -> Path | None:
+    """The latest ``learned_embeds-steps-N`` file when every one of ``files`` is such a file (textual_inversion.py's
+    ``--save_steps`` embeddings, in its output folder before the final ``learned_embeds.safetensors``)."""
+    steps = [(int(m.group(1)), f) for f in files if (m := re.fullmatch(r"learned_embeds-steps-(\d+)\.\w+", f.name))]
+    if not steps or len(steps) != len(files):
+        return None
+    best = max(n for n, _ in steps)
+    found = [f for n, f in steps if n == best]
+    return next((f for f in found if f.suffix == ".safetensors"), found[0])
+
+
 def is_accelerate_state(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ACCELERATE_STATE)
 
@@ -45,9 +56,15 @@ def nothing_to_load(folder: Path, looked_for: str, names: Sequence[str], n_other
     """The error for a folder without customization weights (``looked_for``: the file names tried; ``names``: every
     artifact file name a checkpoint may hold; ``n_other``: other weights files found in it)."""
     if is_accelerate_state(folder):
+        if (folder / "model_1.safetensors").is_file():  # the text encoder and the UNet's layers: Custom Diffusion
+            return ProbeError(
+                f"{folder} is a training state saved by accelerate (checkpoint-N of train_custom_diffusion.py): its "
+                "weights carry no names for the tokens they learned",
+                "pass the output folder once training has finished (the script writes its weights only then)",
+            )
         return ProbeError(
-            f"{folder} is a training state saved by accelerate (checkpoint-N of textual_inversion.py or "
-            "train_custom_diffusion.py): its weights carry no names for the tokens they learned",
+            f"{folder} is a training state saved by accelerate (checkpoint-N of textual_inversion.py): its "
+            "weights carry no names for the tokens they learned",
             f"pass a {STEPS_FILES}, or the output folder once training has finished",
         )
     steps = checkpoints(folder)
@@ -56,7 +73,9 @@ def nothing_to_load(folder: Path, looked_for: str, names: Sequence[str], n_other
         shown = ", ".join(p.name for p in steps[-3:])
         if loadable(latest, names):
             fix = f"pass a checkpoint: --custom {latest} (the latest)"
-        else:  # accelerate states (textual_inversion.py, train_custom_diffusion.py)
+        elif (latest / "model_1.safetensors").is_file():  # train_custom_diffusion.py's accelerate states
+            fix = "wait until training has finished (train_custom_diffusion.py writes its weights only then)"
+        else:  # textual_inversion.py's
             fix = f"wait until training has finished (its checkpoints carry no token names), or pass a {STEPS_FILES}"
         return ProbeError(f"{folder} holds training checkpoints ({shown}) but no final weights yet", fix)
     if is_log_folder(folder):

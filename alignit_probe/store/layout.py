@@ -96,7 +96,13 @@ def open_store(path: str | os.PathLike, chunks: dict | None = None) -> xr.DataTr
     path = Path(path)
     if not path.exists():
         partial = path.with_name(path.name + ".partial")
-        hint = "rerun the same record command to finish it" if partial.exists() else "run `alignit-probe record` first"
+        hint = "run `alignit-probe record` first"
+        if partial.exists():
+            try:
+                merged = "merged_from" in (json.loads((partial / "zarr.json").read_text()).get("attributes") or {})
+            except (OSError, ValueError, AttributeError):
+                merged = False
+            hint = f"rerun the same {'merge' if merged else 'record'} command to finish it"
         raise ProbeError(f"store {path} does not exist", hint)
     not_a_store(path)
     if not is_netcdf(path) and path.is_dir():  # the root's attributes first: an unfinished store is not opened

@@ -24,8 +24,8 @@ class Concept:
             raise ProbeError(
                 f"concept {self.token!r} is its own class word: the baseline's prompts would equal the customized "
                 "model's, so nothing would tell the concept apart",
-                f"pass the token or instance word the model learned as the concept (e.g. sks, <new1>) and "
-                f"{self.class_word!r} as its class word",
+                "pass the token or instance word the model learned as the concept (e.g. sks, <new1>) and the "
+                "class it stands for as its class word (e.g. dog, cat)",
             )
 
 

@@ -256,6 +256,10 @@ def test_swap_reads_a_multi_vector_token_through_its_model_only(toy_dir, arts):
     kv, ca, pos = swap_kv(Source(custom, a, probe.concepts), Source(probe.models.baseline, b), custom)
     want = custom.encode_prompt([a], "cpu", 1, False)[0]  # the pipeline expands the token itself
     assert torch.equal(ca, want.detach())
+    pos = swap_kv(Source(custom, a, probe.concepts), Source(probe.models.baseline, b), custom, tokens=[token])[2]
+    assert pos == [5, 6, 7]  # its three vectors ("a photo of a" before it)
+    with pytest.raises(ProbeError, match=f"choose among: a photo of a {token} on the beach$"):
+        swap_kv(Source(custom, a, probe.concepts), Source(probe.models.baseline, b), custom, tokens=["zebra"])
     images = probe.swap(a, b, key_model="ti", steps=1, height=32, width=32)
     assert sorted(images) == ["A", "B", "keys A + values B"]
     with pytest.raises(ProbeError, match=f"holds {token}, a token only the customized model 'ti' knows"):

@@ -159,7 +159,11 @@ def test_uncached_hub_id_offline_names_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ProbeError) as e:
         load_pipeline("someorg/not-cached-model")
-    err(e, "not in the local Hugging Face cache", "huggingface-cli download someorg/not-cached-model")
+    err(
+        e,
+        "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set",
+        "huggingface-cli download someorg/not-cached-model",
+    )
 
 
 def test_uncached_hub_id_without_network_fails_at_once(tmp_path, monkeypatch):

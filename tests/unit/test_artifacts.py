@@ -333,3 +333,13 @@ def test_training_folders_without_weights_name_what_to_pass(tmp_path):
     touch("empty/notes.txt")
     with pytest.raises(ProbeError, match="found 0 other weights files\\) — pass the folder the training script"):
         parse_artifact(tmp_path / "empty")
+
+
+def test_textual_inversion_output_without_final_embedding_uses_the_latest_steps_file(tmp_path):
+    """textual_inversion.py's output folder while it trains: learned_embeds-steps-N files only (--save_steps)."""
+    for step, value in ((2, 1.0), (10, 2.0)):
+        save_file({"<x>": torch.full((1, 4), value)}, tmp_path / f"learned_embeds-steps-{step}.safetensors")
+    (tmp_path / "checkpoint-10").mkdir()
+    parsed = parse_artifact(tmp_path)
+    assert parsed.files[0].name == "learned_embeds-steps-10.safetensors" and float(parsed.embeddings["<x>"].sum()) == 8
+    assert any("latest intermediate embedding learned_embeds-steps-10.safetensors" in w for w in parsed.warnings)
