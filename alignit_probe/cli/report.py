@@ -67,9 +67,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     single = str(args.out).lower().endswith((".html", ".htm"))
     out = html_path(args.out, args.overwrite) if single else out_dir(args.out, args.overwrite)
-    tree = open_shards(args.store)
-    frame = compare(tree)
-    rows = [{k: json_safe(v) for k, v in r.items()} for r in frame.astype(object).to_dict("records")]
     images = {}
     for spec in args.image or []:
         title, sep, path = spec.partition("=")
@@ -81,6 +78,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise ProbeError(f"image {path} does not exist", "pass --image [TITLE=]PATH of a PNG (e.g. a grid.png)")
         images[title] = path
+    tree = open_shards(args.store)  # (the cheap checks first)
+    frame = compare(tree)
+    rows = [{k: json_safe(v) for k, v in r.items()} for r in frame.astype(object).to_dict("records")]
     page = report_html(tree, rows, title=", ".join(map(str, args.store)), images=images)
     if single:
         write_html(page, out)

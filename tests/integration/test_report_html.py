@@ -93,6 +93,15 @@ def test_report_html_opens_in_a_browser(toy_dir, cd_dir, tmp_path, browser, caps
     print(f"screenshot: {screenshot}")
 
 
+def test_report_image_arguments_that_name_no_file(tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    for spec, message in ((str(tmp_path / "imgs"), "is a folder"), ("T=", "names no file")):
+        rc = main(["report", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "r.html"), "--image", spec])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_report_html_errors_leave_nothing(tmp_path, capsys):
     page = tmp_path / "report.html"
     assert main(["report", str(tmp_path / "missing.zarr"), "--out", str(page)]) == 2

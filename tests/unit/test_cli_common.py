@@ -81,3 +81,17 @@ def test_concept_flags_that_cannot_be_meant():
     with pytest.raises(ProbeError, match="more concept placeholders than --concept values"):
         fill_template("{} and {}", cs)
     assert fill_template("{0} and {0}", cs) == "<new1> cat and <new1> cat"
+
+
+def test_concept_and_class_word_are_stripped_and_empty_ones_said():
+    import argparse
+
+    from alignit_probe.cli.common import concepts_from
+    from alignit_probe.outputs import out_dir
+
+    got = concepts_from(argparse.Namespace(concept=[" <new1> "], class_word=[""]))
+    assert got == [Concept("<new1>", None)]  # "" is no class word: the missing-class-word warning applies
+    with pytest.raises(ProbeError, match="--concept is empty"):
+        concepts_from(argparse.Namespace(concept=["  "], class_word=None))
+    with pytest.raises(ProbeError, match=r"named like a \.txt file, but this command writes a folder — name it x$"):
+        out_dir("x.txt", False)
