@@ -37,8 +37,9 @@ def resume(
         old, written = {}, {}
     if [old.get(k) for k in SAME_JOB] != [({**attrs, "format": FORMAT}).get(k) for k in SAME_JOB]:
         if old.get("format") == FORMAT and written and not replace:  # hours of another job's work: not silently
+            what = differences(old, attrs) or "other models, prompts or options"
             raise ProbeError(
-                f"{tmp} holds an unfinished recording of a different job (other models, prompts or options)",
+                f"{tmp} holds an unfinished recording of a different job ({what})",
                 "rerun that job's command to finish it, or pass --overwrite to delete it and start this one",
             )
         print(f"note: {tmp} was left by a different recording job: starting afresh", file=log)
@@ -59,3 +60,15 @@ def resume(
     done = ", ".join(f"{m} {n}" for m, n in written.items()) or "nothing"
     print(f"resuming {tmp}: {done} prompt(s) already written", file=log)
     return written
+
+
+def differences(old: dict, new: dict) -> str:
+    """What differs between two jobs' root attributes, as far as they say (options by name: ``batch_size 1 → 8``)."""
+    out = []
+    for key in sorted(set(old) & set(new) - {"written", "complete", "format", "fingerprint", "command", "warnings"}):
+        a, b = old[key], new[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k} {a.get(k)} → {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"other {key}")
+    return ", ".join(out)

@@ -165,12 +165,14 @@ def test_other_jobs_unfinished_prompts_are_kept_without_overwrite(tmp_path):
     from tests.integration.test_writer_background import batch
 
     out = tmp_path / "s.zarr"
-    with pytest.raises(RuntimeError), StoreWriter(out, attrs={"fingerprint": "a"}, n_prompts=4) as w:
+    a = {"fingerprint": "a", "options": {"batch_size": 2, "summary": False}}
+    with pytest.raises(RuntimeError), StoreWriter(out, attrs=a, n_prompts=4) as w:
         w.append("baseline", batch("baseline", 0, 2))
         raise RuntimeError("interrupted")
-    with pytest.raises(ProbeError, match="unfinished recording of a different job .* pass --overwrite to delete it"):
-        StoreWriter(out, attrs={"fingerprint": "b"})
-    assert StoreWriter(out, attrs={"fingerprint": "a"}).written("baseline") == 2  # still there, resumable
+    b = {"fingerprint": "b", "options": {"batch_size": 8, "summary": False}}
+    with pytest.raises(ProbeError, match=r"of a different job \(batch_size 2 → 8\) — rerun .* --overwrite to delete"):
+        StoreWriter(out, attrs=b)
+    assert StoreWriter(out, attrs=a).written("baseline") == 2  # still there, resumable
     with StoreWriter(out, attrs={"fingerprint": "b"}, overwrite=True) as w:
         assert not w.resumed and w.written("baseline") == 0
 
