@@ -17,14 +17,20 @@ class Parser(argparse.ArgumentParser):
     """``ArgumentParser`` with one-line errors. Subparsers inherit the class (``add_subparsers`` makes parsers of
     the parent's type), so the top-level parser alone need be one for ``toy build``, ``world train`` … to be too."""
 
+    given: list[str] = []  # the arguments being parsed (a missing required one may hide a mistyped flag)
+
     def error(self, message: str) -> None:  # type: ignore[override]  (argparse's contract: it exits)
         problem, fix = explain(self, message)
+        unknown = [x for x in Parser.given if x.startswith("--") and x.split("=", 1)[0] not in options(self)]
+        if message.startswith("the following arguments are required") and unknown and subcommands(self) is None:
+            problem, fix = f"{message}; unrecognized: {' '.join(unknown)}", unrecognized_fix(self, unknown, self)
         self.exit(2, f"error: {self.prog}: {problem} — {fix}\n")
 
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> argparse.Namespace:
         """Extra arguments are said by the (sub)command that was given them, not by the top-level parser."""
+        Parser.given = list(sys.argv[1:] if args is None else args)
         known, extras = self.parse_known_args(args, namespace)
         if extras:
             target = chosen(self, known)

@@ -38,6 +38,11 @@ PARSE_ERRORS = [
     ("no-command", [], ["error: alignit-probe: no command given", "record, compare", "alignit-probe --help"]),
     ("unknown-command", ["comapre"], ["invalid choice: 'comapre'", "did you mean 'compare'?"]),
     (
+        "typo-behind-a-missing-argument",
+        ["merge", "a.zarr", "--outt", "m.zarr"],
+        ["required: --out; unrecognized: --outt", "did you mean --out?"],
+    ),
+    (
         "invalid-choice",
         ["compare", "s.zarr", "--stage", "keys"],
         ["error: alignit-probe compare: argument --stage: invalid choice: 'keys'", "did you mean 'key'?"],
