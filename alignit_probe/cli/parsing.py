@@ -73,7 +73,8 @@ def explain(parser: argparse.ArgumentParser, message: str) -> tuple[str, str]:
     choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
     if choice:
         given, allowed = choice.group(1), re.findall(r"'([^']*)'", choice.group(2))
-        close = difflib.get_close_matches(given, allowed, n=1, cutoff=0.75)
+        close = [a for a in allowed if a and given.lower().startswith(a)]  # "middle" → "mid"
+        close = close or difflib.get_close_matches(given, allowed, n=1, cutoff=0.75)
         if close:
             return message, f"did you mean {close[0]!r}? ({see})"
     return message, see

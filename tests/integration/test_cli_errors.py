@@ -37,6 +37,7 @@ PARSE_ERRORS = [
     # (id, argv, what the one line must hold)
     ("no-command", [], ["error: alignit-probe: no command given", "record, compare", "alignit-probe --help"]),
     ("unknown-command", ["comapre"], ["invalid choice: 'comapre'", "did you mean 'compare'?"]),
+    ("choice-it-begins-with", ["swap", "--blocks", "middle"], ["invalid choice: 'middle'", "did you mean 'mid'?"]),
     (
         "typo-behind-a-missing-argument",
         ["merge", "a.zarr", "--outt", "m.zarr"],
