@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 from ..errors import ProbeError
 from .artifacts import first_line
 from .pipes import placement
+from .training_folders import COMPONENT_FOLDERS
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = COMPONENT_FOLDERS  # the component folders a training checkpoint may hold
 WEIGHTS = (
     "diffusion_pytorch_model.safetensors",
     "diffusion_pytorch_model.bin",

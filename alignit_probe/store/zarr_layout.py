@@ -97,8 +97,8 @@ def plan_new(
         along = "prompt" in var.dims
         if name not in enc or not (along or var.dims == (name,)):
             return None
-        doc = docs[name] = array_doc(var, enc[name], n_prompts)
-        if doc is None or (not along and doc["data_type"] == "string"):
+        doc = docs[name] = array_doc(var, enc[name], n_prompts)  # (strings only along prompt)
+        if doc is None:
             return None
         text = json.dumps(doc).encode()
         plan += [(dst / name, None), (dst / name / "zarr.json", text)]
