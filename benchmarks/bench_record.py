@@ -41,6 +41,7 @@ encoder(s) (``ti_pair.py``: SDXL's in both).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import statistics
@@ -193,6 +194,8 @@ def main(argv=None) -> None:
         return time.perf_counter() - t
 
     tmp = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_record-"))
+    if not args.out:
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # also when a run fails or is interrupted
     sizes, summary_sizes, file_sizes = [], [], []
 
     def record(k: int, summary: bool = False) -> float:
