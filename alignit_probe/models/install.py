@@ -109,9 +109,7 @@ def build_custom_diffusion(unet: UNet2DConditionModel, parsed: Parsed) -> dict:
     for layer, sub in groups.items():
         name = layer + ".processor"
         if name not in processors:
-            raise ProbeError(
-                f"Custom Diffusion weights in {parsed.path} are for layer {layer}, which the UNet lacks", RETRAINED
-            )
+            raise _not_for(unet, f"Custom Diffusion weights in {parsed.path} are for layer {layer}, which the UNet lacks")
         attn = unet.get_submodule(layer)
         proc = CustomDiffusionAttnProcessor2_0(
             train_kv=any(k.startswith(("to_k_custom", "to_v_custom")) for k in sub),
@@ -130,14 +128,22 @@ def build_custom_diffusion(unet: UNet2DConditionModel, parsed: Parsed) -> dict:
             )
         for k, t in sub.items():
             if tuple(t.shape) != tuple(expected[k].shape):
-                raise ProbeError(
+                raise _not_for(
+                    unet,
                     f"Custom Diffusion weight {layer}.{k} in {parsed.path} has shape {tuple(t.shape)}, "
                     f"the UNet needs {tuple(expected[k].shape)}",
-                    RETRAINED,
                 )
         proc.load_state_dict(sub)
         new[name] = proc.to(device=unet.device, dtype=unet.dtype)
     return new
+
+
+def _not_for(unet: UNet2DConditionModel, problem: str) -> ProbeError:
+    """Custom Diffusion weights that do not fit ``unet``; on an SDXL UNet, most likely an SD 1.x/2.x artifact."""
+    if unet.config.get("addition_embed_type") == "text_time":
+        problem = problem.replace("the UNet", "this SDXL UNet") + " (diffusers trains Custom Diffusion for SD 1.x/2.x)"
+        return ProbeError(problem, "use them with the SD 1.x/2.x baseline they were trained from")
+    return ProbeError(problem, RETRAINED)
 
 
 def fresh_custom_diffusion(unet: UNet2DConditionModel) -> dict:

@@ -219,6 +219,7 @@ def test_did_it_load_covers_both_encoders(sdxl_dir, tmp_path):
     [
         ("first-encoder-only", "token vectors for one text encoder: an SD 1.x embedding, or the first half"),
         ("sd1-custom-diffusion", "Custom Diffusion artifact of a one-text-encoder model .* but the baseline is SDXL"),
+        ("sd1-custom-diffusion-weights", "which this SDXL UNet lacks .diffusers trains Custom Diffusion for SD 1.x/2.x"),
         ("counts-differ", r"2 vector\(s\) for the first text encoder, 3 for the second"),
         ("second-other-tokens", "does not hold the tokens"),
         ("clip_g-too-narrow", "is 40-wide but the text encoder is 48-wide"),
@@ -233,6 +234,10 @@ def test_bad_sdxl_textual_inversion_is_one_line(sdxl_dir, toy_dir, tmp_path, cas
         from tests.integration.artifact_files import write_cd
 
         spec = write_cd(toy_dir, tmp_path / "cd")
+    elif case == "sd1-custom-diffusion-weights":  # the weights file alone: no token to tell its encoder's width
+        from tests.integration.artifact_files import write_cd
+
+        spec = write_cd(toy_dir, tmp_path / "cd") / "pytorch_custom_diffusion_weights.safetensors"
     elif case == "counts-differ":
         spec = write_ti_folder(tmp_path / "ti", n=2, second=vectors(3, W2, 5))
     elif case == "second-other-tokens":
