@@ -157,6 +157,23 @@ def _unknown(tok, token: str) -> ProbeError:
     return ProbeError(f"concept token {token!r} is unknown to the customized model's tokenizer", fix)
 
 
+def _other_added(text: str, tok) -> ProbeError:
+    """The error for text between concepts that holds tokens only the customized model knows, naming them."""
+    held = [t for t in added_tokens(tok) if t in text]
+    if not held:
+        return ProbeError(
+            f"text {text.strip()!r} tokenizes differently in the customized and baseline tokenizers",
+            "remove other placeholder tokens from the prompt or name them as concepts too",
+        )
+    pivotal = sorted((t for t in added_tokens(tok) if re.fullmatch(r"<s\d+>", t)), key=lambda t: int(t[2:-1]))
+    fix = (
+        f'pass --concept "{"".join(pivotal)}" (pivotal tuning\'s tokens are one concept)'
+        if set(held) <= set(pivotal)
+        else f"name {' '.join(held)} as a concept too (--concept), or remove it from the prompt"
+    )
+    return ProbeError(f"prompt text {text.strip()!r} holds {', '.join(held)}, a token the customized model added", fix)
+
+
 def modifier_ids(pipe: StableDiffusionPipeline, concept: Concept) -> list[int]:
     """The ids ``pipe``'s tokenizer produces for the concept's token in a prompt (after ``maybe_convert_prompt``):
     one or several for an added token (multi-vector embeddings), one or several for plain text (``sks`` →
@@ -222,10 +239,7 @@ def tokenize_pair(
                 _, text = take_class_word(text, concepts[pieces[i - 1][1]].class_word)
             cids, bids = _encode(ctok, text), _encode(baseline_tokenizer, text)
             if cids != bids:
-                raise ProbeError(
-                    f"text {text.strip()!r} tokenizes differently in the customized and baseline tokenizers",
-                    "remove other placeholder tokens from the prompt or name them as concepts too",
-                )
+                raise _other_added(text, ctok)
             labels = [("ctx", n_ctx + j) for j in range(len(cids))]
             n_ctx += len(cids)
             custom.append((cids, "context", -1, labels))

@@ -232,3 +232,16 @@ def test_class_word_after_punctuation_is_said_as_such():
     )
     assert "pass --class-word" not in note  # (it was given: no advice to give it)
     assert class_word_notes(["a sks dog", "sks dog, at night"], [Concept("sks", "dog")]) == []
+
+
+def test_other_added_tokens_in_the_prompt_are_named(base_tok):
+    pipe = FakePipe({"<new1>": 1, "<new2>": 1})
+    with pytest.raises(ProbeError, match=r"holds <new2>, a token the customized model added") as e:
+        tokenize_pair("a <new1> cat and a <new2> dog", pipe, base_tok, [Concept("<new1>", "cat")])
+    assert "name <new2> as a concept too" in e.value.fix
+    pivotal = FakePipe({"<s0>": 1, "<s1>": 1})
+    with pytest.raises(ProbeError, match="holds <s1>") as e:
+        tokenize_pair("a photo of <s0><s1> cat", pivotal, base_tok, [Concept("<s0>", "cat")])
+    assert e.value.fix.startswith('pass --concept "<s0><s1>"')
+    ct, _ = tokenize_pair("a photo of <s0><s1> cat", pivotal, base_tok, [Concept("<s0><s1>", "cat")])
+    assert ct.tokens.count("<s0>") == ct.tokens.count("<s1>") == 1
