@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from ..text.byte_level import readable
+
 SPATIAL = ("y", "x")
 SPECIAL_TOKENS = frozenset({"<|startoftext|>", "<|endoftext|>", ""})
 # Added placeholder tokens (textual inversion, Custom Diffusion's <new1>) and their multi-vector pieces <new1>_1.
@@ -100,16 +102,16 @@ def divergences(a: xr.DataArray, b: xr.DataArray, level: float = 0.5, dims: Sequ
 def split_words(tokens: Sequence[str]) -> list[tuple[str, list[int]]]:
     """CLIP tokens → words, as (text, token indices).
 
-    A word ends at a token ending with ``</w>``; placeholder tokens (``<new1>``) and multi-vector pieces
-    (``<new1>_1``) are words of their own; start/end/padding tokens (``<|startoftext|>``, ``<|endoftext|>``)
-    belong to no word.
+    A word ends at a token ending with ``</w>``, its text as written (byte-level spelling decoded: ``東京``);
+    placeholder tokens (``<new1>``) and multi-vector pieces (``<new1>_1``) are words of their own; start/end/padding
+    tokens (``<|startoftext|>``, ``<|endoftext|>``) belong to no word.
     """
     words: list[tuple[str, list[int]]] = []
     current: list[int] = []
 
     def flush() -> None:
         if current:
-            words.append(("".join(tokens[i] for i in current).replace("</w>", ""), current.copy()))
+            words.append((readable("".join(tokens[i] for i in current)), current.copy()))
             current.clear()
 
     for i, tok in enumerate(tokens):

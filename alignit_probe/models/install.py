@@ -109,7 +109,8 @@ def build_custom_diffusion(unet: UNet2DConditionModel, parsed: Parsed) -> dict:
     for layer, sub in groups.items():
         name = layer + ".processor"
         if name not in processors:
-            raise _not_for(unet, f"Custom Diffusion weights in {parsed.path} are for layer {layer}, which the UNet lacks")
+            problem = f"Custom Diffusion weights in {parsed.path} are for layer {layer}, which the UNet lacks"
+            raise _not_for(unet, problem)
         attn = unet.get_submodule(layer)
         proc = CustomDiffusionAttnProcessor2_0(
             train_kv=any(k.startswith(("to_k_custom", "to_v_custom")) for k in sub),

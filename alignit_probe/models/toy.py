@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..text.byte_level import bytes_to_unicode
+
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
@@ -39,26 +41,13 @@ N_MERGES = 49152 - 256 - 2  # as in openai/CLIP's SimpleTokenizer
 MAX_LENGTH = 77
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP reversible byte → printable-unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 @lru_cache(maxsize=1)
 def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """The CLIP vocabulary (49,408 entries) and BPE merges, derived from the shipped BPE file."""
     raw = resources.files("alignit_probe.data").joinpath(BPE_FILE).read_bytes()
     lines = gzip.decompress(raw).decode("utf-8").split("\n")[1 : N_MERGES + 1]
     merges = [tuple(line.split()) for line in lines]
-    vocab = list(_bytes_to_unicode().values())
+    vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     return {tok: i for i, tok in enumerate(vocab)}, [" ".join(m) for m in merges]

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..schema import ALIGNIT, BASELINE
+from .fonts import fallback_fonts
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -22,12 +23,13 @@ ROLE_COLORS = {"concept": "#d55e00", "context": "#0072b2", "special": "#7f7f7f",
 
 @contextlib.contextmanager
 def drawing(font_scale: float = 0.8) -> Iterator[object]:
-    """Seaborn's whitegrid style and notebook sizes for everything drawn inside; yields the seaborn module."""
+    """Seaborn's whitegrid style and notebook sizes for everything drawn inside, characters its fonts lack drawn in
+    fallback fonts (``fonts``); yields the seaborn module."""
     import matplotlib
     import seaborn as sns
 
     rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=font_scale)}
-    with matplotlib.rc_context(rc):
+    with matplotlib.rc_context(rc), fallback_fonts():
         yield sns
 
 

@@ -1,42 +1,32 @@
-"""Labeled image grids (PIL; the font is DejaVu Sans, which matplotlib ships, so text renders the same everywhere).
-The grid's PNG carries its row labels and caption as text chunks."""
+"""Labeled image grids (PIL; fonts as :class:`fonts.Text` picks them). The grid's PNG carries its row labels and caption
+as text chunks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .fonts import Text
+
 if TYPE_CHECKING:
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
 
-def font(size: int = 14) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    from PIL import ImageFont
-
-    try:
-        import matplotlib
-
-        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-        return ImageFont.truetype(str(path), size)
-    except (ImportError, OSError):
-        return ImageFont.load_default()
-
-
-def fitted(text: str, face: ImageFont.ImageFont, width: float, draw: ImageDraw.ImageDraw) -> str:
+def fitted(text: str, face: Text, width: float, draw: ImageDraw.ImageDraw) -> str:
     """``text`` cut to ``width`` pixels, ending in "…" where cut."""
-    if draw.textlength(text, font=face) <= width:
+    if face.length(text, draw) <= width:
         return text
-    while text and draw.textlength(text + "…", font=face) > width:
+    while text and face.length(text + "…", draw) > width:
         text = text[:-1]
     return text.rstrip() + "…"
 
 
-def wrapped(text: str, face: ImageFont.ImageFont, width: float, draw: ImageDraw.ImageDraw) -> list[str]:
+def wrapped(text: str, face: Text, width: float, draw: ImageDraw.ImageDraw) -> list[str]:
     """``text`` in lines of at most ``width`` pixels, broken between words (a word wider than a line is cut)."""
     lines: list[str] = []
     for word in text.split():
         line = f"{lines[-1]} {word}" if lines else word
-        if lines and draw.textlength(line, font=face) <= width:
+        if lines and face.length(line, draw) <= width:
             lines[-1] = line
         else:
             lines.append(fitted(word, face, width, draw))
@@ -50,7 +40,7 @@ def image_grid(
     ``caption`` (the options that made it) below the column titles."""
     from PIL import Image, ImageDraw, PngImagePlugin
 
-    title, small = font(15), font(12)
+    title, small = Text(15), Text(12)
     names = list(columns)
     width = cell * len(names)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -60,14 +50,14 @@ def image_grid(
     grid = Image.new("RGB", (width, top + rows * (cell + label_h)), "white")
     draw = ImageDraw.Draw(grid)
     for j, name in enumerate(names):
-        draw.text((j * cell + 4, 4), fitted(name, title, cell - 8, draw), fill="black", font=title)
+        title.draw(draw, (j * cell + 4, 4), fitted(name, title, cell - 8, draw), "black")
         for i, img in enumerate(columns[name]):
             y = top + i * (cell + label_h)
             grid.paste(img.convert("RGB").resize((cell, cell), Image.NEAREST), (j * cell, y + label_h))
     for k, line in enumerate(lines):  # the whole caption, wrapped to the grid's width
-        draw.text((4, 26 + 16 * k), line, fill="dimgray", font=small)
+        small.draw(draw, (4, 26 + 16 * k), line, "dimgray")
     for i, label in enumerate(row_labels):  # one line; the whole prompt is in the PNG's "prompts" text
-        draw.text((4, top + i * (cell + label_h) + 3), fitted(label, small, width - 8, draw), fill="black", font=small)
+        small.draw(draw, (4, top + i * (cell + label_h) + 3), fitted(label, small, width - 8, draw), "black")
     info = PngImagePlugin.PngInfo()
     info.add_itxt("prompts", "\n".join(row_labels))
     if caption:

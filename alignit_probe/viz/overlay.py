@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ProbeError
+from ..text.byte_level import readable
+from .fonts import fallback_fonts
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -40,29 +42,30 @@ def plot_overlay(
             raise ProbeError("plot_overlay draws one prompt", "select it first: maps.isel(prompt=i)")
         maps = maps.isel(prompt=0)
     texts = next((maps.coords[c].values.tolist() for c in ("word_text", "token_text") if c in maps.coords), None)
-    fig = Figure(figsize=(2.5 * (len(tokens) + 1), 2.8))
-    axes = fig.subplots(1, len(tokens) + 1, squeeze=False)[0]
-    axes[0].imshow(img)
-    axes[0].set_title("image")
-    for ax, tok in zip(axes[1:], tokens):
-        j = (
-            next((j for j, t in enumerate(texts or []) if t in (tok, f"{tok}</w>")), None)
-            if isinstance(tok, str)
-            else int(tok)
-        )
-        if j is None:
-            raise ProbeError(
-                f"no token or word {tok!r} in the maps", "pass an index, or maps with token_text/word_text"
+    with fallback_fonts():  # token labels in any script
+        fig = Figure(figsize=(2.5 * (len(tokens) + 1), 2.8))
+        axes = fig.subplots(1, len(tokens) + 1, squeeze=False)[0]
+        axes[0].imshow(img)
+        axes[0].set_title("image")
+        for ax, tok in zip(axes[1:], tokens):
+            j = (
+                next((j for j, t in enumerate(texts or []) if tok in (t, readable(t)) or t == f"{tok}</w>"), None)
+                if isinstance(tok, str)
+                else int(tok)
             )
-        m = np.nan_to_num(maps.isel({dim: j}).values.astype(np.float32))
-        m = np.asarray(Image.fromarray(m, mode="F").resize(img.shape[1::-1], Image.BILINEAR))
-        ax.imshow(img)
-        ax.imshow(m, cmap=cmap, alpha=alpha)
-        ax.set_title(str(texts[j] if texts else tok).replace("</w>", ""))
-    for ax in axes:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+            if j is None:
+                raise ProbeError(
+                    f"no token or word {tok!r} in the maps", "pass an index, or maps with token_text/word_text"
+                )
+            m = np.nan_to_num(maps.isel({dim: j}).values.astype(np.float32))
+            m = np.asarray(Image.fromarray(m, mode="F").resize(img.shape[1::-1], Image.BILINEAR))
+            ax.imshow(img)
+            ax.imshow(m, cmap=cmap, alpha=alpha)
+            ax.set_title(readable(texts[j] if texts else tok))
+        for ax in axes:
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
     return path
 
 

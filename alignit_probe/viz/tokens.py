@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..schema import BASELINE
+from ..text.byte_level import readable
 from .figures import ROLE_COLORS, drawing, is_alignit, new_figure, png_bytes
 
 if TYPE_CHECKING:
@@ -25,7 +26,8 @@ MARKERS = ("X", "D", "^", "v", "P", "<", ">")
 
 
 def token_text(token: str) -> str:
-    return str(token).replace("</w>", "")
+    """A token label as the text it stands for (byte-level spelling decoded, no ``</w>``)."""
+    return readable(token)
 
 
 def token_heatmap_figure(tables: dict, prompt: int, metric: str = "relative_l2") -> bytes | None:

@@ -219,7 +219,7 @@ def test_did_it_load_covers_both_encoders(sdxl_dir, tmp_path):
     [
         ("first-encoder-only", "token vectors for one text encoder: an SD 1.x embedding, or the first half"),
         ("sd1-custom-diffusion", "Custom Diffusion artifact of a one-text-encoder model .* but the baseline is SDXL"),
-        ("sd1-custom-diffusion-weights", "which this SDXL UNet lacks .diffusers trains Custom Diffusion for SD 1.x/2.x"),
+        ("sd1-custom-diffusion-weights", "which this SDXL UNet lacks .diffusers trains Custom Diffusion for SD 1"),
         ("counts-differ", r"2 vector\(s\) for the first text encoder, 3 for the second"),
         ("second-other-tokens", "does not hold the tokens"),
         ("clip_g-too-narrow", "is 40-wide but the text encoder is 48-wide"),

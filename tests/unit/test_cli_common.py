@@ -6,6 +6,7 @@ from PIL import Image
 from alignit_probe.cli.common import fill_template
 from alignit_probe.errors import ProbeError
 from alignit_probe.text.concepts import Concept
+from alignit_probe.viz.fonts import Text
 from alignit_probe.viz.grid import image_grid
 
 CONCEPTS = [Concept("<new1>", "cat"), Concept("<new2>", "dog")]
@@ -33,21 +34,34 @@ def test_grid_keeps_prompts_and_caption_in_png_text(tmp_path):
 def test_grid_caption_wraps_to_the_grid_and_labels_end_in_an_ellipsis(tmp_path):
     from PIL import ImageDraw
 
-    from alignit_probe.viz.grid import fitted, font, wrapped
+    from alignit_probe.viz.grid import fitted, wrapped
 
-    draw, small = ImageDraw.Draw(Image.new("RGB", (1, 1))), font(12)
+    draw, small = ImageDraw.Draw(Image.new("RGB", (1, 1))), Text(12)
     caption = "dummy 'photo of a <new1> cat' · blocks up · keys and values · alpha 0.7 · 30 steps, guidance 7.5, seed 0"
     lines = wrapped(caption, small, 120, draw)
     assert " ".join(lines) == caption and len(lines) > 2  # every word kept, in order
-    assert all(draw.textlength(line, font=small) <= 120 for line in lines)
+    assert all(small.length(line, draw) <= 120 for line in lines)
     label = fitted("a very long prompt " * 10, small, 120, draw)
-    assert label.endswith("…") and draw.textlength(label, font=small) <= 120
+    assert label.endswith("…") and small.length(label, draw) <= 120
     assert fitted("short", small, 120, draw) == "short"
     images = {name: [Image.new("RGB", (32, 32), "red")] for name in ("baseline", "alignit")}
     one = image_grid(images, ["p"], tmp_path / "one.png", cell=64, caption="alpha 1")
     many = image_grid(images, ["p"], tmp_path / "many.png", cell=64, caption=caption)
     with Image.open(one) as a, Image.open(many) as b:  # the long caption takes more lines above the images
         assert b.size[1] > a.size[1] and b.info["caption"] == caption
+
+
+def test_grid_text_draws_every_character_with_a_font_that_has_it():
+    """Characters DejaVu Sans lacks (CJK; ⌒, an arc STIX has) come from a font that has them, not as boxes."""
+    from matplotlib.ft2font import FT2Font
+
+    text = "a <new1> cat in 東京 \u2312 ok"
+    runs = Text(12).runs(text)
+    assert "".join(piece for piece, _ in runs) == text
+    assert [piece for piece, face in runs if "DejaVuSans.ttf" in face.path][0] == "a <new1> cat in "
+    for piece, face in runs:
+        assert all(FT2Font(face.path).get_char_index(ord(ch)) for ch in piece), (piece, face.path)
+    assert len({face.path for _, face in runs}) >= 2
 
 
 def test_prompts_file_with_a_bom_crlf_comments_and_blank_lines(tmp_path):
