@@ -5,9 +5,9 @@ The front door (every name loads lazily, so the read side — ``open_store`` and
     from alignit_probe import Concept, Probe, compare, open_store
 
 ``Probe`` (models, record, AlignIT images, attention maps, K/V swap), ``Concept``, ``open_store``, ``open_shards``,
-``compare`` (pandas DataFrame of ``compare --json`` rows), ``capture_attention``, ``AlignITOptions``,
-``AttentionSlices``, ``ProbeError``, ``ProbeWarning``, and the embedded toy model (``build_toy``,
-``write_toy_custom_diffusion``).
+``merge_shards``, ``compare`` (pandas DataFrame of ``compare --json`` rows), ``layer_label`` (the short attn2 labels
+``compare`` prints), ``capture_attention``, ``AlignITOptions``, ``AttentionSlices``, ``ProbeError``, ``ProbeWarning``,
+and the embedded toy model (``build_toy``, ``write_toy_custom_diffusion``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ _EXPORTS = {
     "Concept": "text.concepts",
     "open_store": "store.layout",
     "open_shards": "store.shards",
+    "merge_shards": "store.shards",
+    "layer_label": "schema",
     "compare": "analysis.compare",
     "capture_attention": "capture.attention",
     "AttentionSlices": "capture.attention",

@@ -19,6 +19,7 @@ Models load on first use. ``baseline`` and each customized model may be a path, 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +31,7 @@ import xarray as xr
 from .alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv, validate
 from .alignit.generation import generate_images
 from .alignit.swap import Source, check_sources, generate_swap
+from .arguments import as_count, as_dataclass, as_names, as_prompts
 from .capture.attention import AttentionSlices
 from .errors import ProbeError, ProbeWarning
 from .models.load import ModelSet, check_device, load_models, load_pipeline, models_from_pipelines
@@ -67,6 +69,12 @@ class Probe:
     def __init__(
         self, baseline, custom=None, concepts=(), *, device: str | None = None, dtype="float32", progress: bool = True
     ):
+        if not (custom is None or isinstance(custom, (str, os.PathLike, list, tuple, dict)) or hasattr(custom, "unet")):
+            raise ProbeError(
+                f"custom= takes a SPEC, a list of [NAME=]SPEC, a dict {{NAME: SPEC or pipeline}} or a pipeline, "
+                f"not {type(custom).__name__}",
+                'pass e.g. custom="path/to/custom_diffusion_output"',
+            )
         self.baseline, self.custom = baseline, custom
         self.concepts = as_concepts(concepts)
         self.dtype = as_dtype(dtype)
@@ -144,25 +152,26 @@ class Probe:
         (zarr, or netCDF for ``.nc``); ``alignit`` adds the AlignIT branches; ``summary`` stores per-token distances
         to the baseline (computed on the device) instead of the activations, for ``compare`` on large prompt sets.
         Rerunning after a crash resumes."""
+        prompts = as_prompts(prompts)
         options = RecordOptions(
-            batch_size=batch_size,
+            batch_size=as_count(batch_size, "batch_size"),
             clip_skip=clip_skip,
             seed=seed,
             store_dtype=store_dtype,
             drop_padding=drop_padding,
             shard=shard,
-            alignit=(AlignITOptions() if alignit is True else alignit or None),
+            alignit=(AlignITOptions() if alignit is True else as_dataclass(alignit or None, AlignITOptions, "alignit")),
             summary=summary,
         )
         return record_store(
             self.models,
             self.concepts,
-            list(prompts),
+            prompts,
             out,
             options,
             overwrite=overwrite,
             progress=self.progress,
-            command=command,
+            command=command or [f"Probe.record, Python ({Path(sys.argv[0]).name if sys.argv[0] else 'interactive'})"],
             nodes=nodes,
         )
 
@@ -171,10 +180,11 @@ class Probe:
         self, prompts: list[str], options: AlignITOptions | None = None, *, model: str | None = None
     ) -> AlignITKV:
         """AlignIT's infused K/V for ``prompts`` (customized model ``model``; the only one by default)."""
+        prompts = as_prompts(prompts)
+        options = as_dataclass(options, AlignITOptions, "options") or AlignITOptions()
         pair = self.models.pair(model)
-        options = options or AlignITOptions()
         validate(pair, self.concepts, options)
-        return alignit_kv(pair, self.concepts, list(prompts), options)
+        return alignit_kv(pair, self.concepts, prompts, options)
 
     def alignit(
         self,
@@ -190,6 +200,7 @@ class Probe:
         output_type: str = "pil",
     ) -> dict[str, list]:
         """Images of the baseline, the customized model and AlignIT, same seed: {``baseline``, NAME, ``alignit``}."""
+        steps = as_count(steps, "steps")
         pair = self.models.pair(model)
         akv = self.alignit_kv(prompts, options, model=pair.name)
         kw = dict(
@@ -230,7 +241,7 @@ class Probe:
         {branch: (Dataset with ``map`` (prompt, token, y, x), images)}; same seed for all. ``slices``: aggregation
         (``AttentionSlices(aggregation="daam", layers="daam")`` for DAAM's maps) and extra maps. Without customized
         models (``custom=None``): the baseline's maps alone (``baseline_attention``)."""
-        gen = dict(seed=seed, steps=steps, guidance_scale=guidance_scale, height=height, width=width)
+        gen = dict(seed=seed, steps=as_count(steps, "steps"), guidance_scale=guidance_scale, height=height, width=width)
         (slices or AttentionSlices()).check_steps(steps)
         if self.custom is None:
             if alignit or model is not None or options is not None:
@@ -264,10 +275,10 @@ class Probe:
         """Cross-attention maps (and images) of the baseline alone, no customized model needed (DAAM's use):
         {``baseline``: (Dataset with ``map`` (prompt, token, y, x), images)}. Every token of the prompts is context
         (no concept)."""
-        (slices or AttentionSlices()).check_steps(steps)
+        (slices or AttentionSlices()).check_steps(as_count(steps, "steps"))
         return baseline_maps(
             self.baseline_only(),
-            list(prompts),
+            as_prompts(prompts),
             slices=slices or AttentionSlices(),
             seed=seed,
             steps=steps,
@@ -297,13 +308,18 @@ class Probe:
     ) -> dict[str, list]:
         """Keys from ``key_prompt``, values from ``value_prompt`` (all tokens, or at ``tokens``; all attn2 layers,
         or ``layers``/``blocks``): images {``A``, ``B``, ``keys A + values B``}. Models: ``baseline`` or a NAME."""
+        for what, prompt in (("key_prompt", key_prompt), ("value_prompt", value_prompt)):
+            if not isinstance(prompt, str):
+                raise ProbeError(f"{what} takes one prompt, not {type(prompt).__name__}", f"pass {what}=TEXT")
+        tokens, layers, blocks = as_names(tokens, "tokens"), as_names(layers, "layers"), as_names(blocks, "blocks")
+        steps = as_count(steps, "steps")
         names = {key_model, value_model, denoiser}
         if self.custom is None and names != {BASELINE}:
             roles = (("key", key_model), ("value", value_model), ("denoiser", denoiser))
             which, name = next((w, n) for w, n in roles if n != BASELINE)
             raise ProbeError(
                 f"the {which} model {name!r} is not loaded: only the baseline is",
-                "pass a customized model (--custom NAME=SPEC), or use baseline",
+                "pass a customized model (Probe(..., custom={NAME: SPEC})), or use baseline",
             )
         if names == {BASELINE} and self.custom is None:
             pipes = {BASELINE: self.baseline_only()}

@@ -70,6 +70,17 @@ def unet_order_key(path: str) -> tuple:
     return (BLOCK_ORDER.index(block) if block in BLOCK_ORDER else len(BLOCK_ORDER), nums, path)
 
 
+def layer_label(layer: int | float | str | None) -> str:
+    """The label ``compare`` prints for a row's layer: ``""`` where none applies, the encoder layer's index
+    (``text_2.<i>`` for SDXL's second encoder), an attn2 path's short label (``down1.0``, ``mid.0``, ``up2.1.t1``).
+    Layers read back as floats (a pandas column with nulls) label as their integers."""
+    if layer is None or (isinstance(layer, float) and layer != layer):
+        return ""
+    if isinstance(layer, (int, float)):
+        return str(int(layer))
+    return short_layer(layer)
+
+
 def short_layer(path: str) -> str:
     """A short label for an attn2 path: ``down_blocks.1.attentions.0.transformer_blocks.0.attn2`` → ``down1.0``
     (``.t<k>`` added for transformer blocks past the first). Text-encoder labels (``text_2.3``) stay as they are."""

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import torch
 from diffusers import StableDiffusionPipeline
 
-from alignit_probe import Concept, Probe, build_toy, compare
+from alignit_probe import Concept, Probe, build_toy, compare, layer_label
 
 work = Path(tempfile.mkdtemp(prefix="alignit-debug-"))
 base = StableDiffusionPipeline.from_pretrained(build_toy(work / "toy"))  # your baseline, in memory
@@ -116,16 +116,10 @@ first
 # the context: a projection change moves every token that passes through it.
 
 # %%
-def short(layer: str) -> str:
-    """up_blocks.1.attentions.0.transformer_blocks.0.attn2 → up1.0"""
-    block = layer.split(".")[0].replace("_blocks", "").replace("_block", "")
-    return block + ".".join(p for p in layer.split(".")[1:] if p.isdigit())[:3]
-
-
 def step(stage, layer):
-    if isinstance(layer, str):  # an attn2 path
-        return f"{stage[0].upper()} {short(layer)}"
-    return stage if layer is None else f"layer {layer}"
+    if isinstance(layer, str):  # an attn2 path, labeled as compare prints it (up_blocks.1.attentions.0… → up1.0)
+        return f"{stage[0].upper()} {layer_label(layer)}"
+    return stage if layer is None else f"layer {layer_label(layer)}"
 
 
 rel["step"] = [step(s, layer) for s, layer in zip(rel.stage, rel.layer)]
@@ -137,7 +131,7 @@ for ax, role in zip(axes, ["concept", "context"]):
         x = [steps.index(s) for s in r.step]
         ax.plot(x, r.value, style, ms=4, label=model)
         ax.fill_between(x, r.ci_low, r.ci_high, alpha=0.2)
-    patched = [i for i, s in enumerate(steps) if s.endswith(short(PATCHED))]
+    patched = [i for i, s in enumerate(steps) if s.endswith(layer_label(PATCHED))]
     for i in patched:
         ax.axvline(i, color="red", lw=0.8, ls=":")
     ax.set_xticks(range(len(steps)), steps, rotation=75, fontsize=7)
@@ -163,4 +157,4 @@ extra = (
 where = extra.abs().max(axis=1)
 print("largest extra drift at:", where.idxmax())
 assert where.idxmax() == PATCHED and (where.drop(PATCHED) < 1e-6).all()
-extra.rename(index=short).round(4)
+extra.rename(index=layer_label).round(4)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Image, display
 
-from alignit_probe import AlignITOptions, Concept, Probe, build_toy, compare, write_toy_custom_diffusion
+from alignit_probe import AlignITOptions, Concept, Probe, build_toy, compare, layer_label, write_toy_custom_diffusion
 from alignit_probe.viz.grid import image_grid
 
 work = Path(tempfile.mkdtemp(prefix="alignit-before-after-"))
@@ -70,7 +70,9 @@ summary.round(4)
 
 # %% [markdown]
 # Per attn2 layer (UNet order), with 95% CIs over prompts as error bars: the customized model moves concept and
-# context alike; AlignIT keeps the concept's drift and puts the context back on the baseline.
+# context alike; AlignIT puts the context back on the baseline exactly. Its concept span is the customized model's
+# K/V of the short dummy prompt ("photo of a <new1> cat"), not of the full prompt: the words before the concept
+# differ (CLIP's text encoder is causal), so its concept drift is not the customized model's — here it is larger.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), sharey=True)
@@ -84,8 +86,7 @@ for ax, stage in zip(axes, ["key", "value"]):
         ax.bar(x, r.value, 0.2, yerr=[r.value - r.ci_low, r.ci_high - r.value], color=color, label=f"{model}: {role}")
         for xi in x[r.value.to_numpy() == 0]:  # exactly the baseline: a bar of height 0
             ax.annotate("0", (xi, 0), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
-    short = [p.split(".")[0].split("_")[0] + ".".join(n for n in p.split(".")[1:4] if n.isdigit()) for p in layers]
-    ax.set_xticks(range(len(layers)), short, fontsize=8)
+    ax.set_xticks(range(len(layers)), [layer_label(p) for p in layers], fontsize=8)
     ax.set_title(f"{stage} (AlignIT context: 0 at every layer)")
 axes[0].set_ylabel("relative L2 to baseline")
 axes[0].legend(fontsize=8, ncol=2)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..arguments import as_ints, as_names
 from ..capture.inject import inject_kv
 from ..capture.sites import layout, record_kv, select_sites
 from ..errors import ProbeError
@@ -62,6 +63,11 @@ class AlignITOptions:
     pooled: str = "baseline"  # SDXL's pooled embedding: the baseline's of the prompt without modifier, or "custom"
     end_tokens: str = "baseline"  # end token and padding: the baseline's (the paper), or "dummy": the customized
     # model's on the first concept's dummy prompt
+
+    def __post_init__(self):  # one name for a list: blocks="up" is ["up"], never ["u", "p"]
+        self.layers = as_names(self.layers, "layers")
+        self.blocks = as_names(self.blocks, "blocks")
+        self.resolutions = as_ints(self.resolutions, "resolutions")
 
 
 def end_from(options: AlignITOptions, dummies: dict) -> int | None:

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 
 import xarray as xr
 
-from ..schema import BASELINE, ROW_COLUMNS, STAGES
+from ..arguments import as_count, as_list, as_names
+from ..errors import ProbeError
+from ..schema import ATTENTION_STAGE, BASELINE, ROW_COLUMNS, STAGES
 from .metrics import compare_rows
 
 if TYPE_CHECKING:
@@ -23,14 +25,19 @@ def open_any(store: xr.DataTree | str | os.PathLike | Iterable[str | os.PathLike
         return store
     from ..store.shards import open_shards
 
-    return open_shards([store] if isinstance(store, (str, os.PathLike)) else list(store))
+    if isinstance(store, (str, os.PathLike)):
+        return open_shards([store])
+    paths = as_list(store, "store", (str, os.PathLike), "a store path, a list of shard paths or a DataTree")
+    if not paths:
+        raise ProbeError("no store given", "pass a store path, a list of shard paths or a DataTree")
+    return open_shards(paths)
 
 
 def compare(
     store: xr.DataTree | str | os.PathLike | Iterable[str | os.PathLike],
     *,
     reference: str = BASELINE,
-    stages: Sequence[str] = STAGES,
+    stages: str | Sequence[str] = (*STAGES, ATTENTION_STAGE),
     n_boot: int = 1000,
     seed: int = 0,
     progress: tqdm | None = None,
@@ -39,7 +46,16 @@ def compare(
     95% CIs over prompts: a ``pandas.DataFrame`` whose columns are those of ``compare --json``."""
     import pandas as pd
 
-    rows = compare_rows(
-        open_any(store), reference=reference, stages=stages, n_boot=n_boot, seed=seed, progress=progress
-    )
+    from ..store import layout as st
+
+    stages = as_names(stages, "stages")
+    unknown = [x for x in stages if x not in (*STAGES, ATTENTION_STAGE)]
+    if unknown:
+        raise ProbeError(f"unknown stage {unknown[0]!r}", "choose among: " + ", ".join((*STAGES, ATTENTION_STAGE)))
+    tree = open_any(store)
+    if reference not in st.models(tree):
+        raise ProbeError(f"no model {reference!r} in the store", "choose among: " + ", ".join(st.models(tree)))
+    n_boot = as_count(n_boot, "n_boot")
+    rows = compare_rows(tree, reference=reference, stages=stages, n_boot=n_boot, seed=seed, progress=progress)
+    rows = [r for r in rows if r["stage"] in stages]  # attention maps' rows come with every call
     return pd.DataFrame(rows, columns=list(ROW_COLUMNS))

@@ -245,15 +245,11 @@ def check_concepts(args: argparse.Namespace) -> None:
     import warnings
 
     from ..errors import ProbeWarning
+    from ..text.prompt_text import no_class_word_note
 
     for c in concepts_from(args):
         if c.class_word is None:
-            warnings.warn(
-                f"concept {c.token!r} has no --class-word: its tokens have no baseline partner, so compare "
-                "shows no concept rows (pass --class-word WORD, the class it stands for, e.g. dog)",
-                ProbeWarning,
-                stacklevel=2,
-            )
+            warnings.warn(no_class_word_note(c), ProbeWarning, stacklevel=2)
 
 
 # ------------------------------------------------------------------------------------------------ outputs

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..analysis.stats import MIN_CI, fmt
 from ..errors import ProbeError
-from ..schema import ATTENTION_METRICS, BASELINE, METRICS, ROLES, STAGES, short_layer
+from ..schema import ATTENTION_METRICS, BASELINE, METRICS, ROLES, STAGES, layer_label
 from .common import Subparsers, json_safe, subparser
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def print_table(rows: list[dict], tree: xr.DataTree, out: TextIO | None = None) 
     legend = {}
     lines = []
     for (model, stage, layer, metric), by_role in cells.items():
-        label = "" if layer is None else (str(layer) if isinstance(layer, int) else short_layer(layer))
+        label = layer_label(layer)
         if isinstance(layer, str) and label != layer:
             legend[label] = layer
         n = max(r["n"] for r in by_role.values())

@@ -9,11 +9,8 @@ from .common import Formatter, Subparsers, subparser
 
 
 def cmd_toy_build(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as transformers_logging
-
     from ..models.toy import build_toy
 
-    transformers_logging.disable_progress_bar()  # its "Writing model shards" bar, for a one-line build
     out = build_toy(args.out, seed=args.seed, overwrite=args.overwrite, arch=args.arch)
     print(f"toy pipeline written to {out}")
     return 0

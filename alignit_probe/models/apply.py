@@ -138,17 +138,24 @@ def load_tokens(
     transformers' ``resize_token_embeddings`` samples the new rows (then overwritten) from the global RNG: keep
     the caller's RNG state untouched.
     """
-    for token, tensor in embeddings.items():
-        with torch.random.fork_rng(devices=[]):
-            try:
-                pipe.load_textual_inversion(
-                    {token: tensor}, token=token, text_encoder=text_encoder, tokenizer=tokenizer
-                )
-            except ValueError as e:
-                raise ProbeError(
-                    f"diffusers refused token {token!r} from {parsed.path} ({e})",
-                    "rename the token or drop the duplicate SPEC",
-                ) from e
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # not its notice on how the new rows, overwritten next, are sampled
+    try:
+        for token, tensor in embeddings.items():
+            with torch.random.fork_rng(devices=[]):
+                try:
+                    pipe.load_textual_inversion(
+                        {token: tensor}, token=token, text_encoder=text_encoder, tokenizer=tokenizer
+                    )
+                except ValueError as e:
+                    raise ProbeError(
+                        f"diffusers refused token {token!r} from {parsed.path} ({e})",
+                        "rename the token or drop the duplicate SPEC",
+                    ) from e
+    finally:
+        transformers_logging.set_verbosity(level)
 
 
 def load_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..text.byte_level import bytes_to_unicode
+from .quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -226,6 +227,7 @@ def build_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
 ARCHS = ("sd1", "sd2", "sdxl")
 
 
+@quiet_libraries()
 def build_toy(out: str | Path, seed: int = 0, overwrite: bool = False, arch: str = "sd1") -> Path:
     """Write the toy pipeline of architecture ``arch`` (sd1, sd2, sdxl) to ``out`` in diffusers format
     (safetensors). Returns the directory."""
@@ -244,6 +246,7 @@ def build_toy(out: str | Path, seed: int = 0, overwrite: bool = False, arch: str
     return out
 
 
+@quiet_libraries()
 def write_toy_custom_diffusion(
     baseline_dir: str | Path,
     out: str | Path,
@@ -287,6 +290,7 @@ def _near(text_encoder, tokenizer, word: str, scale: float, gen) -> torch.Tensor
     return init + scale * init.norm() / init.numel() ** 0.5 * torch.randn(init.shape, generator=gen)
 
 
+@quiet_libraries()
 def write_toy_textual_inversion(
     baseline_dir: str | Path, out: str | Path, token: str = "<new1>", init_word: str = "cat", seed: int = 0
 ) -> Path:

@@ -121,24 +121,31 @@ def generation_maps(
     """{branch: (maps Dataset, images)} for the baseline, the customized model (``pair.name``) and, optionally,
     AlignIT (``alignit_name``): same seed and settings (``gen``: ``generate_images``' keywords)."""
     runs = [
-        (BASELINE, akv.baseline_embeds, akv.baseline_pooled, contextlib.nullcontext(pair.baseline)),
-        (pair.name, akv.custom_embeds, akv.custom_pooled, contextlib.nullcontext(pair.custom)),
+        (BASELINE, akv.baseline_embeds, akv.baseline_pooled, contextlib.nullcontext(pair.baseline), akv.baseline),
+        (pair.name, akv.custom_embeds, akv.custom_pooled, contextlib.nullcontext(pair.custom), akv.custom),
     ]
     if include_alignit:
-        runs.append((alignit_name, akv.cond_embeds, akv.cond_pooled, alignit(pair, akv)))
+        plans = [p.tokens for p in akv.plans]
+        runs.append((alignit_name, akv.cond_embeds, akv.cond_pooled, alignit(pair, akv), plans))
     out = {}
-    for name, embeds, pooled, ctx in runs:
+    for name, embeds, pooled, ctx, tokenized in runs:
         with ctx as pipe, capture_attention(pipe, embeds, slices=slices) as collector:
             images = generate_images(pipe, embeds, pooled_prompt_embeds=pooled, **gen)
-        out[name] = (branch_maps(collector), images)
+        out[name] = (branch_maps(collector, tokenized), images)
     return out
 
 
-def branch_maps(collector: AttentionCollector) -> xr.Dataset:
-    """A collector's maps as a store node: no ``token_text`` (the branch's token labels say it), prompts 0…P−1."""
+def branch_maps(collector: AttentionCollector, tokenized: list[TokenizedPrompt]) -> xr.Dataset:
+    """A collector's maps, prompts 0…P−1, labeled with the branch's tokens: ``token_str`` and ``role`` (prompt,
+    token), as the store's token labels (a store keeps them once, in the branch's group)."""
     ds = collector.to_dataset()
     ds = ds.drop_vars([v for v in ("token_text",) if v in ds.coords])
-    return ds.assign_coords(prompt=np.arange(ds.sizes["prompt"]))
+    n = ds.sizes["token"]
+    labels = {
+        name: (("prompt", "token"), np.array([getattr(tp, attr)[:n] for tp in tokenized], dtype=object))
+        for name, attr in (("token_str", "tokens"), ("role", "role"))
+    }
+    return ds.assign_coords(prompt=np.arange(ds.sizes["prompt"]), **labels)
 
 
 def baseline_tokens(pipe: StableDiffusionPipeline, prompts: list[str]) -> list[TokenizedPrompt]:
@@ -163,10 +170,11 @@ def baseline_maps(
 ) -> dict[str, tuple[xr.Dataset, list]]:
     """{``baseline``: (maps Dataset, images)} of the baseline pipeline alone (DAAM's use; ``gen``:
     ``generate_images``' keywords)."""
-    embeds, pooled = conditioning(pipe, baseline_tokens(pipe, prompts))
+    tokenized = baseline_tokens(pipe, prompts)
+    embeds, pooled = conditioning(pipe, tokenized)
     with capture_attention(pipe, embeds, slices=slices) as collector:
         images = generate_images(pipe, embeds, pooled_prompt_embeds=pooled, **gen)
-    return {BASELINE: (branch_maps(collector), images)}
+    return {BASELINE: (branch_maps(collector, tokenized), images)}
 
 
 def write_maps_store(

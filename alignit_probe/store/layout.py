@@ -32,7 +32,7 @@ from pathlib import Path
 import xarray as xr
 
 from ..errors import ProbeError
-from ..schema import ALIGNIT, BASELINE, unet_order_key
+from ..schema import ALIGNIT, BASELINE, short_layer, unet_order_key
 
 FORMAT = "alignit-probe/1"
 JSON_ATTRS = (
@@ -155,8 +155,20 @@ def check_complete(path: Path, attrs: dict) -> None:
             raise ProbeError(
                 f"{path} is an unfinished recording", f"rerun the same record command to resume it, then pass {final}"
             )
+        fmt = attrs.get("format")
+        if not fmt:
+            raise ProbeError(
+                f"{path} is a zarr store, but not one alignit-probe wrote (its root has no format attribute)",
+                "pass a store written by `alignit-probe record` (or Probe.record)",
+            )
+        if fmt != FORMAT:
+            raise ProbeError(
+                f"{path} is a store of format {fmt!r}; this alignit-probe reads {FORMAT!r}",
+                "read it with the alignit-probe version that wrote it (root attribute versions), or record it again",
+            )
         raise ProbeError(
-            f"{path} is not a complete alignit-probe store", "rerun `alignit-probe record` with --overwrite"
+            f"{path} is an incomplete alignit-probe store (its recording stopped)",
+            "rerun the command that wrote it to resume (or with --overwrite / overwrite=True to start over)",
         )
 
 
@@ -184,7 +196,23 @@ def token_labels(tree: xr.DataTree, model: str) -> xr.Dataset:
 
 
 def group(tree: xr.DataTree, model: str, name: str) -> xr.Dataset:
-    """One group of a branch (``text``, ``kv/<path>``, …) with the branch's token labels as coordinates."""
+    """One group of a branch (``text``, ``kv/<path>`` — the attn2 path or its short label, ``kv/down1.0`` —, …) with
+    the branch's token labels as coordinates."""
+    if model not in tree.children:
+        raise ProbeError(f"no model {model!r} in the store", "choose among: " + ", ".join(models(tree)))
+    if name.startswith("kv/"):
+        paths = kv_paths(tree, model)
+        by_label = {short_layer(p): p for p in paths}
+        if name[3:] not in paths and name[3:] not in by_label:
+            raise ProbeError(
+                f"no attn2 layer {name[3:]!r} recorded for {model}",
+                "choose among: " + ", ".join(f"kv/{label}" for label in by_label),
+            )
+        name = f"kv/{by_label.get(name[3:], name[3:])}"
+    elif name not in tree[model].children:
+        raise ProbeError(
+            f"no group {name!r} under {model}", "choose among: " + ", ".join(tree[model].children) + " (kv/<layer>)"
+        )
     ds = tree[f"{model}/{name}"].to_dataset(inherit=True)
     return ds.assign_coords({k: v for k, v in token_labels(tree, model).coords.items() if k in TOKEN_COORDS})
 

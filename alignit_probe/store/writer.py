@@ -19,7 +19,7 @@ from .arrays import PartialArrays
 from .background import BackgroundWriter
 from .batch import Batch, keep_tokens, select_prompts
 from .export import export_netcdf
-from .layout import FORMAT, check_output, decode_attrs, encode_attrs, is_netcdf, remove_path
+from .layout import FORMAT, TOKEN_COORDS, check_output, decode_attrs, encode_attrs, is_netcdf, remove_path
 from .resume import resume as resume_partial
 from .templates import plan_like, plan_new, templates
 
@@ -174,7 +174,10 @@ class StoreWriter:
         zc.update_attributes(self.tmp / group, encode_attrs({"warnings": list(dict.fromkeys(old + new))}))
 
     def put(self, group: str, ds: xr.Dataset) -> None:
-        """Write a whole node at once (embedding diagnostics, attention maps; dask-backed nodes when merging)."""
+        """Write a whole node at once (embedding diagnostics, attention maps; dask-backed nodes when merging). Token
+        labels a node carries (maps from ``Probe.attention``) are the branch's, kept once in its group."""
+        if "/" in group.strip("/"):  # a node under a branch (not the branch's own group, which merges write)
+            ds = ds.drop_vars([c for c in TOKEN_COORDS if c in ds.coords and "token" in ds[c].dims])
         self._submit(self._arrays.create, group, ds, "w")
 
     def commit(self) -> Path:

@@ -20,7 +20,14 @@ class Concept:
     class_word: str | None = None
 
     def __post_init__(self):
-        if self.class_word and isinstance(self.token, str) and self.token.strip().lower() == self.class_word.lower():
+        if not isinstance(self.token, str) or not (self.class_word is None or isinstance(self.class_word, str)):
+            raise ProbeError(
+                f"Concept takes strings: got token {self.token!r}, class word {self.class_word!r}",
+                'write Concept("<new1>", "cat") (the class word may be None)',
+            )
+        if not self.token.strip():
+            raise ProbeError("a Concept's token is empty", "pass the token prompts use for it (e.g. <new1>, sks)")
+        if self.class_word and self.token.strip().lower() == self.class_word.lower():
             raise ProbeError(
                 f"concept {self.token!r} is its own class word: the baseline's prompts would equal the customized "
                 "model's, so nothing would tell the concept apart",
@@ -110,6 +117,15 @@ FUNCTION_WORDS = frozenset(
 )
 
 
+def no_class_word_note(concept: Concept) -> str:
+    """What a concept without a class word loses (said by the CLI before models load, kept in the store)."""
+    return (
+        f"concept {concept.token!r} has no class word: its tokens have no baseline partner, so its concept rows in "
+        "compare have no values (n 0); give the class it stands for (--class-word WORD, or Concept(token, "
+        "class_word) in Python), e.g. dog"
+    )
+
+
 def class_word_notes(prompts: Sequence[str], concepts: list[Concept]) -> list[str]:
     """A note for each class word that follows its concept's token in none of the prompts while one same word
     follows it in all of them, a word that may name a class (not a function word, not a verb form ending in -ing or
@@ -118,6 +134,7 @@ def class_word_notes(prompts: Sequence[str], concepts: list[Concept]) -> list[st
     notes = []
     for c in concepts:
         if not c.class_word:
+            notes.append(no_class_word_note(c))
             continue
         after, joined = set(), None
         for prompt in prompts:

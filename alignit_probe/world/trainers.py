@@ -24,11 +24,9 @@ of samples (seeds 0 and 1, 16 samples each), drawing white (the references'), gr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ProbeError
+from ..models.quiet import quiet_libraries
 from .concept import WorldConcept
 from .train_loop import Plan, fit, load_baseline
 
@@ -168,28 +167,6 @@ def check_options(
     if not token or token != token.strip() or any(c.isspace() or c in "/\\" for c in token):
         raise ProbeError(f"token {token!r} is empty or holds spaces or slashes", "pass one word, e.g. --token <new1>")
     return steps, float(lr)
-
-
-@contextlib.contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """Neither diffusers' nor transformers' progress bars nor their warnings while loading and saving (a tiny model
-    loads and saves in a blink; ``save_attn_procs`` warns that the untrained attn1 processors, empty, are not
-    written, as in the script's output)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    libs = (diffusers_logging, transformers_logging)
-    before = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libs]
-    for lib in libs:
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, (level, bars) in zip(libs, before):
-            lib.set_verbosity(level)
-            if bars:
-                lib.enable_progress_bar()
 
 
 # ------------------------------------------------------------------------------------------------ new token rows

@@ -191,8 +191,10 @@ def test_unknown_token_names_the_added_tokens(base_tok):
         "concept token '<new2>' is unknown to the customized model's tokenizer — use one of its added tokens: <new1>"
     )
     for bad in ("", "  "):
-        with pytest.raises(ProbeError, match="unknown to the customized.*added tokens: <new1>$"):
-            modifier_ids(pipe, Concept(bad, "dog"))
+        with pytest.raises(ProbeError, match="a Concept's token is empty"):
+            Concept(bad, "dog")
+    with pytest.raises(ProbeError, match="Concept takes strings: got token 123"):
+        Concept(123, "cat")
     with pytest.raises(ProbeError, match="it added no tokens: use the instance word it was trained on"):
         modifier_ids(FakePipe({}), Concept("<x>"))
     assert modifier_ids(pipe, Concept("<new1>")) == pipe.tokenizer.convert_tokens_to_ids(
@@ -207,7 +209,7 @@ def test_class_word_note_only_where_the_prompts_name_the_class_otherwise():
     notes = class_word_notes(cat, [Concept("<new1>", "dog")])
     assert len(notes) == 1 and "'cat' follows it in all" in notes[0] and "--class-word cat" in notes[0]
     assert class_word_notes(cat, [Concept("<new1>", "cat")]) == []  # the class word follows
-    assert class_word_notes(cat, [Concept("<new1>", None)]) == []
+    assert len(class_word_notes(cat, [Concept("<new1>", None)])) == 1  # no class word: said (no partner)
     scenes = ["a <new1> on the beach", "a <new1> in the snow"]  # inserted where it belongs
     assert class_word_notes(scenes, [Concept("<new1>", "dog")]) == []
     assert class_word_notes(["a <new1> cat", "a <new1> dog"], [Concept("<new1>", "dog")]) == []
