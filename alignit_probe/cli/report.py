@@ -35,14 +35,18 @@ def write_folder(tree: xr.DataTree, rows: list[dict], out: Path, stores: Iterabl
     from .. import store as st
     from ..analysis.stats import MIN_CI
     from ..viz.drift import checkpoint_figure, drift_figure
+    from ..viz.notes import ci_table_note
+    from ..viz.sections import ROLES, checkpoint_run
     from ..viz.stages import WHOLE_PROMPT, stage_summary
 
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
     figures = [drift_figure(rows, out / f"drift_{m}.png", m) for m in ("relative_l2", "cosine_distance")]
     customs = st.store_attrs(tree).get("custom_models") or []
-    if len(customs) > 1:
+    if len(customs) > 1:  # as the HTML report: lines only between checkpoints of one run
+        steps = checkpoint_run(tree)
         figures += [
-            checkpoint_figure(rows, out / f"checkpoints_{m}.png", m) for m in ("relative_l2", "cosine_distance")
+            checkpoint_figure(rows, out / f"checkpoints_{m}.png", m, ROLES, steps)
+            for m in ("relative_l2", "cosine_distance")
         ]
     lines = [f"# alignit-probe report: {', '.join(map(str, stores))}", ""]
     for model in st.models(tree):
@@ -51,11 +55,12 @@ def write_folder(tree: xr.DataTree, rows: list[dict], out: Path, stores: Iterabl
         lines += [f"  - warning: {w}" for w in a.get("warnings", [])]
     lines += ["", "| model | stage | role | relative L2 (mean over layers) | 95% CI (mean over layers) | n |"]
     lines.append("|---|---|---|---|---|---|")
-    for s in stage_summary(rows, "relative_l2"):  # as the HTML report's stage table (SDXL: per encoder, pooled)
-        if s["role"] in ("concept", "context", WHOLE_PROMPT):
-            ci = f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]" if s["n"] >= MIN_CI else "—"
-            lines.append(f"| {s['model']} | {s['stage']} | {s['role']} | {s['value']:.4f} | {ci} | {s['n']} |")
-    lines += ["", "Everything in one page: [report.html](report.html)", ""]
+    shown = [s for s in stage_summary(rows, "relative_l2") if s["role"] in ("concept", "context", WHOLE_PROMPT)]
+    for s in shown:  # as the HTML report's stage table (SDXL: per encoder, pooled)
+        ci = f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]" if s["n"] >= MIN_CI else "—"
+        lines.append(f"| {s['model']} | {s['stage']} | {s['role']} | {s['value']:.4f} | {ci} | {s['n']} |")
+    note = ci_table_note(shown)
+    lines += (["", note] if note else []) + ["", "Everything in one page: [report.html](report.html)", ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return figures
@@ -88,7 +93,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         with staged_folder(out) as tmp:
             write_folder(tree, rows, tmp, args.store)
             write_html(page, tmp / "report.html")
-    print(f"report written to {out}")
+    print(f"report written to {Path(args.out)}")  # as given, for a file and a folder alike
     return 0
 
 

@@ -53,7 +53,8 @@ def check_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
     from diffusers.utils.state_dict_utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
 
     try:
-        converted, _ = type(pipe).lora_state_dict(dict(parsed.weights))
+        # unet_config, as load_lora_weights passes it: kohya's SGM block names (input_blocks_4_1) mapped to the UNet's
+        converted, _ = type(pipe).lora_state_dict(dict(parsed.weights), unet_config=pipe.unet.config)
     except Exception as e:
         raise ProbeError(
             f"diffusers cannot read the LoRA in {parsed.path} ({first_line(e)})",

@@ -65,7 +65,8 @@ def resume(
 def differences(old: dict, new: dict) -> str:
     """What differs between two jobs' root attributes, as far as they say (options by name: ``batch_size 1 → 8``)."""
     out = []
-    for key in sorted(set(old) & set(new) - {"written", "complete", "format", "fingerprint", "command", "warnings"}):
+    same_job = {"written", "complete", "format", "fingerprint", "command", "warnings", "recorded_at"}
+    for key in sorted(set(old) & set(new) - same_job):
         a, b = old[key], new[key]
         if isinstance(a, dict) and isinstance(b, dict):
             out += [f"{k} {a.get(k)} → {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -68,7 +68,7 @@ def shard_range(n_prompts: int, batch_size: int, shard: tuple[int, int] | None) 
     return span
 
 
-SHARD_ATTRS = ("shard", "prompt_range", "written", "command", "warnings")
+SHARD_ATTRS = ("shard", "prompt_range", "written", "command", "warnings", "recorded_at")
 
 
 def _shard_of(path, attrs: dict) -> tuple[int, int]:
@@ -149,6 +149,7 @@ def open_shards(paths: str | os.PathLike | Iterable[str | os.PathLike], chunks: 
                 "prompt_range": [int(index[0]), int(index[-1]) + 1],
                 "warnings": list(dict.fromkeys(w for a in attrs for w in a.get("warnings", []))),
                 "command": [a.get("command") for a in attrs],
+                "recorded_at": max((a.get("recorded_at") or "" for a in attrs), default="") or None,  # the last
             }
         )
     )

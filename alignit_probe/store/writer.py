@@ -6,6 +6,7 @@ The layout is ``layout``'s. The parts: ``arrays`` (the partial store's arrays an
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
@@ -187,7 +188,8 @@ class StoreWriter:
         self._stop()
         for model, n in self._written.items():
             self._arrays.resize(model, n)
-        attrs = {"written": self._written, **self.attrs, "format": FORMAT, "complete": 1}
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        attrs = {"written": self._written, "recorded_at": now, **self.attrs, "format": FORMAT, "complete": 1}
         zc.update_attributes(self.tmp, encode_attrs(attrs))
         zc.consolidate(self.tmp)
         done = self.tmp

@@ -9,7 +9,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..schema import ATTENTION_METRICS, ATTENTION_STAGE, BASELINE
-from .figures import ROLE_COLORS, branch_styles, dodge, drawing, errorbar_series, new_figure, png_bytes
+from .figures import (
+    ROLE_COLORS,
+    branch_styles,
+    dodge,
+    drawing,
+    errorbar_series,
+    legend_outside,
+    metric_label,
+    new_figure,
+    png_bytes,
+    zero_floor,
+)
 from .tokens import token_text
 
 if TYPE_CHECKING:
@@ -56,8 +67,9 @@ def attention_grid_figure(grid: WordGrid) -> bytes | None:
 
 
 def attention_divergence_figure(rows: list[dict]) -> bytes | None:
-    """Each branch's attention-map divergence from the baseline per role (95% bootstrap CI over prompts), one panel
-    per metric (``one_minus_pearson``, ``jensen_shannon``, ``one_minus_iou``)."""
+    """Each branch's attention-map divergence from the baseline per role (95% bootstrap CI over prompts where n ≥
+    ``MIN_CI``), one panel per metric titled with its readable name and unit (1 − Pearson r, Jensen–Shannon
+    divergence in bits, 1 − IoU)."""
     rows = [r for r in rows if r["stage"] == ATTENTION_STAGE and r["n"] and r["value"] is not None]
     rows = [r for r in rows if r["role"] in ROLES]
     if not rows:
@@ -76,8 +88,8 @@ def attention_divergence_figure(rows: list[dict]) -> bytes | None:
                     errorbar_series(ax, range(len(ROLES)), pts, off, model, {**styles[model], "linestyle": "none"})
             ax.set_xticks(range(len(ROLES)), ROLES)
             ax.set_xlim(-0.6, len(ROLES) - 0.4)
-            ax.set_ylim(bottom=0)
-            ax.set_title(metric.replace("_", " "), fontsize=9)
+            zero_floor(ax)
+            ax.set_title(metric_label(metric), fontsize=9)
         axes[0].set_ylabel("divergence from baseline")
-        axes[0].legend(fontsize=7)
+        legend_outside(fig, axes, ncol=min(len(models), 4))
         return png_bytes(fig)

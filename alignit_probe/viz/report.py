@@ -1,6 +1,7 @@
 """The diagnostic report as ONE self-contained HTML file: figures embedded as base64 PNG data URIs, inline CSS and
-a tiny inline self-check script, nothing fetched from anywhere. Rendered with Jinja2 from
-``templates/report.html.j2``; every section appears only when the store holds its data:
+a tiny inline self-check script (its result goes into a hidden element, for tests and headless checks: no reader
+sees it), nothing fetched from anywhere. Rendered with Jinja2 from ``templates/report.html.j2``; every section
+appears only when the store holds its data:
 
 1. models and artifacts with their "did it load?" verdicts and warnings;
 2. stage-by-stage divergence, concept vs context, every branch on the same axes (``viz.stages``);
@@ -8,7 +9,7 @@ a tiny inline self-check script, nothing fetched from anywhere. Rendered with Ji
 4. tokens × stages heatmaps of the first prompts (``analysis.tokens``, ``viz.tokens``);
 5. learned-embedding diagnostics and a PCA of the prompts' token embeddings (``analysis.tokens``, ``viz.tokens``);
 6. attention-map grids and their divergence rows (``analysis.words``, ``viz.attention``);
-7. several customized models side by side (``viz.drift.checkpoint_figure``);
+7. several customized models: checkpoints of one run, or models side by side (``viz.drift.checkpoint_figure``);
 8. image grids given by the caller (the AlignIT grid, K/V swaps);
 9. the run's configuration (root attributes).
 
@@ -25,7 +26,9 @@ import xarray as xr
 
 from .. import store as st
 from ..errors import ProbeError
+from . import notes
 from . import sections as sec
+from .figures import metric_label
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -56,13 +59,15 @@ def report_context(tree: xr.DataTree, rows: list[dict], title: str = "", images:
     ctx = dict(
         title=title or "store",
         generated=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        recorded=notes.recorded_time(tree),
+        summary_note=notes.summary_note(tree),
         n_prompts=int(st.store_attrs(tree).get("n_prompts") or labels.sizes["prompt"]),
         warnings=sec.store_warnings(tree),
         models=sec.models_section(tree),
         stages=sec.stages_section(rows),
         kv=sec.kv_section(rows),
         heatmaps=sec.heatmap_section(tree),
-        heatmap_metric=sec.METRIC_LABELS[sec.METRIC],
+        heatmap_metric=metric_label(sec.METRIC),
         embedding=sec.embedding_section(tree),
         attention=sec.attention_section(tree, rows),
         checkpoints=sec.checkpoint_section(tree, rows),
@@ -81,6 +86,8 @@ def report_context(tree: xr.DataTree, rows: list[dict], title: str = "", images:
         config="configuration",
     )
     anchors = dict(heatmaps="tokens")
+    if ctx["checkpoints"]:  # checkpoints of one run, or models side by side: the nav says which
+        names["checkpoints"], anchors["checkpoints"] = ctx["checkpoints"]["nav"], ctx["checkpoints"]["anchor"]
     shown = [k for k in names if ctx[k]]
     ctx["nav"] = [(anchors.get(k, k), names[k]) for k in shown]
     ctx["number"] = {k: i + 1 for i, k in enumerate(shown)}  # sections numbered as shown

@@ -15,12 +15,13 @@ from typing import Any
 import xarray as xr
 
 from .. import store as st
-from ..analysis.stats import MIN_CI, fmt
+from ..analysis.stats import fmt
 from ..schema import ATTENTION_METRICS, BASELINE, alignit_branch, short_layer, unet_order_key
-from .figures import is_alignit
+from .figures import is_alignit, metric_label
+from .notes import cell_text, ci_caption, ci_table_note
 
 METRIC = "relative_l2"
-METRIC_LABELS = {"relative_l2": "relative L2", "cosine_distance": "cosine distance"}
+DISTANCES = ("relative_l2", "cosine_distance")  # the checkpoint figures' metrics
 HEATMAP_PROMPTS = 3
 ATTENTION_PROMPTS = 2
 PROJECTION_PROMPTS = 64
@@ -40,14 +41,6 @@ def file_figure_uri(draw: Callable[..., str | Path], *args: Any) -> str:
 def safe_rows(rows: list[dict]) -> list[dict]:
     """Rows with NaN as None (as ``compare --json`` writes them)."""
     return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
-
-
-def cell_text(entry: dict | None) -> str:
-    if not entry:
-        return "—"
-    if entry["n"] < MIN_CI:
-        return fmt(entry["value"])
-    return f"{fmt(entry['value'])} [{fmt(entry['ci_low'], 3)}, {fmt(entry['ci_high'], 3)}]"
 
 
 def custom_models(tree: xr.DataTree) -> list[str]:
@@ -104,7 +97,7 @@ def models_section(tree: xr.DataTree) -> list[dict]:
 def stages_section(rows: list[dict]) -> dict | None:
     """Section 2: the stage figure, its table (both metrics) and the every-layer figure."""
     from .drift import drift_figure
-    from .stages import LAYERED, WHOLE_PROMPT, stage_figure, stage_summary
+    from .stages import LAYERED, WHOLE_PROMPT, stage_figure, stage_summary, usable
 
     figure = data_uri(stage_figure(rows, METRIC))
     if figure is None:
@@ -144,12 +137,16 @@ def stages_section(rows: list[dict]) -> dict | None:
         )
     if not any(s["role"] == "concept" for s in summary):
         note += " No concept rows: the concept's tokens have no baseline partner (record with --class-word)."
+    shown = [s for s in summary if s["role"] in ROLES]
     return dict(
         figure=figure,
         table=table,
         roles=roles,
-        metric_label=METRIC_LABELS[METRIC],
+        metric_label=metric_label(METRIC),
         note=note,
+        ci=ci_caption(shown),
+        ci_bands=ci_caption([r for r in usable(rows, METRIC)], "bands"),
+        ci_note=ci_table_note(summary),
         alignit=any(is_alignit(s["model"]) for s in summary),
         every_layer=file_figure_uri(drift_figure, rows, METRIC),
     )
@@ -157,13 +154,20 @@ def stages_section(rows: list[dict]) -> dict | None:
 
 def kv_section(rows: list[dict]) -> dict | None:
     """Section 3: K/V per attn2 layer and the short-label legend."""
-    from .stages import kv_layer_figure
+    from ..schema import KV_STAGES
+    from .stages import kv_layer_figure, usable
 
     figure = data_uri(kv_layer_figure(rows, METRIC))
     if figure is None:
         return None
     paths = sorted({r["layer"] for r in rows if r["stage"] in ("key", "value") and r["layer"]}, key=unet_order_key)
-    return dict(figure=figure, metric_label=METRIC_LABELS[METRIC], legend=[(short_layer(p), p) for p in paths])
+    drawn = [r for r in usable(rows, METRIC, KV_STAGES) if r["role"] in ROLES]
+    return dict(
+        figure=figure,
+        metric_label=metric_label(METRIC),
+        legend=[(short_layer(p), p) for p in paths],
+        ci=ci_caption(drawn),
+    )
 
 
 def heatmap_section(tree: xr.DataTree) -> list[dict]:
@@ -263,21 +267,74 @@ def attention_section(tree: xr.DataTree, rows: list[dict]) -> dict | None:
         if metric in ATTENTION_METRICS and any(cell.get((model, metric, role)) for role in ROLES):
             sel = [cell.get((model, metric, role)) for role in ROLES]
             table.append(
-                dict(model=model, metric=metric, cells=[cell_text(s) for s in sel], n=max(s["n"] for s in sel if s))
+                dict(
+                    model=model,
+                    metric=metric_label(metric),
+                    cells=[cell_text(s) for s in sel],
+                    n=max(s["n"] for s in sel if s),
+                )
             )
     divergence = data_uri(attention_divergence_figure(rows))
     if not grids and divergence is None:
         return None
-    return dict(grids=grids, divergence=divergence, table=table, roles=ROLES)
+    drawn = [r for r in att if r["n"] and r["value"] is not None]
+    return dict(
+        grids=grids,
+        divergence=divergence,
+        table=table,
+        roles=ROLES,
+        ci=ci_caption(drawn),
+        ci_note=ci_table_note(list(cell.values())),
+    )
 
 
-def checkpoint_section(tree: xr.DataTree, rows: list[dict]) -> list[dict]:
-    """Section 7: ``viz.drift.checkpoint_figure`` when the store holds more than one customized model."""
+def checkpoint_run(tree: xr.DataTree) -> dict[str, int] | None:
+    """{model: training step} when the store's customized models are checkpoints of one run (one method, and
+    ``viz.drift.run_steps`` finds a step in each name, or else in each SPEC path, the rest being the same); else
+    None."""
+    from .drift import run_steps
+
+    models = set(st.models(tree))
+    attrs = {m: st.model_attrs(tree, m) for m in custom_models(tree) if m in models}
+    if len({str(a.get("method")) for a in attrs.values()}) != 1:
+        return None
+    return run_steps({m: [m, *map(str, a.get("custom_ids") or [])] for m, a in attrs.items()})
+
+
+def checkpoint_section(tree: xr.DataTree, rows: list[dict]) -> dict | None:
+    """Section 7, when the store holds more than one customized model: ``viz.drift.checkpoint_figure`` per metric,
+    as checkpoints of one run (``checkpoint_run``: ordered by step, lines) or as models side by side (points)."""
     from .drift import checkpoint_figure
 
-    if len(custom_models(tree)) < 2 or not any(r["n"] and r["stage"] != "attention_map" for r in rows):
-        return []
-    return [dict(metric=m, figure=file_figure_uri(checkpoint_figure, rows, m)) for m in METRIC_LABELS]
+    drawn = [r for r in rows if r["n"] and r["stage"] != "attention_map" and r["role"] in ROLES]
+    if len(custom_models(tree)) < 2 or not drawn:
+        return None
+    steps = checkpoint_run(tree)
+    figures = [
+        dict(metric=m, label=metric_label(m), figure=file_figure_uri(checkpoint_figure, rows, m, ROLES, steps))
+        for m in DISTANCES
+    ]
+    if steps:
+        return dict(
+            anchor="checkpoints",
+            nav="checkpoints",
+            title="Checkpoints of one run",
+            figures=figures,
+            ci=ci_caption(drawn),
+            how="checkpoints of one training run (their step numbers: "
+            + ", ".join(f"{m} {n}" for m, n in steps.items())
+            + "), ordered by step and joined with lines",
+        )
+    return dict(
+        anchor="side-by-side",
+        nav="models side by side",
+        title="Customized models side by side",
+        figures=figures,
+        ci=ci_caption(drawn),
+        how="points in the order recorded, not joined by lines: as far as the store says (one method, and names or "
+        "paths that differ only in a step number such as checkpoint-500) they are not checkpoints of one run, so "
+        "no progression is drawn",
+    )
 
 
 def flat(value: object, prefix: str = "") -> list[str]:

@@ -1,5 +1,5 @@
 """Divergence along the text path from ``compare`` rows, every customized model and its AlignIT branch on the same
-axes, with the rows' 95% bootstrap CIs as error bars.
+axes, with the rows' 95% bootstrap CIs as error bars where n ≥ ``MIN_CI`` prompts (the value alone below).
 
 ``stage_figure``: one point per stage in data-flow order, concept and context side by side; stages recorded per
 layer (``encoder_layer``, ``key``, ``value``) are averaged over their layers (value and CI bounds: the mean of the
@@ -25,7 +25,17 @@ from ..schema import (
     short_layer,
     unet_order_key,
 )
-from .figures import branch_styles, dodge, drawing, errorbar_series, new_figure, png_bytes
+from .figures import (
+    branch_styles,
+    dodge,
+    drawing,
+    errorbar_series,
+    legend_outside,
+    metric_label,
+    new_figure,
+    png_bytes,
+    zero_floor,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -128,10 +138,9 @@ def stage_figure(rows: list[dict], metric: str = "relative_l2", roles: Sequence[
                     errorbar_series(ax, range(len(stages)), pts, off, model, styles[model])
             ax.set_xticks(range(len(stages)), [stage_label(s, layers[s]) for s in stages], fontsize=7)
             ax.set_title(f"{role} tokens")
-            ax.set_ylabel(f"{metric.replace('_', ' ')} to baseline")
-            ax.set_ylim(bottom=0)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, loc="upper left")
+            ax.set_ylabel(f"{metric_label(metric)} to baseline")
+            zero_floor(ax)
+        legend_outside(fig, axes)
         return png_bytes(fig)
 
 
@@ -159,14 +168,12 @@ def kv_layer_figure(rows: list[dict], metric: str = "relative_l2", roles: Sequen
                         errorbar_series(ax, range(len(paths)), pts, off, model, styles[model])
                 mark_blocks(ax, paths)
                 ax.set_title(f"{'K' if stage == 'key' else 'V'} · {role} tokens", pad=14)
-                ax.set_ylim(bottom=0)
+                zero_floor(ax)
                 if j == 0:
-                    ax.set_ylabel(f"{metric.replace('_', ' ')} to baseline")
+                    ax.set_ylabel(f"{metric_label(metric)} to baseline")
                 if i == len(stages) - 1:
                     ax.set_xticks(range(len(paths)), [short_layer(p) for p in paths], rotation=60, fontsize=7)
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, fontsize=8, loc="outside upper center", ncol=len(handles))
+        legend_outside(fig, axes.ravel(), ncol=len(models))
         return png_bytes(fig)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..schema import BASELINE
 from ..text.byte_level import readable
-from .figures import ROLE_COLORS, drawing, is_alignit, new_figure, png_bytes
+from .figures import ROLE_COLORS, drawing, is_alignit, metric_label, new_figure, png_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,7 +61,7 @@ def token_heatmap_figure(tables: dict, prompt: int, metric: str = "relative_l2")
                 fmt=".2f",
                 annot_kws={"fontsize": 6},
                 cbar=last,
-                cbar_kws={"label": metric.replace("_", " ") + " to baseline"} if last else None,
+                cbar_kws={"label": metric_label(metric) + " to baseline"} if last else None,
                 linewidths=0.3,
                 linecolor="white",
             )
@@ -90,7 +90,7 @@ def projection_figure(
     customs = [m for m in models if m != BASELINE]
     roles = set(points["role"])
     with drawing() as sns:
-        fig = new_figure(7.5, 5.5)
+        fig = new_figure(8.8, 5.5)
         ax = fig.subplots()
         for model in models:
             sel = points[points["model"] == model]
@@ -129,7 +129,7 @@ def projection_figure(
         if learned:
             star = dict(s=160, marker="*", color="0.3", edgecolors="black", label="learned vector")
             handles.append(ax.scatter([], [], **star))
-        ax.legend(handles=handles, fontsize=7, loc="best")
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the points
         ax.set_xlabel(f"PC1 ({100 * ratios[0]:.0f}% of variance)")
         ax.set_ylabel(f"PC2 ({100 * ratios[1]:.0f}% of variance)")
         sns.despine(ax=ax)

@@ -11,7 +11,7 @@ import pytest
 from alignit_probe.cli import main
 
 PROMPTS = ["photo of a <new1> cat on the beach", "a <new1> cat wearing a red hat"]
-SELFCHECK = re.compile(r'<pre id="selfcheck">images: (\d+), broken: (\d+), errors: (\d+), height: (\d+)')
+SELFCHECK = re.compile(r'<pre id="selfcheck" hidden="">images: (\d+), broken: (\d+), errors: (\d+), height: (\d+)')
 CONSOLE_ERROR = re.compile(r"Uncaught|ERROR:CONSOLE|CONSOLE[^\]]*\] \"[^\"]*error", re.IGNORECASE)
 
 
@@ -79,6 +79,9 @@ def test_report_html_opens_in_a_browser(toy_dir, cd_dir, tmp_path, browser, caps
     for section in ("Token embeddings", "Cross-attention maps", "Configuration"):
         assert section in html
     assert "Customized models side by side" not in html  # one customized model: no checkpoint section
+    for label in ("1 − Pearson r", "Jensen–Shannon divergence (bits)", "1 − IoU"):  # attention metrics, readable
+        assert f"<td>{label}</td>" in html
+    assert not re.search(r"<td>(one_minus_pearson|jensen_shannon|one_minus_iou)</td>", html)
     sources = re.findall(r'<img src="([^"]*)"', html)
     assert len(sources) >= 8 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r"<(link|script)[^>]+(href|src)=", html) and "http://" not in html and "https://" not in html
