@@ -296,3 +296,45 @@ def test_record_and_compare_a_textual_inversion(sdxl_dir, tmp_path):
         "custom (first text encoder)": ["<xl-cat>", "<xl-cat>_1"],
         "custom (second text encoder, text_2)": ["<xl-cat>", "<xl-cat>_1"],
     }
+
+
+def sgm_name(path, layers_per_block=1):
+    """A diffusers UNet module path with kohya's original SDXL block names (input_blocks / middle_block /
+    output_blocks), as kohya's sd-scripts write SDXL LoRAs: an attention is slot 1 of its block."""
+    parts = path.split(".")
+    if parts[0] == "mid_block":
+        return ".".join(["middle_block", "1", *parts[3:]])
+    block, index = int(parts[1]), int(parts[3])
+    if parts[0] == "down_blocks":
+        return ".".join(["input_blocks", str(1 + block * (layers_per_block + 1) + index), "1", *parts[4:]])
+    return ".".join(["output_blocks", str(block * (layers_per_block + 1) + index), "1", *parts[4:]])
+
+
+def test_kohya_lora_with_sgm_block_names_loads_as_diffusers_names_do(sdxl_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    lora = load_file(str(write_lora(sdxl_dir, tmp_path / "lora", text=False) / "pytorch_lora_weights.safetensors"))
+    files = {}
+    for form, rename in (("diffusers", lambda p: p), ("sgm", sgm_name)):
+        kohya = {}
+        for key, value in lora.items():  # unet.<path>.lora_A.weight → lora_unet_<path with _>.lora_down.weight
+            path, role = key.removeprefix("unet.").rsplit(".lora_", 1)
+            name = "lora_unet_" + rename(path).replace(".", "_")
+            kohya[f"{name}.{'lora_down' if role.startswith('A') else 'lora_up'}.weight"] = value
+            kohya[f"{name}.alpha"] = torch.tensor(4.0)
+        files[form] = tmp_path / f"{form}.safetensors"
+        save_file(kohya, str(files[form]))
+    assert any("input_blocks" in k for k in load_file(str(files["sgm"])))
+    c = torch.randn(
+        1, 77, load_pipeline(sdxl_dir).unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(0)
+    )
+    kv = {}
+    for form, path in files.items():
+        pair = load_pair(sdxl_dir, [str(path)], progress=False)
+        assert pair.method == "lora"
+        with torch.no_grad():
+            kv[form] = {n: (m.to_k(c), m.to_v(c)) for n, m in pair.custom.unet.named_modules() if n.endswith("attn2")}
+    base = load_pipeline(sdxl_dir).unet
+    for name, (k, v) in kv["sgm"].items():
+        assert torch.equal(k, kv["diffusers"][name][0]) and torch.equal(v, kv["diffusers"][name][1]), name
+        assert not torch.equal(k, base.get_submodule(name).to_k(c)), name  # the LoRA is applied at every layer
