@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ProbeError
-from .artifacts import RETRAINED, Parsed, parse_artifact
+from .artifacts import RETRAINED, Parsed, first_line, parse_artifact
 from .install import build_custom_diffusion, check_embeddings, check_lora, set_processors
 from .peft_text import peft_load_adapter
 from .pipes import TEXT_2, is_xl, text_encoders
@@ -81,7 +81,16 @@ def token_sets(pipe: StableDiffusionPipeline, parsed: Parsed) -> list[tuple[obje
             "pass the folder with learned_embeds.safetensors and learned_embeds_2.safetensors "
             "(textual_inversion_sdxl.py writes both), or one file with clip_l and clip_g",
         )
+    widths = [te.get_input_embeddings().weight.shape[-1] for _, _, te in encoders]
     for token, t in parsed.embeddings.items():
+        if (t.shape[-1], parsed.embeddings_2[token].shape[-1]) == (widths[1], widths[0]) != tuple(widths):
+            first, second = ("clip_l", "clip_g") if len(parsed.files) == 1 else (f.name for f in parsed.files[:2])
+            raise ProbeError(
+                f"token {token!r} in {parsed.path}: the first encoder's vectors ({first}) are {widths[1]}-wide and "
+                f"the second's ({second}) {widths[0]}-wide, the other way round from this SDXL model's encoders "
+                f"({widths[0]}, {widths[1]}): the two look swapped",
+                f"swap them ({first} ↔ {second}) and save the file again",
+            )
         n1, n2 = (1 if x.ndim == 1 else x.shape[0] for x in (t, parsed.embeddings_2[token]))
         if n1 != n2:
             raise ProbeError(
@@ -171,7 +180,7 @@ def load_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
             pipe.load_lora_weights(source, adapter_name=name, **where)
     except Exception as e:
         raise ProbeError(
-            f"diffusers could not load the LoRA in {parsed.path} ({str(e).strip()[:160]})",
+            f"diffusers could not load the LoRA in {parsed.path} ({first_line(e)})",
             "use a LoRA trained for this baseline, saved with save_lora_weights or by kohya",
         ) from e
     if names:

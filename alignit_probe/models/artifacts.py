@@ -36,16 +36,15 @@ from pathlib import Path
 import torch
 
 from ..errors import ProbeError
+from .recognize import KNOWN, SDXL_KEYS, classify, clip_tokens, token_dict
 from .training_folders import is_accelerate_state, latest_steps_file, nothing_to_load
 
 KINDS = ("textual_inversion", "a1111_embedding", "custom_diffusion", "lora")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 TI_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
 TI2_NAMES = ("learned_embeds_2.safetensors", "learned_embeds_2.bin")  # SDXL's second text encoder
-SDXL_KEYS = {"clip_l", "clip_g"}  # one-file SDXL embeddings: first / second text encoder
 CD_NAMES = ("pytorch_custom_diffusion_weights.safetensors", "pytorch_custom_diffusion_weights.bin")
 LORA_NAMES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
-KNOWN = "a Textual Inversion / A1111 embedding, Custom Diffusion or LoRA file or folder, or a full pipeline directory"
 RETRAINED = "use weights trained for this baseline"
 
 
@@ -128,9 +127,11 @@ def read_weights(path: str | Path) -> dict:
     raise ProbeError(f"{path} is not a weights file (neither safetensors nor a torch file)", f"give {KNOWN}")
 
 
-def first_line(e: Exception) -> str:
+def first_line(e: Exception, limit: int = 160) -> str:
+    """An exception's first line, cut at a word (with "…") where longer than ``limit``."""
     text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:160]
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + " …"
 
 
 def check_finite(state: dict, path: str | Path, prefix: str = "") -> None:
@@ -144,76 +145,7 @@ def check_finite(state: dict, path: str | Path, prefix: str = "") -> None:
             )
 
 
-# ---------------------------------------------------------------------------------------------------- recognition
-def _is_lora(state: dict) -> bool:
-    return any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_")) or ".lora" in k or "_lora." in k for k in state)
-
-
-def _is_custom_diffusion(state: dict) -> bool:
-    return any("custom_diffusion" in k for k in state)
-
-
-def _token_dict(state: dict) -> dict[str, torch.Tensor] | None:
-    """{token: tensor} if ``state`` looks like a Textual Inversion dict, else None."""
-    if not state or len(state) > 64:
-        return None
-    for key, value in state.items():
-        if not (isinstance(key, str) and torch.is_tensor(value) and value.ndim in (1, 2) and value.numel() > 0):
-            return None
-        if key.endswith((".weight", ".bias", ".alpha")):
-            return None
-    return {k: v.detach() for k, v in state.items()}
-
-
-def classify(state: dict, path: Path) -> tuple[str, dict, dict]:
-    """(kind, embeddings, weights) of one file's dict (one-file SDXL embeddings: the ``clip_l`` vectors here; the
-    ``clip_g`` ones are the caller's)."""
-    if set(state) in (SDXL_KEYS, {"clip_l"}) and all(torch.is_tensor(v) and v.ndim in (1, 2) for v in state.values()):
-        return "textual_inversion", clip_tokens(state["clip_l"], path), {}
-    if "string_to_param" in state:
-        params = state["string_to_param"]
-        if not isinstance(params, dict) or not params or not torch.is_tensor(next(iter(params.values()))):
-            raise ProbeError(f"{path} has an empty or malformed string_to_param", "export the embedding again")
-        name = state.get("name")
-        token = name if isinstance(name, str) and name.strip() else path.stem
-        return "a1111_embedding", {token: next(iter(params.values())).detach()}, {}
-    if set(state) == {"emb_params"} and torch.is_tensor(state["emb_params"]):
-        return "a1111_embedding", {path.stem: state["emb_params"].detach()}, {}
-    if _is_custom_diffusion(state):
-        weights = {}
-        for key, value in state.items():
-            if isinstance(value, dict) and not value and key.endswith(".processor"):
-                continue  # an untrained layer, written as {} in .bin files; it keeps its processor
-            if not torch.is_tensor(value) or ".processor." not in key:
-                raise ProbeError(
-                    f"Custom Diffusion weights in {path} have an unexpected entry {key!r}",
-                    "export them again with unet.save_attn_procs",
-                )
-            weights[key] = value
-        return "custom_diffusion", {}, weights
-    if _is_lora(state):
-        if not all(torch.is_tensor(v) for v in state.values()):
-            raise ProbeError(f"LoRA file {path} holds non-tensor entries", "export it again as safetensors")
-        return "lora", {}, dict(state)
-    tokens = _token_dict(state)
-    if tokens is not None:
-        return "textual_inversion", tokens, {}
-    keys = ", ".join(list(map(str, state))[:3])
-    raise ProbeError(f"{path} is no customization this tool knows (keys: {keys})", f"give {KNOWN}")
-
-
 NO_TOKEN_FILE = "no modifier-token file <token>.safetensors (or .bin) found"  # unless a stacked artifact adds one
-
-
-def clip_tokens(vectors: torch.Tensor, path: Path) -> dict[str, torch.Tensor]:
-    """The tokens of a ``clip_l`` / ``clip_g`` embedding file: ``<s0>``, ``<s1>`` … (one vector each) for the
-    ``<name>_emb.safetensors`` that the advanced DreamBooth-LoRA scripts write with ``--train_text_encoder_ti``
-    (prompts write them together, ``<s0><s1>``); else one token, the file stem (shared SDXL embeddings)."""
-    vectors = vectors.detach()
-    if not path.stem.endswith("_emb"):
-        return {path.stem: vectors}
-    rows = vectors.reshape(-1, vectors.shape[-1])
-    return {f"<s{i}>": rows[i] for i in range(rows.shape[0])}
 
 
 def artifact_paths(spec: str | Path) -> list[str]:
@@ -291,6 +223,7 @@ def parse_artifact(path: str | Path) -> Parsed:
     parsed = Parsed(str(path), kind, [main], "", embeddings, weights)
     if step_note:
         parsed.warnings.append(step_note)
+    parsed.warnings += beside_notes(parsed, state, main, folder=p.is_dir())
     if set(state) == SDXL_KEYS:
         parsed.embeddings_2 = clip_tokens(state["clip_g"], main)
     elif kind == "textual_inversion" and main.name in TI_NAMES:
@@ -306,6 +239,31 @@ def parse_artifact(path: str | Path) -> Parsed:
     return parsed
 
 
+def beside_notes(parsed: Parsed, state: dict, main: Path, folder: bool) -> list[str]:
+    """What a file given alone leaves out of what sits beside it, and an A1111 embedding's inner name."""
+    notes = []
+    name = state.get("name") if parsed.kind == "a1111_embedding" else None
+    if isinstance(name, str) and name.strip() and name != main.stem:
+        notes.append(
+            f"{main.name} is used as token {main.stem!r}, its file name, as A1111 names embeddings (the file calls "
+            f"itself {name!r})"
+        )
+    weights = _pick(main.parent, CD_NAMES)
+    if not folder and weights is not None and parsed.kind == "textual_inversion" and _is_modifier_token_file(main):
+        notes.append(
+            f"{main.name} is loaded alone, as a Textual Inversion embedding: the Custom Diffusion weights beside it "
+            f"({weights.name}) are not applied (pass the folder {main.parent} to load both)"
+        )
+    if not folder and parsed.kind == "custom_diffusion":
+        tokens = [f.name for f in sorted(main.parent.iterdir()) if f != main and _is_modifier_token_file(f)]
+        if tokens:
+            notes.append(
+                f"{main.name} is loaded alone: its modifier-token file(s) {', '.join(tokens)} beside it are not "
+                f"(pass the folder {main.parent} to load both)"
+            )
+    return notes
+
+
 def _add_second_encoder(parsed: Parsed, folder: Path) -> None:
     """SDXL Textual Inversion: ``learned_embeds_2.*`` next to ``learned_embeds.*`` holds the second encoder's
     vectors of the same tokens."""
@@ -314,7 +272,7 @@ def _add_second_encoder(parsed: Parsed, folder: Path) -> None:
         return
     state = read_weights(second)
     check_finite(state, second)
-    tokens = _token_dict(state)
+    tokens = token_dict(state)
     if tokens is None or set(tokens) != set(parsed.embeddings):
         raise ProbeError(
             f"{second} does not hold the tokens of {parsed.files[0].name} ({', '.join(parsed.embeddings)})",
@@ -332,7 +290,7 @@ def _is_modifier_token_file(f: Path) -> bool:
     key is the file's stem."""
     if not (f.is_file() and f.suffix in (".safetensors", ".bin") and _TOKEN_STEM.fullmatch(f.stem)):
         return False
-    tokens = _token_dict(read_weights(f))
+    tokens = token_dict(read_weights(f))
     return tokens is not None and list(tokens) == [f.stem] and tokens[f.stem].ndim == 1
 
 
@@ -345,7 +303,7 @@ def _add_modifier_tokens(parsed: Parsed, folder: Path, main: Path) -> None:
     for f in files:
         state = read_weights(f)
         check_finite(state, f)
-        tokens = _token_dict(state)
+        tokens = token_dict(state)
         if tokens is None or len(tokens) != 1:
             parsed.warnings.append(f"ignored {f}: not a modifier-token embedding")
             continue

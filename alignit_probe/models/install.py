@@ -31,12 +31,17 @@ def check_embeddings(
             )
         if token in vocab or f"{token}_1" in vocab:
             word = token in vocab and token not in tokenizer.get_added_vocab()
+            named_by_file = any(f.stem == token for f in parsed.files)  # A1111 / clip_l-clip_g files
+            rename = (
+                f"rename the file to <{token.strip('<>')}>{parsed.files[0].suffix} and write <{token.strip('<>')}> "
+                "in the prompts"
+                if named_by_file
+                else "rename the token in the file (e.g. <" + token.strip("<>") + ">)"
+            )
             raise ProbeError(
                 f"token {token!r} from {parsed.path} is already in the tokenizer"
                 + (" (a word of its vocabulary: an embedding cannot redefine it)" if word else ""),
-                "rename the token in the file (e.g. <" + token.strip("<>") + ">)"
-                if word
-                else "load each embedding once (another SPEC added the same token), or rename the token in the file",
+                rename if word else "load each embedding once (another SPEC added the same token), or " + rename,
             )
 
 

@@ -32,7 +32,7 @@ from .apply import Artifact, apply_artifact, apply_parsed
 from .artifacts import NO_TOKEN_FILE, artifact_paths, first_line, is_pipeline_dir, parse_artifact
 from .components import check_components, component_folders, ema_note, load_components
 from .pipes import SD, SUPPORTED, not_supported, text_copy
-from .specs import check_device, check_model_name, parse_custom_specs, resolve_spec, stacking_note
+from .specs import check_device, check_model_name, mistyped_path, parse_custom_specs, resolve_spec, stacking_note
 from .verify import differs, stages
 
 if TYPE_CHECKING:
@@ -143,6 +143,9 @@ def check_pipeline_path(model: str | Path) -> str:
         return str(p)
     if model.startswith((".", "/", "~")) or model.count("/") != 1 or model.endswith("/"):
         raise ProbeError(f"model {model} does not exist", "check the path, or give a hub id like org/name")
+    typo = mistyped_path(model)
+    if typo:
+        raise typo
     return model
 
 

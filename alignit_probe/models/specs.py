@@ -17,6 +17,25 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 RESERVED = ("baseline", "alignit")
 
 
+def mistyped_path(spec: str) -> ProbeError | None:
+    """The error for a hub-id-shaped name (``out/nonexist``) that is a local path mistyped: its folder exists here,
+    and no hub model of that id is in the local cache. None where it may well be a hub id."""
+    parent = Path(spec).expanduser().parent
+    if str(parent) in ("", ".") or not parent.is_dir():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(spec, "model_index.json"), str):
+            return None
+    except ValueError:  # not a valid repo id (HFValidationError): a path for sure
+        pass
+    return ProbeError(
+        f"{spec} does not exist (the folder {parent}/ does, and no hub model {spec} is in the local cache)",
+        f"check the path: ls {parent}",
+    )
+
+
 def resolve_spec(spec: str) -> str:
     """'pipeline', 'checkpoint' (component folders, ``components``) or 'artifact', checked before any model is
     loaded."""
@@ -28,6 +47,9 @@ def resolve_spec(spec: str) -> str:
     if p.exists():
         return "artifact"
     if not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and not p.suffix and not spec.endswith("/"):
+        typo = mistyped_path(spec)
+        if typo:
+            raise typo
         return "pipeline"  # a hub id
     raise ProbeError(
         f"customization {spec} does not exist",

@@ -138,12 +138,12 @@ def check_job(
             check_concepts_use_added(pair.custom, models.baseline.tokenizer, concepts, strict=strict)
 
 
-def unet_only_note(names: list[str]) -> str:
+def unet_only_note(names: list[str], xl: bool = False) -> str:
     one = len(names) == 1
     return (
         f"the text encoder(s) of {', '.join(names)} hold the baseline's weights (UNet-only "
         f"customization{'' if one else 's'}): {'its' if one else 'their'} token_embedding, encoder_layer, "
-        "encoder_output (and pooled) differences come from the prompt edit alone (the concept left out of the "
+        f"encoder_output{' and pooled' if xl else ''} differences come from the prompt edit alone (the concept left out of the "
         f"baseline's prompt), not from training; key/value differences also hold {'its' if one else 'their'} "
         "UNet's changes"
     )
@@ -240,8 +240,9 @@ def record_store(
         tables[pair.name] = custom_tp
         tables[BASELINE] = base_tp
         notes += [x for x in w if x not in notes]
-    unet_only = {name: unet_only_note([name]) for name in unet_only_models(models)}
-    for note in notes + ([unet_only_note(list(unet_only))] if unet_only else []):  # said once for all models
+    xl = is_xl(models.baseline)
+    unet_only = {name: unet_only_note([name], xl) for name in unet_only_models(models)}
+    for note in notes + ([unet_only_note(list(unet_only), xl)] if unet_only else []):  # said once for all models
         warnings.warn(note, ProbeWarning, stacklevel=2)
     n_full = first.custom.tokenizer.model_max_length
     n_tokens = n_full

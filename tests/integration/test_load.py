@@ -93,8 +93,12 @@ def test_a1111_pt(toy_dir, tmp_path, name_field):
     torch.save(state, tmp_path / "myembed.pt")
     pipe = load_pipeline(toy_dir)
     art = apply_artifact(pipe, str(tmp_path / "myembed.pt"))
-    token = "charturner" if name_field else "myembed"  # verbatim, as diffusers does; no <...> added
-    assert (art.kind, art.tokens, art.warnings) == ("a1111_embedding", [token], [])
+    token = "myembed"  # the file name, as A1111 names embeddings (verbatim: no <...> added)
+    note = [
+        "myembed.pt is used as token 'myembed', its file name, as A1111 names embeddings "
+        "(the file calls itself 'charturner')"
+    ]
+    assert (art.kind, art.tokens, art.warnings) == ("a1111_embedding", [token], note if name_field else [])
     ids = pipe.tokenizer.convert_tokens_to_ids([token, f"{token}_1"])
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], t)
 
@@ -129,7 +133,8 @@ def test_custom_diffusion_folder(toy_dir, arts, base, key, tokens):
 def test_custom_diffusion_weights_file_alone(toy_dir, arts):
     pipe = load_pipeline(toy_dir)
     art = apply_artifact(pipe, str(arts["cd"] / "pytorch_custom_diffusion_weights.safetensors"))
-    assert (art.kind, art.tokens, art.warnings) == ("custom_diffusion", [], [])
+    assert (art.kind, art.tokens) == ("custom_diffusion", [])
+    assert len(art.warnings) == 1 and "its modifier-token file(s) <new1>.safetensors beside it" in art.warnings[0]
 
 
 @pytest.mark.parametrize("safe", [True, False])

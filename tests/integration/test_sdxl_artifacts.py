@@ -223,6 +223,7 @@ def test_did_it_load_covers_both_encoders(sdxl_dir, tmp_path):
         ("counts-differ", r"2 vector\(s\) for the first text encoder, 3 for the second"),
         ("second-other-tokens", "does not hold the tokens"),
         ("clip_g-too-narrow", "is 40-wide but the text encoder is 48-wide"),
+        ("swapped", r"the first encoder's vectors \(clip_l\) are 48-wide .* the two look swapped"),
         ("second-file-alone", "second text encoder only: learned_embeds.safetensors .* is missing"),
         ("other-model-width", f"holds 1024-wide token vectors, but this SDXL model's text encoders are {W1} and {W2}"),
     ],
@@ -248,6 +249,8 @@ def test_bad_sdxl_textual_inversion_is_one_line(sdxl_dir, toy_dir, tmp_path, cas
         (spec / "learned_embeds.safetensors").unlink()
     elif case == "other-model-width":  # an SD 2.x embedding
         spec = write_ti_folder(tmp_path / "ti", first=vectors(2, 1024, 1), second=False)
+    elif case == "swapped":
+        spec = write_ti_file(tmp_path / "zqxswap.safetensors", widths=(W2, W1))
     else:
         spec = write_ti_file(tmp_path / "zqxnarrow.safetensors", widths=(W1, 40))
     pipe = load_pipeline(sdxl_dir)

@@ -87,9 +87,9 @@ def test_classify_each_kind(tmp_path):
     kind, emb, weights = classify({"<cat>": t}, p)
     assert (kind, list(emb), weights) == ("textual_inversion", ["<cat>"], {}) and torch.equal(emb["<cat>"], t)
     kind, emb, _ = classify({"string_to_param": {"*": t}, "name": "turner", "step": 3}, p)
-    assert (kind, list(emb)) == ("a1111_embedding", ["turner"])
+    assert (kind, list(emb)) == ("a1111_embedding", ["emb"])  # the file stem, as A1111 names it; verbatim
     kind, emb, _ = classify({"string_to_param": {"*": t}}, p)
-    assert list(emb) == ["emb"]  # no name field: the file stem, verbatim
+    assert list(emb) == ["emb"]
     kind, emb, _ = classify({"emb_params": t}, p)
     assert (kind, list(emb)) == ("a1111_embedding", ["emb"]) and torch.equal(emb["emb"], t)
     cd = {"down.attn2.processor.to_k_custom_diffusion.weight": t, "down.attn1.processor": {}}
@@ -100,6 +100,41 @@ def test_classify_each_kind(tmp_path):
     _raises(lambda: classify({"conv_in.weight": t}, p), "no customization this tool knows", "conv_in.weight")
     _raises(lambda: classify({"<a>": torch.randn(2, 3, 4)}, p), "no customization")
     _raises(lambda: classify({"down.attn2.processor.to_k_custom_diffusion.weight": t, "step": 3}, p), "unexpected")
+
+
+def test_formats_this_tool_cannot_apply_are_named(tmp_path):
+    p, t = tmp_path / "x.safetensors", torch.randn(4, 8)
+    for key, kind in (("lora_unet_a_attn2_to_k.hada_w1_a", "LoHa"), ("lora_te_a_q_proj.lokr_w1", "LoKr")):
+        _raises(lambda key=key: classify({key: t, "lora_unet_a.alpha": torch.tensor(1.0)}, p), f"LyCORIS {kind} file")
+    old = {"down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.down.weight": t}
+    _raises(lambda: classify(old, p), "old attention-processor format", "save_lora_weights")
+    for state, cls in (
+        ({"model.diffusion_model.input_blocks.0.0.weight": t}, "StableDiffusionPipeline.from_single_file"),
+        ({"state_dict": {"first_stage_model.encoder.conv_in.weight": t}}, "StableDiffusionPipeline.from_single_file"),
+        ({"conditioner.embedders.0.transformer.x": t, "model.diffusion_model.x": t}, "StableDiffusionXLPipeline"),
+    ):
+        _raises(lambda state=state: classify(state, p), "single-file Stable Diffusion checkpoint", cls)
+    _raises(lambda: classify({"emb_params": t}, tmp_path / "My Cat.pt"), "'My Cat', which holds a space", "My_Cat.pt")
+    assert list(classify({"clip_l": t, "clip_g": t}, tmp_path / "xl-cat.safetensors")[1]) == ["xl-cat"]
+
+
+def test_files_given_alone_say_what_they_leave_beside_them(tmp_path):
+    from alignit_probe.models.artifacts import first_line
+
+    token, weights = tmp_path / "<new1>.safetensors", tmp_path / "pytorch_custom_diffusion_weights.safetensors"
+    save_file({"<new1>": torch.randn(8)}, str(token))
+    save_file({"down.attn2.processor.to_k_custom_diffusion.weight": torch.randn(4, 8)}, str(weights))
+    alone = parse_artifact(token)
+    assert alone.kind == "textual_inversion" and "Custom Diffusion weights beside it" in alone.warnings[0]
+    assert f"pass the folder {tmp_path}" in alone.warnings[0]
+    alone = parse_artifact(weights)
+    assert alone.kind == "custom_diffusion" and "<new1>.safetensors beside it are not" in alone.warnings[0]
+    both = parse_artifact(tmp_path)
+    assert both.warnings == [] and list(both.embeddings) == ["<new1>"]
+    torch.save({"string_to_param": {"*": torch.randn(1, 8)}, "name": "charturner"}, tmp_path / "mine.pt")
+    assert "used as token 'mine', its file name" in parse_artifact(tmp_path / "mine.pt").warnings[0]
+    long = first_line(ValueError("word " * 60))
+    assert long.endswith("word …") and len(long) <= 162
 
 
 def test_parse_folders_prefer_known_names_and_safetensors(tmp_path):
@@ -343,3 +378,14 @@ def test_textual_inversion_output_without_final_embedding_uses_the_latest_steps_
     parsed = parse_artifact(tmp_path)
     assert parsed.files[0].name == "learned_embeds-steps-10.safetensors" and float(parsed.embeddings["<x>"].sum()) == 8
     assert any("latest intermediate embedding learned_embeds-steps-10.safetensors" in w for w in parsed.warnings)
+
+
+def test_a_mistyped_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    from alignit_probe.models.load import check_pipeline_path
+    from alignit_probe.models.specs import resolve_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    _raises(lambda: resolve_spec("out/nonexist"), "out/nonexist does not exist (the folder out/ does", "ls out")
+    _raises(lambda: check_pipeline_path("out/nonexist"), "out/nonexist does not exist (the folder out/ does")
+    assert resolve_spec("someorg/model") == "pipeline" and check_pipeline_path("someorg/model") == "someorg/model"
