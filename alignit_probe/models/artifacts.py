@@ -10,8 +10,8 @@ Formats are the ones diffusers' official training scripts write (plus the common
   scripts' pivotal tuning (SD1.5: ``clip_l`` only) holds tokens ``<s0>``, ``<s1>`` …, and its output folder is read
   as that LoRA plus those embeddings (``artifact_paths``).
 * A1111 embedding ``.pt``: {"string_to_param": {"*": (n, dim)}, "name": ...}; or ``.safetensors``: {"emb_params": ...}.
-  The token is the "name" field if present, else the file stem, used verbatim: diffusers' own loader takes "name"
-  as is and never wraps it in ``<...>``, so neither do we.
+  The token is the file stem, as A1111 names embeddings (its prompts write the file name; an inner "name" that
+  differs is said in a warning), used verbatim, never wrapped in ``<...>``.
 * Custom Diffusion (``train_custom_diffusion.py``): a folder with ``pytorch_custom_diffusion_weights.safetensors|.bin``
   (keys ``<layer>.processor.to_k_custom_diffusion.weight`` ...) and one ``<token>.safetensors|.bin`` per modifier
   token ({token: (dim,)}); the weights file alone is accepted too (no tokens then; in a folder, with a warning). The
