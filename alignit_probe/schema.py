@@ -81,10 +81,13 @@ def layer_label(layer: int | float | str | None) -> str:
     return short_layer(layer)
 
 
-def short_layer(path: str) -> str:
+def short_layer(path: str, strict: bool = True) -> str:
     """A short label for an attn2 path: ``down_blocks.1.attentions.0.transformer_blocks.0.attn2`` → ``down1.0``
-    (``.t<k>`` added for transformer blocks past the first). Text-encoder labels (``text_2.3``) stay as they are."""
+    (``.t<k>`` added for transformer blocks past the first). Text-encoder labels (``text_2.3``) stay as they are;
+    any other name (``strict=False``) as it is."""
     if is_text_layer(path):
+        return path
+    if not strict and (block_of(path) not in BLOCK_ORDER or not any(p.isdigit() for p in path.split("."))):
         return path
     parts = path.split(".")
     nums = [p for p in parts if p.isdigit()]

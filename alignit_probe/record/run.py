@@ -143,9 +143,9 @@ def unet_only_note(names: list[str], xl: bool = False) -> str:
     return (
         f"the text encoder(s) of {', '.join(names)} hold the baseline's weights (UNet-only "
         f"customization{'' if one else 's'}): {'its' if one else 'their'} token_embedding, encoder_layer, "
-        f"encoder_output{' and pooled' if xl else ''} differences come from the prompt edit alone (the concept left out of the "
-        f"baseline's prompt), not from training; key/value differences also hold {'its' if one else 'their'} "
-        "UNet's changes"
+        f"encoder_output{' and pooled' if xl else ''} differences come from the prompt edit alone (the concept left "
+        f"out of the baseline's prompt), not from training; key/value differences also hold "
+        f"{'its' if one else 'their'} UNet's changes"
     )
 
 

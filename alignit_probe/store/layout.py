@@ -200,16 +200,16 @@ def group(tree: xr.DataTree, model: str, name: str) -> xr.Dataset:
     the branch's token labels as coordinates."""
     if model not in tree.children:
         raise ProbeError(f"no model {model!r} in the store", "choose among: " + ", ".join(models(tree)))
-    if name.startswith("kv/"):
-        paths = kv_paths(tree, model)
-        by_label = {short_layer(p): p for p in paths}
-        if name[3:] not in paths and name[3:] not in by_label:
+    kv = tree[model].children.get("kv")
+    if name.startswith("kv/") and (kv is None or name[3:] not in kv.children):  # a short label, or no such layer
+        by_label = {label: p for p in kv_paths(tree, model) if (label := short_layer(p, strict=False))}
+        if name[3:] not in by_label:
             raise ProbeError(
                 f"no attn2 layer {name[3:]!r} recorded for {model}",
                 "choose among: " + ", ".join(f"kv/{label}" for label in by_label),
             )
-        name = f"kv/{by_label.get(name[3:], name[3:])}"
-    elif name not in tree[model].children:
+        name = f"kv/{by_label[name[3:]]}"
+    elif not name.startswith("kv/") and name not in tree[model].children:
         raise ProbeError(
             f"no group {name!r} under {model}", "choose among: " + ", ".join(tree[model].children) + " (kv/<layer>)"
         )
