@@ -69,11 +69,28 @@ def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
             f"output {out} is named like a {out.suffix} file, but a store is a zarr folder (or a .nc file)",
             f"name it {out.with_suffix('.zarr').name}",
         )
+    if out.is_dir() and any(out.iterdir()) and not written_by_us(out):
+        raise ProbeError(
+            f"output {out} exists and is not an alignit-probe store: it may be someone else's data",
+            "choose another --out (--overwrite replaces only what alignit-probe wrote)",
+        )
     if out.exists() and not overwrite:
-        raise ProbeError(f"output {out} already exists", "pass --overwrite to replace it, or choose another --out")
+        raise ProbeError(
+            f"output {out} already exists",
+            "pass --overwrite (overwrite=True in Python) to replace it, or another --out",
+        )
     if not out.parent.exists():
         raise ProbeError(f"output folder {out.parent} does not exist", "create it first or choose another --out")
     return out
+
+
+def written_by_us(path: Path) -> bool:
+    """A zarr folder whose root attributes name this toolkit's format (any version, complete or not)."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return str((meta.get("attributes") or {}).get("format", "")).startswith("alignit-probe/")
 
 
 def encode_attrs(attrs: dict) -> dict:

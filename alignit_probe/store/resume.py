@@ -36,6 +36,11 @@ def resume(
     except Exception:  # noqa: BLE001 - unreadable leftovers are replaced
         old, written = {}, {}
     if [old.get(k) for k in SAME_JOB] != [({**attrs, "format": FORMAT}).get(k) for k in SAME_JOB]:
+        if (tmp / "zarr.json").is_file() and old.get("format") != FORMAT and not replace:
+            raise ProbeError(
+                f"{tmp} exists and is not an unfinished alignit-probe store: it may be someone else's data",
+                "move or remove it yourself, or choose another --out (--overwrite deletes it)",
+            )
         if old.get("format") == FORMAT and written and not replace:  # hours of another job's work: not silently
             what = differences(old, attrs) or "other models, prompts or options"
             raise ProbeError(

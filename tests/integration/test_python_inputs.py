@@ -133,3 +133,21 @@ def test_store_group_takes_short_labels_and_names_what_is_there(store):
     )
     one_line(lambda: group(tree, "custom", "txt"), "no group 'txt' under custom — choose among: embedding, kv, text")
     assert json.loads(zarr.open_group(str(store), mode="r").attrs["command"])[0].startswith("Probe.record, Python")
+
+
+def test_data_alignit_probe_did_not_write_is_never_replaced(probe, tmp_path):
+    foreign = tmp_path / "theirs.zarr"
+    xr.Dataset({"x": ("a", np.arange(3))}).to_zarr(foreign)
+    for overwrite in (False, True):
+        err = one_line(
+            lambda o=overwrite: probe.record(PROMPTS[:1], foreign, overwrite=o), "is not an alignit-probe store"
+        )
+        assert "someone else's data" in str(err)
+    assert xr.open_zarr(foreign)["x"].values.tolist() == [0, 1, 2]
+    partial = tmp_path / "mine.zarr.partial"
+    xr.Dataset({"y": ("a", np.arange(2))}).to_zarr(partial)
+    one_line(lambda: probe.record(PROMPTS[:1], tmp_path / "mine.zarr"), "is not an unfinished alignit-probe store")
+    assert xr.open_zarr(partial)["y"].values.tolist() == [0, 1]
+    ours = probe.record(PROMPTS[:1], tmp_path / "ours.zarr")
+    one_line(lambda: probe.record(PROMPTS[:1], ours), r"already exists — pass --overwrite \(overwrite=True in Python\)")
+    assert probe.record(PROMPTS[:1], ours, overwrite=True) == ours
