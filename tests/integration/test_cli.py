@@ -62,7 +62,7 @@ def test_empty_prompts_file_and_existing_output(toy_dir, cd_dir, tmp_path, capsy
     existing.mkdir()
     (existing / "keep").write_text("mine")
     rc, lines = run(record_args(toy_dir, cd_dir, existing, "--prompt", "a <new1> cat"), capsys)
-    assert rc == 2 and "already exists" in lines[0] and (existing / "keep").read_text() == "mine"
+    assert rc == 2 and "is not an alignit-probe store" in lines[0] and (existing / "keep").read_text() == "mine"
 
 
 def test_record_then_compare_with_prompts_file_template(toy_dir, cd_dir, tmp_path, capsys):
