@@ -6,8 +6,9 @@ The front door (every name loads lazily, so the read side — ``open_store`` and
 
 ``Probe`` (models, record, AlignIT images, attention maps, K/V swap), ``Concept``, ``open_store``, ``open_shards``,
 ``merge_shards``, ``compare`` (pandas DataFrame of ``compare --json`` rows), ``layer_label`` (the short attn2 labels
-``compare`` prints), ``capture_attention``, ``AlignITOptions``, ``AttentionSlices``, ``ProbeError``, ``ProbeWarning``,
-and the embedded toy model (``build_toy``, ``write_toy_custom_diffusion``).
+``compare`` prints), ``token_text`` / ``token_texts`` (``token_str`` labels as written), ``capture_attention``,
+``AlignITOptions``, ``AttentionSlices``, ``ProbeError``, ``ProbeWarning``, and the embedded toy model
+(``build_toy``, ``write_toy_custom_diffusion``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ _EXPORTS = {
     "open_shards": "store.shards",
     "merge_shards": "store.shards",
     "layer_label": "schema",
+    "token_text": "text.byte_level",
+    "token_texts": "text.byte_level",
     "compare": "analysis.compare",
     "capture_attention": "capture.attention",
     "AttentionSlices": "capture.attention",

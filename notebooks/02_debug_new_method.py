@@ -115,6 +115,7 @@ first
 # order. The two methods coincide everywhere but at the patched layer, where `emb_kv` jumps — for the concept *and*
 # the context: a projection change moves every token that passes through it.
 
+
 # %%
 def step(stage, layer):
     if isinstance(layer, str):  # an attn2 path, labeled as compare prints it (up_blocks.1.attentions.0… → up1.0)

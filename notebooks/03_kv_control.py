@@ -66,6 +66,7 @@ display(Image(filename=str(image_grid(columns, [f"K: {A} | V: {B}"], work / "var
 # Mean absolute pixel difference from A's image (0 = identical to A), next to B's own distance from A. `swap all`:
 # every token, every layer; `at dog`: only the word `dog`, every layer; `down/mid/up only`: every token, one block.
 
+
 # %%
 def pixels(img):
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0

@@ -30,7 +30,7 @@ import numpy as np
 import xarray as xr
 from IPython.display import Image, display
 
-from alignit_probe import compare, open_shards
+from alignit_probe import compare, open_shards, token_texts
 from alignit_probe.viz.drift import drift_figure
 
 STORES: list[str] = []  # your store, or every shard of one job
@@ -49,8 +49,7 @@ if not STORES:
         "an oil painting of a <new1> cat by a lake",
     ]
     STORES = [
-        str(probe.record(prompts, work / f"probe-{i}.zarr", batch_size=2, shard=(i, 2), alignit=True))
-        for i in range(2)
+        str(probe.record(prompts, work / f"probe-{i}.zarr", batch_size=2, shard=(i, 2), alignit=True)) for i in range(2)
     ]
 
 tree = open_shards(STORES, chunks={})  # lazy; shards concatenated along `prompt`
@@ -67,6 +66,11 @@ list(tree.children)
 print({k: tree.attrs[k] for k in ("concepts", "custom_models", "n_prompts", "shards") if k in tree.attrs})
 custom = next(m for m in tree.children if m not in ("baseline", "alignit") and not m.startswith("alignit-"))
 print("customized model:", custom, "| its groups:", list(tree[custom].children))
+if "kv" not in tree[custom].children:  # record --summary keeps per-token distances only
+    raise SystemExit(
+        "this is a summary store (record --summary): it holds distances, not the activations this "
+        "notebook reads by hand; pass a full store (record without --summary)"
+    )
 paths = list(tree[f"{custom}/kv"].children)
 print(len(paths), "attn2 layers, e.g.", paths[0])
 tree[f"{custom}/text"].to_dataset()
@@ -80,7 +84,9 @@ tree[f"{custom}/text"].to_dataset()
 mine = tree[custom].to_dataset(inherit=False).isel(prompt=0)
 base = tree["baseline"].to_dataset(inherit=False).isel(prompt=0)
 table = mine[["token_str", "role", "ref_index"]].to_dataframe()[["token_str", "role", "ref_index"]]
-table["baseline partner"] = [str(base.token_str.values[r]) if r >= 0 else "—" for r in table.ref_index]
+table.insert(1, "as written", token_texts(list(table.token_str)))  # token_str is CLIP's byte spelling (café: cafÃ©)
+base_text = token_texts(list(base.token_str.values))
+table["baseline partner"] = [base_text[r] if r >= 0 else "—" for r in table.ref_index]
 table[table.role != "padding"]
 
 
@@ -102,7 +108,7 @@ rel_l2 = (np.sqrt(((a - partner) ** 2).sum("channel")) / np.sqrt((partner**2).su
 keep = (labels.role != "padding").isel(prompt=0).values
 d = rel_l2.isel(prompt=0).values[keep]
 roles = labels.role.isel(prompt=0).values[keep]
-words = [t.replace("</w>", "") for t in labels.token_str.isel(prompt=0).values[keep]]
+words = [w for w, k in zip(token_texts(list(labels.token_str.isel(prompt=0).values)), keep) if k]
 colors = {"concept": "tab:blue", "context": "tab:orange", "special": "grey"}
 plt.figure(figsize=(8, 2.8))
 plt.bar(range(len(d)), d, color=[colors[r] for r in roles])

@@ -21,7 +21,6 @@ from .figures import (
     png_bytes,
     zero_floor,
 )
-from .tokens import token_text
 
 if TYPE_CHECKING:
     from ..analysis.words import WordGrid
@@ -58,7 +57,7 @@ def attention_grid_figure(grid: WordGrid) -> bytes | None:
                     ax.set_facecolor("#f2f2f2")
                     ax.text(0.5, 0.5, "none", ha="center", va="center", fontsize=7, color="0.5", transform=ax.transAxes)
                 if i == 0:
-                    ax.set_title(token_text(grid.words[j]), fontsize=8, color=ROLE_COLORS.get(grid.roles[j], "black"))
+                    ax.set_title(grid.words[j], fontsize=8, color=ROLE_COLORS.get(grid.roles[j], "black"))
                 if j == 0:
                     ax.set_ylabel(branch, fontsize=8)
             if image is not None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ProbeError
-from ..text.byte_level import readable
+from ..text.byte_level import token_texts
 from .fonts import fallback_fonts
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ def plot_overlay(
             raise ProbeError("plot_overlay draws one prompt", "select it first: maps.isel(prompt=i)")
         maps = maps.isel(prompt=0)
     texts = next((maps.coords[c].values.tolist() for c in ("word_text", "token_text") if c in maps.coords), None)
+    labels = None if texts is None else texts if "word_text" in maps.coords else token_texts(texts)
     with fallback_fonts():  # token labels in any script
         fig = Figure(figsize=(2.5 * (len(tokens) + 1), 2.8))
         axes = fig.subplots(1, len(tokens) + 1, squeeze=False)[0]
@@ -49,7 +50,7 @@ def plot_overlay(
         axes[0].set_title("image")
         for ax, tok in zip(axes[1:], tokens):
             j = (
-                next((j for j, t in enumerate(texts or []) if tok in (t, readable(t)) or t == f"{tok}</w>"), None)
+                next((j for j, t in enumerate(texts or []) if tok in (t, labels[j]) or t == f"{tok}</w>"), None)
                 if isinstance(tok, str)
                 else int(tok)
             )
@@ -61,7 +62,7 @@ def plot_overlay(
             m = np.asarray(Image.fromarray(m, mode="F").resize(img.shape[1::-1], Image.BILINEAR))
             ax.imshow(img)
             ax.imshow(m, cmap=cmap, alpha=alpha)
-            ax.set_title(readable(texts[j] if texts else tok))
+            ax.set_title(labels[j] if labels else str(tok))
         for ax in axes:
             ax.axis("off")
         fig.tight_layout()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..schema import BASELINE
-from ..text.byte_level import readable
+from ..text.byte_level import readable, token_texts
 from .figures import ROLE_COLORS, drawing, is_alignit, metric_label, new_figure, png_bytes
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def token_heatmap_figure(tables: dict, prompt: int, metric: str = "relative_l2")
             ax.grid(False)
             ax.set_xticks(np.arange(da.sizes["stage"]) + 0.5, [STAGE_TICKS.get(s, s) for s in da.stage.values])
             ax.tick_params(axis="x", labelsize=6, rotation=0)
-            ax.set_yticks(np.arange(da.sizes["token"]) + 0.5, [token_text(t) for t in da.token_str.values])
+            ax.set_yticks(np.arange(da.sizes["token"]) + 0.5, token_texts(list(da.token_str.values)))
             ax.tick_params(axis="y", labelsize=7, rotation=0)
             for tick, role in zip(ax.get_yticklabels(), da.role.values):
                 tick.set_color(ROLE_COLORS.get(str(role), "black"))

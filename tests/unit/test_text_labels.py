@@ -4,6 +4,7 @@ import warnings
 
 from alignit_probe.analysis.maps import split_words
 from alignit_probe.models.toy import clip_tokenizer
+from alignit_probe import token_text, token_texts
 from alignit_probe.text.byte_level import bytes_to_unicode, readable
 
 
@@ -12,6 +13,8 @@ def test_tokens_read_as_written():
     tokens = tok.tokenize("a café in 東京")  # 東京 splits into 3 tokens, one cut inside 京
     assert [readable(t) for t in tokens[:4]] == ["a", "café", "in", "東"]
     assert [w for w, _ in split_words(tokens)] == ["a", "café", "in", "東京"]
+    assert token_texts(tokens) == ["a", "café", "in", "東", "京…", "…京"]  # each piece of 京 labeled with it
+    assert token_text("cafÃ©</w>") == "café" and token_texts(["<new1>", "cat</w>"]) == ["<new1>", "cat"]
     assert readable("<new1>") == "<new1>" and readable("<|endoftext|>") == "<|endoftext|>"
     first_byte_only = bytes_to_unicode()[0xE6]  # a character cut between tokens: its bytes shown as such
     assert readable(first_byte_only) == "\\xe6"
