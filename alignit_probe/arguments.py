@@ -11,6 +11,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from .errors import ProbeError
+from .text.prompt_text import Concept
 
 
 def as_prompts(prompts: str | Iterable[str], what: str = "prompts") -> list[str]:
@@ -74,3 +75,91 @@ def as_dataclass(value: Any, cls: type, what: str) -> Any:
         f"{what} takes {cls.__name__}(...) or a dict of its fields, not {type(value).__name__}",
         f"pass {what}={cls.__name__}(...)",
     )
+
+
+def as_generation(seed: Any, steps: Any, guidance_scale: Any, height: Any, width: Any) -> dict:
+    """Generation keywords checked: a whole seed, steps ≥ 1, a number for guidance, sizes None or positive multiples
+    of 8 (the VAE's factor)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ProbeError(f"seed must be a whole number, not {type(seed).__name__} {seed!r}", "pass seed=0 (any int)")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+        raise ProbeError(f"guidance_scale must be a number, not {guidance_scale!r}", "pass e.g. guidance_scale=7.5")
+    for what, size in (("height", height), ("width", width)):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 8):
+            raise ProbeError(
+                f"{what} must be a positive multiple of 8 (or None), not {size!r}", f"pass e.g. {what}=512"
+            )
+    return dict(
+        seed=seed, steps=as_count(steps, "steps"), guidance_scale=float(guidance_scale), height=height, width=width
+    )
+
+
+def as_shard(shard: Any) -> tuple[int, int] | None:
+    """None, (I, N) or "I/N" → None or (I, N) with 0 ≤ I < N."""
+    if shard is None:
+        return None
+    if isinstance(shard, str) and shard.count("/") == 1 and all(p.strip().isdigit() for p in shard.split("/")):
+        shard = tuple(int(p) for p in shard.split("/"))
+    if (
+        isinstance(shard, (tuple, list))
+        and len(shard) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+        and 0 <= shard[0] < shard[1]
+    ):
+        return (shard[0], shard[1])
+    raise ProbeError(f"shard must be (I, N) or 'I/N' with 0 <= I < N, not {shard!r}", "pass e.g. shard=(0, 4)")
+
+
+def as_concepts(concepts: Concept | str | Iterable[Concept | str] | dict | None) -> list[Concept]:
+    """``Concept``, a token, a list of Concepts, tokens or ``(token, class_word)`` pairs, or ``{token: class_word}``
+    → list of ``Concept``."""
+    if concepts is None:
+        return []
+    if isinstance(concepts, dict):
+        concepts = list(concepts.items())
+    if isinstance(concepts, (Concept, str)):
+        concepts = [concepts]
+    if not isinstance(concepts, Iterable):
+        raise ProbeError(f"concepts= takes Concepts, not {type(concepts).__name__}", WANT_CONCEPTS)
+    out = []
+    for c in concepts:
+        if isinstance(c, tuple) and len(c) == 2:
+            c = Concept(*c)
+        if isinstance(c, str):
+            c = Concept(c)
+        if not isinstance(c, Concept):
+            raise ProbeError(f"concepts= holds {type(c).__name__} {c!r}", WANT_CONCEPTS)
+        out.append(c)
+    return out
+
+
+WANT_CONCEPTS = 'pass [Concept("<new1>", "cat")], a token, (token, class_word) pairs or {token: class_word}'
+
+
+def check_models(baseline: Any, custom: Any) -> None:
+    """``Probe``'s baseline and customized models of a kind it takes (paths, hub ids, SPECs or pipelines)."""
+    if not (isinstance(baseline, (str, os.PathLike)) or hasattr(baseline, "unet")):
+        raise ProbeError(
+            f"baseline= takes a pipeline directory, a hub id or a pipeline, not {type(baseline).__name__}",
+            'pass e.g. "runwayml/stable-diffusion-v1-5" or a local diffusers folder',
+        )
+    if isinstance(custom, dict):
+        bad = next(
+            (
+                k
+                for k, v in custom.items()
+                if not isinstance(v, (str, os.PathLike, list, tuple)) and not hasattr(v, "unet")
+            ),
+            None,
+        )
+        if bad is not None:
+            raise ProbeError(
+                f"custom[{bad!r}] is {type(custom[bad]).__name__}, not a SPEC, a list of SPECs or a pipeline",
+                'pass e.g. custom={"mine": "path/to/artifact"}',
+            )
+    if not (custom is None or isinstance(custom, (str, os.PathLike, list, tuple, dict)) or hasattr(custom, "unet")):
+        raise ProbeError(
+            f"custom= takes a SPEC, a list of [NAME=]SPEC, a dict {{NAME: SPEC or pipeline}} or a pipeline, "
+            f"not {type(custom).__name__}",
+            'pass e.g. custom="path/to/custom_diffusion_output"',
+        )

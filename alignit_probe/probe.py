@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,28 +30,18 @@ import xarray as xr
 from .alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv, validate
 from .alignit.generation import generate_images
 from .alignit.swap import Source, check_sources, generate_swap
-from .arguments import as_count, as_dataclass, as_names, as_prompts
+from .arguments import as_concepts, as_count, as_dataclass, as_generation, as_names, as_prompts, as_shard, check_models
 from .capture.attention import AttentionSlices
 from .errors import ProbeError, ProbeWarning
-from .models.load import ModelSet, check_device, load_models, load_pipeline, models_from_pipelines
+from .models.load import ModelSet, check_device, load_models, load_pipeline, models_from_pipelines, show_progress
 from .record.branches import baseline_maps, generation_maps
 from .record.run import RecordOptions, record_store
 from .schema import ALIGNIT, BASELINE, DEFAULT_CUSTOM, alignit_branch
-from .text.concepts import Concept
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
 DTYPES = ("float32", "float16", "bfloat16")
-
-
-def as_concepts(concepts: Concept | str | Iterable[Concept | str] | None) -> list[Concept]:
-    """``Concept``, token string, or a list of either → list of ``Concept``."""
-    if concepts is None:
-        return []
-    if isinstance(concepts, (Concept, str)):
-        concepts = [concepts]
-    return [c if isinstance(c, Concept) else Concept(str(c)) for c in concepts]
 
 
 def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -69,12 +58,7 @@ class Probe:
     def __init__(
         self, baseline, custom=None, concepts=(), *, device: str | None = None, dtype="float32", progress: bool = True
     ):
-        if not (custom is None or isinstance(custom, (str, os.PathLike, list, tuple, dict)) or hasattr(custom, "unet")):
-            raise ProbeError(
-                f"custom= takes a SPEC, a list of [NAME=]SPEC, a dict {{NAME: SPEC or pipeline}} or a pipeline, "
-                f"not {type(custom).__name__}",
-                'pass e.g. custom="path/to/custom_diffusion_output"',
-            )
+        check_models(baseline, custom)
         self.baseline, self.custom = baseline, custom
         self.concepts = as_concepts(concepts)
         self.dtype = as_dtype(dtype)
@@ -127,6 +111,7 @@ class Probe:
         if not isinstance(self.baseline, (str, os.PathLike)):
             return self.baseline
         if self._baseline_pipe is None:
+            show_progress(self.progress)  # (as load_models does)
             self._baseline_pipe = load_pipeline(self.baseline, check_device(self.device), self.dtype)
         return self._baseline_pipe
 
@@ -153,13 +138,19 @@ class Probe:
         to the baseline (computed on the device) instead of the activations, for ``compare`` on large prompt sets.
         Rerunning after a crash resumes."""
         prompts = as_prompts(prompts)
+        if not isinstance(out, (str, os.PathLike)) or not (nodes is None or isinstance(nodes, dict)):
+            what = "out" if not isinstance(out, (str, os.PathLike)) else "nodes"
+            raise ProbeError(
+                f"{what}= is {type(out if what == 'out' else nodes).__name__}",
+                "pass out=PATH (a .zarr folder or .nc file) and nodes={group: Dataset} or None",
+            )
         options = RecordOptions(
             batch_size=as_count(batch_size, "batch_size"),
             clip_skip=clip_skip,
             seed=seed,
             store_dtype=store_dtype,
             drop_padding=drop_padding,
-            shard=shard,
+            shard=as_shard(shard),
             alignit=(AlignITOptions() if alignit is True else as_dataclass(alignit or None, AlignITOptions, "alignit")),
             summary=summary,
         )
@@ -200,18 +191,10 @@ class Probe:
         output_type: str = "pil",
     ) -> dict[str, list]:
         """Images of the baseline, the customized model and AlignIT, same seed: {``baseline``, NAME, ``alignit``}."""
-        steps = as_count(steps, "steps")
+        kw = as_generation(seed, steps, guidance_scale, height, width)
         pair = self.models.pair(model)
         akv = self.alignit_kv(prompts, options, model=pair.name)
-        kw = dict(
-            seed=seed,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
-            output_type=output_type,
-            progress=self.progress,
-        )
+        kw.update(output_type=output_type, progress=self.progress)
         images = {
             BASELINE: generate_images(
                 pair.baseline, akv.baseline_embeds, pooled_prompt_embeds=akv.baseline_pooled, **kw
@@ -241,7 +224,7 @@ class Probe:
         {branch: (Dataset with ``map`` (prompt, token, y, x), images)}; same seed for all. ``slices``: aggregation
         (``AttentionSlices(aggregation="daam", layers="daam")`` for DAAM's maps) and extra maps. Without customized
         models (``custom=None``): the baseline's maps alone (``baseline_attention``)."""
-        gen = dict(seed=seed, steps=as_count(steps, "steps"), guidance_scale=guidance_scale, height=height, width=width)
+        gen = as_generation(seed, steps, guidance_scale, height, width)
         (slices or AttentionSlices()).check_steps(steps)
         if self.custom is None:
             if alignit or model is not None or options is not None:
@@ -275,16 +258,13 @@ class Probe:
         """Cross-attention maps (and images) of the baseline alone, no customized model needed (DAAM's use):
         {``baseline``: (Dataset with ``map`` (prompt, token, y, x), images)}. Every token of the prompts is context
         (no concept)."""
-        (slices or AttentionSlices()).check_steps(as_count(steps, "steps"))
+        gen = as_generation(seed, steps, guidance_scale, height, width)
+        (slices or AttentionSlices()).check_steps(steps)
         return baseline_maps(
             self.baseline_only(),
             as_prompts(prompts),
             slices=slices or AttentionSlices(),
-            seed=seed,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
+            **gen,
             progress=self.progress,
         )
 
@@ -312,7 +292,7 @@ class Probe:
             if not isinstance(prompt, str):
                 raise ProbeError(f"{what} takes one prompt, not {type(prompt).__name__}", f"pass {what}=TEXT")
         tokens, layers, blocks = as_names(tokens, "tokens"), as_names(layers, "layers"), as_names(blocks, "blocks")
-        steps = as_count(steps, "steps")
+        gen = as_generation(seed, steps, guidance_scale, height, width)
         names = {key_model, value_model, denoiser}
         if self.custom is None and names != {BASELINE}:
             roles = (("key", key_model), ("value", value_model), ("denoiser", denoiser))
@@ -340,10 +320,6 @@ class Probe:
             tokens=tokens,
             layers=layers,
             blocks=blocks,
-            seed=seed,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
             progress=self.progress,
+            **gen,
         )

@@ -78,7 +78,7 @@ def layer_label(layer: int | float | str | None) -> str:
         return ""
     if isinstance(layer, (int, float)):
         return str(int(layer))
-    return short_layer(layer)
+    return short_layer(str(layer), strict=False)  # a label already short, or any other name, as it is
 
 
 def short_layer(path: str, strict: bool = True) -> str:
@@ -87,7 +87,7 @@ def short_layer(path: str, strict: bool = True) -> str:
     any other name (``strict=False``) as it is."""
     if is_text_layer(path):
         return path
-    if not strict and (block_of(path) not in BLOCK_ORDER or not any(p.isdigit() for p in path.split("."))):
+    if not strict and (block_of(path) not in BLOCK_ORDER or not path.split(".", 1)[0].endswith(("_blocks", "_block"))):
         return path
     parts = path.split(".")
     nums = [p for p in parts if p.isdigit()]

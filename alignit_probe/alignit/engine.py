@@ -68,6 +68,10 @@ class AlignITOptions:
         self.layers = as_names(self.layers, "layers")
         self.blocks = as_names(self.blocks, "blocks")
         self.resolutions = as_ints(self.resolutions, "resolutions")
+        check_alpha(self.alpha)  # and the blocks, at once rather than when the options are used
+        bad = [b for b in self.blocks or [] if b not in ("down", "mid", "up")]
+        if bad:
+            raise ProbeError(f"unknown block {bad[0]!r}", "use down, mid or up")
 
 
 def end_from(options: AlignITOptions, dummies: dict) -> int | None:

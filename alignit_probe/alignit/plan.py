@@ -183,5 +183,7 @@ def blend(alignit_kv: torch.Tensor, custom_kv: torch.Tensor, has_partner: torch.
 
 
 def check_alpha(alpha: float) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise ProbeError(f"alpha must be a number, not {alpha!r}", "pass --alpha (alpha=) between 0 and 1")
     if not 0.0 <= alpha <= 1.0:
         raise ProbeError(f"alpha {alpha} is outside [0, 1]", "pass --alpha between 0 (customized) and 1 (AlignIT)")

@@ -32,6 +32,7 @@ from .apply import Artifact, apply_artifact, apply_parsed
 from .artifacts import NO_TOKEN_FILE, artifact_paths, first_line, is_pipeline_dir, parse_artifact
 from .components import check_components, component_folders, ema_note, load_components
 from .pipes import SD, SUPPORTED, not_supported, text_copy
+from .quiet import import_pipelines
 from .specs import check_device, check_model_name, mistyped_path, parse_custom_specs, resolve_spec, stacking_note
 from .verify import differs, stages
 
@@ -177,6 +178,7 @@ def load_pipeline(
     (``StableDiffusionPipeline`` without safety checker, or ``StableDiffusionXLPipeline`` without watermarker)."""
     import diffusers
 
+    import_pipelines()
     model = check_pipeline_path(model)
     hub = not Path(model).exists()
 

@@ -4,6 +4,7 @@ for its own purposes (the toy model written, a stand-in training run), restored 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 
@@ -27,3 +28,13 @@ def quiet_libraries() -> Iterator[None]:
             lib.set_verbosity(level)
             if bars:
                 lib.enable_progress_bar()
+
+
+@functools.cache
+def import_pipelines() -> None:
+    """diffusers' SD/SDXL pipeline classes imported once, quietly: without torchvision (which this toolkit must not
+    pull in) transformers logs two lines about its image processors when they are first imported."""
+    with quiet_libraries():
+        import diffusers
+
+        _ = diffusers.StableDiffusionPipeline, diffusers.StableDiffusionXLPipeline

@@ -85,7 +85,7 @@ def align_positions(dst: TokenizedPrompt, src: TokenizedPrompt) -> list[int]:
 
 
 def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False, truncation=False).input_ids if text.strip() else []
+    return tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids if text.strip() else []
 
 
 _ADDED_LOOKING = re.compile(r"<[^<>\s]+>")  # <new1>, <cat-toy>: placeholder tokens an artifact adds

@@ -151,3 +151,34 @@ def test_data_alignit_probe_did_not_write_is_never_replaced(probe, tmp_path):
     ours = probe.record(PROMPTS[:1], tmp_path / "ours.zarr")
     one_line(lambda: probe.record(PROMPTS[:1], ours), r"already exists — pass --overwrite \(overwrite=True in Python\)")
     assert probe.record(PROMPTS[:1], ours, overwrite=True) == ours
+
+
+def test_more_arguments_of_the_wrong_kind_are_named(probe, toy_dir, store):
+    from alignit_probe import layer_label
+    from alignit_probe.arguments import as_concepts, as_shard
+
+    assert as_concepts({"<new1>": "cat"}) == as_concepts([("<new1>", "cat")]) == [Concept("<new1>", "cat")]
+    assert as_concepts("<new1>") == [Concept("<new1>")]
+    one_line(lambda: as_concepts(123), "concepts= takes Concepts, not int")
+    one_line(lambda: as_concepts([None]), "concepts= holds NoneType None")
+    one_line(lambda: Probe(123), "baseline= takes a pipeline directory, a hub id or a pipeline, not int")
+    one_line(lambda: Probe(toy_dir, custom={"cd": 123}), r"custom\['cd'\] is int")
+    assert as_shard("1/4") == (1, 4) == as_shard((1, 4))
+    one_line(lambda: as_shard("4/4"), "shard must be")
+    one_line(lambda: AlignITOptions(alpha="0.5"), "alpha must be a number")
+    one_line(lambda: AlignITOptions(alpha=2), r"alpha 2 is outside \[0, 1\]")
+    one_line(lambda: AlignITOptions(blocks="upp"), "unknown block 'upp'")
+    for kw, match in (
+        (dict(seed="x"), "seed must be a whole number"),
+        (dict(guidance_scale="x"), "guidance_scale must be a number"),
+        (dict(height=30), "height must be a positive multiple of 8"),
+        (dict(width=0), "width must be a positive multiple of 8"),
+    ):
+        one_line(lambda kw=kw: probe.alignit(PROMPTS[:1], **kw), match)
+    one_line(lambda: probe.record(PROMPTS[:1], 5), "out= is int")
+    assert len(compare(store, stages=["key", "key"], n_boot=5)) == len(compare(store, stages="key", n_boot=5))
+    one_line(lambda: compare(store, stages=[]), "no stages given")
+    one_line(lambda: compare(store, stages=["pooled"]), r"no rows match stages=\['pooled'\]")
+    one_line(lambda: compare(store, seed="x"), "seed must be a whole number")
+    one_line(lambda: compare({"a": 1}), "not dict")
+    assert [layer_label(x) for x in ("down1.0", "nonsense", 3, None)] == ["down1.0", "nonsense", "3", ""]

@@ -2,9 +2,9 @@
 
 import warnings
 
+from alignit_probe import token_text, token_texts
 from alignit_probe.analysis.maps import split_words
 from alignit_probe.models.toy import clip_tokenizer
-from alignit_probe import token_text, token_texts
 from alignit_probe.text.byte_level import bytes_to_unicode, readable
 
 
