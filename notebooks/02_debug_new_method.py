@@ -54,7 +54,7 @@ def with_new_token(pipe):
     """Add TOKEN to a copy of pipe, its embedding = the class word's plus a small nudge."""
     pipe = copy.deepcopy(pipe)
     pipe.tokenizer.add_tokens(TOKEN)
-    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer), mean_resizing=False)  # the row is set next
     emb = pipe.text_encoder.get_input_embeddings().weight
     cls = emb[pipe.tokenizer.convert_tokens_to_ids(CLASS + "</w>")]
     with torch.no_grad():

@@ -98,8 +98,17 @@ def baseline_only(args: argparse.Namespace, slices: AttentionSlices) -> int:
         save_images({name: images for name, (_, images) in maps.items()}, tmp / "images")
         write_overlays(maps, {BASELINE: tokenized}, prompts, tmp / "overlays")
         write_maps_store(tmp / "store.zarr", tokenized, maps[BASELINE][0], attrs=root, model_attrs=model)
-    print(f"maps in {out}/store.zarr (/baseline/attention), overlays in {out}/overlays, images in {out}/images")
+    print(done_line(out, "/baseline/attention"))
     return 0
+
+
+def done_line(out: object, node: str) -> str:
+    from ..viz.overlay import OVERLAY_TOKENS
+
+    return (
+        f"maps in {out}/store.zarr ({node}), overlays of the first {OVERLAY_TOKENS} tokens of each prompt in "
+        f"{out}/overlays (every token's map is in the store), images in {out}/images"
+    )
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
@@ -149,7 +158,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
             command=sys.argv,
             nodes=nodes,
         )
-    print(f"maps in {out}/store.zarr (/<model>/attention), overlays in {out}/overlays, images in {out}/images")
+    print(done_line(out, "/<model>/attention"))
     return 0
 
 

@@ -45,7 +45,7 @@ def write_folder(tree: xr.DataTree, rows: list[dict], out: Path, stores: Iterabl
     if len(customs) > 1:  # as the HTML report: lines only between checkpoints of one run
         steps = checkpoint_run(tree)
         figures += [
-            checkpoint_figure(rows, out / f"checkpoints_{m}.png", m, ROLES, steps)
+            checkpoint_figure(rows, out / f"{'checkpoints' if steps else 'models'}_{m}.png", m, ROLES, steps)
             for m in ("relative_l2", "cosine_distance")
         ]
     lines = [f"# alignit-probe report: {', '.join(map(str, stores))}", ""]

@@ -111,15 +111,22 @@ def run_steps(sources: Mapping[str, Sequence[str]]) -> dict[str, int] | None:
     model's name first, then its SPEC paths. They are when, for the names or else for the paths, every model has a
     step (``STEP``: ``checkpoint-500``, ``step500``, ``learned_embeds-steps-500``, …, or a name that is a number),
     the steps differ, and the texts are the same once the step is taken out (``run/checkpoint-500`` and
-    ``run/checkpoint-1000``: one run; ``db`` and ``lora``, or ``a/checkpoint-5`` and ``b/checkpoint-9``: not)."""
+    ``run/checkpoint-1000``: one run, with ``run`` itself, the output folder, last; ``db`` and ``lora``, or
+    ``a/checkpoint-5`` and ``b/checkpoint-9``: not)."""
     if len(sources) < 2:
         return None
     names = {m: str(list(s)[0]) for m, s in sources.items()}
     paths = {m: " ".join(map(str, list(s)[1:])) for m, s in sources.items()}
     for texts in (names, paths):
         steps = {m: int(t) if t.isdigit() else int((STEP.findall(t) or [-1])[-1]) for m, t in texts.items()}
+        final = [m for m, step in steps.items() if step < 0]
+        if texts is paths and len(final) == 1 and len(steps) > 2:  # the run's output folder next to its checkpoints
+            root = texts[final[0]].rstrip("/") + "/"
+            if all(texts[m].startswith(root) for m in steps if m != final[0]):
+                steps[final[0]] = max(steps.values()) + 1  # last: what training ended with
+                texts = {m: t for m, t in texts.items() if m != final[0]}  # (the checkpoints' shapes must agree)
         shapes = {"#" if t.isdigit() else STEP.sub("#", t) for t in texts.values()}
-        if min(steps.values()) >= 0 and len(set(steps.values())) == len(steps) and len(shapes) == 1:
+        if min(steps.values()) >= 0 and len(set(steps.values())) == len(steps) and len(shapes) == 1 < len(texts):
             return dict(sorted(steps.items(), key=lambda kv: kv[1]))
     return None
 

@@ -70,7 +70,12 @@ def plot_overlay(
     return path
 
 
-def write_overlays(maps: dict, tokenized: dict, prompts: list[str], folder: Path, max_tokens: int = 8) -> None:
+OVERLAY_TOKENS = 8  # overlays per prompt and model (the first concept and context tokens); the store has every map
+
+
+def write_overlays(
+    maps: dict, tokenized: dict, prompts: list[str], folder: Path, max_tokens: int = OVERLAY_TOKENS
+) -> None:
     """One overlay figure per prompt and model: the image and the maps of its non-padding tokens."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, (ds, images) in maps.items():

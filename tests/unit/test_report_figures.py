@@ -124,6 +124,12 @@ def test_attention_metrics_have_readable_names_and_units(caught):
         ({"lora1": ["lora1", "x"], "lora2": ["lora2", "y"]}, None),  # a number in a name is no step
         ({"500": ["500", "x"], "1000": ["1000", "y"]}, {"500": 500, "1000": 1000}),
         ({"a": ["a", "/run/checkpoint-500"], "b": ["b", "/run/checkpoint-500"]}, None),  # the same step twice
+        (  # the run's output folder with its checkpoints: last
+            {"f": ["f", "/run"], "a": ["a", "/run/checkpoint-5"], "b": ["b", "/run/checkpoint-2"]},
+            {"b": 2, "a": 5, "f": 6},
+        ),
+        ({"f": ["f", "/run"], "a": ["a", "/run/checkpoint-5"]}, None),  # one checkpoint and the output: no run
+        ({"f": ["f", "/other"], "a": ["a", "/run/checkpoint-5"], "b": ["b", "/run/checkpoint-2"]}, None),
     ],
 )
 def test_checkpoints_of_one_run_from_names_or_paths(sources, steps):
