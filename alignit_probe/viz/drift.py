@@ -77,6 +77,17 @@ def drift_figure(rows: list[dict], path: str | Path, metric: str = "relative_l2"
             mine = [r for r in rows if r["model"] == model]
             steps = stage_steps(mine)
             x = {s: i for i, s in enumerate(steps)}
+            flat = [role for role in palette if (v := [r["value"] for r in mine if r["role"] == role]) and not any(v)]
+            if len(flat) > 1:  # lines on top of each other at 0 (AlignIT's context, special, padding): said
+                ax.annotate(
+                    f"at 0 everywhere (lines overlap): {', '.join(flat)}",
+                    (0.995, 0.1),
+                    xycoords="axes fraction",
+                    ha="right",
+                    fontsize=8,
+                    color="dimgray",
+                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.85),
+                )
             for role, color in palette.items():
                 pts = sorted(((x[(r["stage"], r["layer"])], r) for r in mine if r["role"] == role), key=lambda t: t[0])
                 if not pts:

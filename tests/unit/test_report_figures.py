@@ -144,3 +144,16 @@ def test_side_by_side_joins_models_only_as_checkpoints(caught, tmp_path, steps):
     drawn = [ln for ln in ax.lines if ln.get_label() in ("concept", "context")]
     assert drawn and all((ln.get_linestyle() != "None") == bool(steps) for ln in drawn)
     assert [t.get_text() for t in ax.get_xticklabels()] == (["lora", "db"] if steps else ["db", "lora"])
+
+
+def test_lines_on_top_of_each_other_at_zero_are_said(caught, tmp_path):
+    data = rows(MIN_CI) + [
+        row("alignit-db", stage, layer, "special", "relative_l2", 0.0, MIN_CI)
+        for stage in ("key", "value")
+        for layer in KV
+    ]
+    drift.drift_figure(data, tmp_path / "d.png")
+    (fig,) = caught
+    notes = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes}
+    assert notes["alignit-db vs baseline"] == ["at 0 everywhere (lines overlap): context, special"]
+    assert notes["db vs baseline"] == []  # one role at 0 or none: nothing to say
