@@ -5,8 +5,10 @@ iteration or an error from deep inside. Torch-free."""
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import fields, is_dataclass
 from typing import Any
 
@@ -163,3 +165,38 @@ def check_models(baseline: Any, custom: Any) -> None:
             f"not {type(custom).__name__}",
             'pass e.g. custom="path/to/custom_diffusion_output"',
         )
+
+
+FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")
+IN_OPTIONS = ("alpha", "end-tokens", "pooled", "template")  # flags that are AlignITOptions fields in Python
+PYTHON_NAMES = {
+    "concept": "concepts=",
+    "class-word": "Concept(token, class_word)",
+    "overwrite": "overwrite=True",
+    "keys-only": "AlignITOptions(values=False)",
+    "values-only": "AlignITOptions(keys=False)",
+}
+
+
+def in_python(fn: Callable) -> Callable:
+    """A ``Probe`` method whose errors name the keyword beside each CLI flag their fix names (``--clip-skip 2`` →
+    ``--clip-skip 2 (clip_skip=)``), since the messages are shared with the CLI."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ProbeError as e:
+            if not e.fix or "--" not in e.fix or "in Python" in e.fix:
+                raise
+            raise ProbeError(e.problem, FLAG.sub(python_name, e.fix)) from e
+
+    return wrapper
+
+
+def python_name(m: re.Match) -> str:
+    flag = m.group(1)
+    name = PYTHON_NAMES.get(flag) or (
+        f"AlignITOptions({flag.replace('-', '_')}=)" if flag in IN_OPTIONS else f"{flag.replace('-', '_')}="
+    )
+    return f"{m.group(0)} (in Python: {name})"

@@ -30,7 +30,17 @@ import xarray as xr
 from .alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv, validate
 from .alignit.generation import generate_images
 from .alignit.swap import Source, check_sources, generate_swap
-from .arguments import as_concepts, as_count, as_dataclass, as_generation, as_names, as_prompts, as_shard, check_models
+from .arguments import (
+    as_concepts,
+    as_count,
+    as_dataclass,
+    as_generation,
+    as_names,
+    as_prompts,
+    as_shard,
+    check_models,
+    in_python,
+)
 from .capture.attention import AttentionSlices
 from .errors import ProbeError, ProbeWarning
 from .models.load import ModelSet, check_device, load_models, load_pipeline, models_from_pipelines, show_progress
@@ -71,6 +81,7 @@ class Probe:
 
     # ----------------------------------------------------------------------------------------------- models
     @property
+    @in_python
     def models(self) -> ModelSet:
         """The loaded ``ModelSet`` (loaded on first use)."""
         if self._models is None:
@@ -104,6 +115,7 @@ class Probe:
             warnings.warn(w, ProbeWarning, stacklevel=3)
         return models
 
+    @in_python
     def baseline_only(self) -> StableDiffusionPipeline:
         """The baseline pipeline alone (no customized model needed: swaps and maps of the baseline)."""
         if self._models is not None:
@@ -116,6 +128,7 @@ class Probe:
         return self._baseline_pipe
 
     # ----------------------------------------------------------------------------------------------- record
+    @in_python
     def record(
         self,
         prompts: list[str],
@@ -167,6 +180,7 @@ class Probe:
         )
 
     # ----------------------------------------------------------------------------------------------- AlignIT
+    @in_python
     def alignit_kv(
         self, prompts: list[str], options: AlignITOptions | None = None, *, model: str | None = None
     ) -> AlignITKV:
@@ -177,6 +191,7 @@ class Probe:
         validate(pair, self.concepts, options)
         return alignit_kv(pair, self.concepts, prompts, options)
 
+    @in_python
     def alignit(
         self,
         prompts: list[str],
@@ -206,6 +221,7 @@ class Probe:
         return images
 
     # ----------------------------------------------------------------------------------------------- maps
+    @in_python
     def attention(
         self,
         prompts: list[str],
@@ -244,6 +260,7 @@ class Probe:
             **gen,
         )
 
+    @in_python
     def baseline_attention(
         self,
         prompts: list[str],
@@ -269,6 +286,7 @@ class Probe:
         )
 
     # ----------------------------------------------------------------------------------------------- K/V swap
+    @in_python
     def swap(
         self,
         key_prompt: str,
