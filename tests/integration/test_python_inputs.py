@@ -135,6 +135,7 @@ def test_store_group_takes_short_labels_and_names_what_is_there(store):
     assert json.loads(zarr.open_group(str(store), mode="r").attrs["command"])[0].startswith("Probe.record, Python")
 
 
+@pytest.mark.filterwarnings("ignore:Consolidated metadata")
 def test_data_alignit_probe_did_not_write_is_never_replaced(probe, tmp_path):
     foreign = tmp_path / "theirs.zarr"
     xr.Dataset({"x": ("a", np.arange(3))}).to_zarr(foreign)
