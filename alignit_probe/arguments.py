@@ -189,14 +189,14 @@ def in_python(fn: Callable) -> Callable:
         except ProbeError as e:
             if not e.fix or "--" not in e.fix or "in Python" in e.fix:
                 raise
-            raise ProbeError(e.problem, FLAG.sub(python_name, e.fix)) from e
+            names = ", ".join(dict.fromkeys(python_name(flag) for flag in FLAG.findall(e.fix)))
+            raise ProbeError(e.problem, f"{e.fix} (in Python: {names})") from e
 
     return wrapper
 
 
-def python_name(m: re.Match) -> str:
-    flag = m.group(1)
-    name = PYTHON_NAMES.get(flag) or (
-        f"AlignITOptions({flag.replace('-', '_')}=)" if flag in IN_OPTIONS else f"{flag.replace('-', '_')}="
-    )
-    return f"{m.group(0)} (in Python: {name})"
+def python_name(flag: str) -> str:
+    """The keyword (or ``AlignITOptions`` field) a CLI flag stands for in Python."""
+    if flag in PYTHON_NAMES:
+        return PYTHON_NAMES[flag]
+    return f"AlignITOptions({flag.replace('-', '_')}=)" if flag in IN_OPTIONS else f"{flag.replace('-', '_')}="

@@ -169,7 +169,7 @@ def pool_layers(tree: xr.DataTree, stage: str, model: str) -> tuple[xr.DataTree,
     arrays = {m: _layer_arrays(tree, m, stage) for m in names}
     have = [a for a in arrays.values() if a]
     common = [k for k in (have[0] if have else {}) if all(k in a for a in have)]
-    if not common:
+    if not common or not arrays.get(model):  # (an AlignIT branch holds K/V only)
         return tree, 0
     summary = any("distance" in tree[m].children for m in names)
     n_tok = {m: tree[m].sizes["token"] for m in names}
