@@ -314,23 +314,19 @@ def checkpoint_section(tree: xr.DataTree, rows: list[dict]) -> dict | None:
         dict(metric=m, label=metric_label(m), figure=file_figure_uri(checkpoint_figure, rows, m, ROLES, steps))
         for m in DISTANCES
     ]
+    section = dict(figures=figures, ci=ci_caption(drawn))
     if steps:
-        return dict(
+        how = ", ".join(f"{m} {n}" for m, n in steps.items())
+        return section | dict(
             anchor="checkpoints",
             nav="checkpoints",
             title="Checkpoints of one run",
-            figures=figures,
-            ci=ci_caption(drawn),
-            how="checkpoints of one training run (their step numbers: "
-            + ", ".join(f"{m} {n}" for m, n in steps.items())
-            + "), ordered by step and joined with lines",
+            how=f"checkpoints of one training run (their step numbers: {how}), ordered by step and joined with lines",
         )
-    return dict(
+    return section | dict(
         anchor="side-by-side",
         nav="models side by side",
         title="Customized models side by side",
-        figures=figures,
-        ci=ci_caption(drawn),
         how="points in the order recorded, not joined by lines: as far as the store says (one method, and names or "
         "paths that differ only in a step number such as checkpoint-500) they are not checkpoints of one run, so "
         "no progression is drawn",
