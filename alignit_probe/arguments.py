@@ -187,7 +187,7 @@ def in_python(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except ProbeError as e:
-            if not e.fix or "--" not in e.fix or "in Python" in e.fix:
+            if not e.fix or "--" not in e.fix or "in Python" in e.fix or getattr(args[0], "speaks_cli", False):
                 raise
             names = ", ".join(dict.fromkeys(python_name(flag) for flag in FLAG.findall(e.fix)))
             raise ProbeError(e.problem, f"{e.fix} (in Python: {names})") from e

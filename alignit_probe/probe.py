@@ -75,6 +75,7 @@ class Probe:
         self.device = device
         self.progress = progress
         self._models: ModelSet | None = None
+        self.speaks_cli = False  # the CLI's Probe: errors name its flags alone
         self._baseline_pipe = None  # the baseline alone, loaded by baseline_only() when no ModelSet is loaded
         if isinstance(baseline, (str, os.PathLike)):
             check_device(device)  # at once, before anything loads

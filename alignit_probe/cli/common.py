@@ -235,9 +235,11 @@ def make_probe(args: argparse.Namespace, *, need_custom: bool = True) -> Probe:
     if need_custom and not args.custom:
         raise ProbeError("no customized model given", "pass --custom SPEC")
     concepts = concepts_from(args)
-    return Probe(
+    probe = Probe(
         args.baseline, args.custom, concepts, device=args.device, dtype=args.dtype, progress=not args.no_progress
     )
+    probe.speaks_cli = True  # its errors name flags only (no Python keywords beside them)
+    return probe
 
 
 def check_concepts(args: argparse.Namespace) -> None:

@@ -52,6 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if xl:
         specs.append(str(write_toy_textual_inversion(base, out / "toy-textual-inversion-sdxl", seed=args.seed)))
     probe = Probe(base, {"custom": specs}, [Concept("<new1>", "cat")], device="cpu", progress=progress)
+    probe.speaks_cli = True
     prompts, gen = list(PROMPTS), dict(seed=args.seed, steps=args.steps, guidance_scale=7.5)
 
     step(progress, "images and cross-attention maps: baseline / customized / AlignIT", t0)

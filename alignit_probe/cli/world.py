@@ -47,11 +47,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    from ..outputs import mark
     from ..world.model import world_pipeline
 
     out = out_dir(args.out, args.overwrite)
     pipe = world_pipeline(args.weights)
     pipe.save_pretrained(out, safe_serialization=True)
+    mark(out)  # (a later --overwrite may replace it)
     print(f"world pipeline written to {out}")
     return 0
 
@@ -126,6 +128,7 @@ def custom_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
         device=str(device),
         progress=not args.no_progress,
     )
+    probe.speaks_cli = True
     variants = {"alignit": AlignITOptions(end_tokens=args.end_tokens)} if args.alignit else None
     return concept_rows(
         probe, concept, args.samples, args.seed, variants, steps=args.steps, guidance=args.guidance_scale

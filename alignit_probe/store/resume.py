@@ -36,7 +36,7 @@ def resume(
     except Exception:  # noqa: BLE001 - unreadable leftovers are replaced
         old, written = {}, {}
     if [old.get(k) for k in SAME_JOB] != [({**attrs, "format": FORMAT}).get(k) for k in SAME_JOB]:
-        if (tmp / "zarr.json").is_file() and old.get("format") != FORMAT and not replace:
+        if any(tmp.iterdir()) and old.get("format") != FORMAT and not replace:
             raise ProbeError(
                 f"{tmp} exists and is not an unfinished alignit-probe store: it may be someone else's data",
                 "move or remove it yourself, or choose another --out (--overwrite deletes it)",

@@ -149,6 +149,11 @@ def test_data_alignit_probe_did_not_write_is_never_replaced(probe, tmp_path):
     xr.Dataset({"y": ("a", np.arange(2))}).to_zarr(partial)
     one_line(lambda: probe.record(PROMPTS[:1], tmp_path / "mine.zarr"), "is not an unfinished alignit-probe store")
     assert xr.open_zarr(partial)["y"].values.tolist() == [0, 1]
+    plain = tmp_path / "notes.zarr.partial"  # not even a zarr
+    plain.mkdir()
+    (plain / "data.txt").write_text("precious")
+    one_line(lambda: probe.record(PROMPTS[:1], tmp_path / "notes.zarr"), "is not an unfinished alignit-probe store")
+    assert (plain / "data.txt").read_text() == "precious"
     ours = probe.record(PROMPTS[:1], tmp_path / "ours.zarr")
     one_line(lambda: probe.record(PROMPTS[:1], ours), r"already exists — pass --overwrite \(overwrite=True in Python\)")
     assert probe.record(PROMPTS[:1], ours, overwrite=True) == ours
@@ -190,3 +195,9 @@ def test_python_errors_name_the_keyword_beside_the_flag(probe, tmp_path):
     assert err.fix == "pass --clip-skip 3 or less (in Python: clip_skip=)"
     err = one_line(lambda: probe.alignit_kv(PROMPTS[:1], AlignITOptions(end_tokens="x")), "end-token source 'x'")
     assert err.fix == "use --end-tokens baseline or dummy (in Python: AlignITOptions(end_tokens=))"
+    probe.speaks_cli = True  # the CLI's Probe: flags alone
+    try:
+        err = one_line(lambda: probe.alignit_kv(PROMPTS[:1], AlignITOptions(end_tokens="x")), "end-token source")
+        assert err.fix == "use --end-tokens baseline or dummy"
+    finally:
+        probe.speaks_cli = False

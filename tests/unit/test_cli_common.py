@@ -109,3 +109,31 @@ def test_concept_and_class_word_are_stripped_and_empty_ones_said():
         concepts_from(argparse.Namespace(concept=["  "], class_word=None))
     with pytest.raises(ProbeError, match=r"named like a \.txt file, but this command writes a folder — name it x$"):
         out_dir("x.txt", False)
+
+
+def test_output_folders_replace_only_what_alignit_probe_wrote(tmp_path):
+    from alignit_probe.outputs import out_dir, staged_folder
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(ProbeError, match="holds files alignit-probe did not write"):
+            out_dir(str(theirs), overwrite)
+    assert (theirs / "thesis.tex").read_text() == "mine"
+    ours = out_dir(str(tmp_path / "ours"), False)
+    with staged_folder(ours) as tmp:
+        (tmp / "grid.png").write_bytes(b"png")
+    with pytest.raises(ProbeError, match="is not empty — pass --overwrite"):
+        out_dir(str(ours), False)
+    assert out_dir(str(ours), True) == ours  # its own earlier output: replaced with --overwrite
+    old = tmp_path / "old"  # written before the marker: only what the commands write
+    (old / "images").mkdir(parents=True)
+    (old / "report.html").write_text("<html>")
+    assert out_dir(str(old), True) == old
+    (tmp_path / "new.partial").mkdir()
+    (tmp_path / "new.partial" / "notes.txt").write_text("mine")
+    with pytest.raises(ProbeError, match="new.partial exists and is not an unfinished output of alignit-probe"):
+        with staged_folder(tmp_path / "new"):
+            pass
+    assert (tmp_path / "new.partial" / "notes.txt").read_text() == "mine"
