@@ -36,10 +36,10 @@ def resume(
     except Exception:  # noqa: BLE001 - unreadable leftovers are replaced
         old, written = {}, {}
     if [old.get(k) for k in SAME_JOB] != [({**attrs, "format": FORMAT}).get(k) for k in SAME_JOB]:
-        if any(tmp.iterdir()) and old.get("format") != FORMAT and not replace:
+        if any(tmp.iterdir()) and old.get("format") != FORMAT:  # (--overwrite neither)
             raise ProbeError(
                 f"{tmp} exists and is not an unfinished alignit-probe store: it may be someone else's data",
-                "move or remove it yourself, or choose another --out (--overwrite deletes it)",
+                "move or remove it yourself, or choose another --out",
             )
         if old.get("format") == FORMAT and written and not replace:  # hours of another job's work: not silently
             what = differences(old, attrs) or "other models, prompts or options"
