@@ -75,7 +75,7 @@ def wants_progress(argv: list[str]) -> bool:
 RERUN = "rerun the same command"
 STAGED = "nothing half-written was left (outputs are written whole or not at all)"
 INTERRUPTED = {  # command → (what Ctrl-C left, what to do[, where it left it: when that is missing, nothing was])
-    "record": ("", f"{RERUN} (record resumes where it stopped)"),
+    "record": ("what was recorded is kept ({out}.partial)", f"{RERUN} (record resumes there)", "{out}.partial"),
     "compare": ("nothing was written", RERUN),
     "clipscore": ("nothing was written", RERUN),
     "world eval": ("nothing was written", RERUN),

@@ -106,8 +106,11 @@ def test_help_is_argparse_own(argv, capsys):
 INTERRUPTS = [
     # (command's module and function, argv ({out}: its --out), a folder the command leaves, the message's part, a
     # part it must not hold)
+    ("record", "cmd_record", ["record", "--baseline", "b", "--custom", "c", "--concept", "t", "--out", "{out}"],
+     "{out}.partial", "interrupted; what was recorded is kept ({out}.partial) — rerun the same command (record "
+     "resumes there)", None),
     ("record", "cmd_record", ["record", "--baseline", "b", "--custom", "c", "--concept", "t", "--out", "{out}"], None,
-     "interrupted — rerun the same command (record resumes where it stopped)", None),
+     "interrupted; nothing was written — rerun the same command", "resumes"),
     ("compare", "cmd_compare", ["compare", "s.zarr"], None, "interrupted; nothing was written — rerun", "resumes"),
     ("alignit", "cmd_alignit", ["alignit", "--baseline", "b", "--custom", "c", "--concept", "t", "--out", "{out}"],
      None, "nothing half-written was left", "resumes"),
