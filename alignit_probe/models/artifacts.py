@@ -93,6 +93,8 @@ def read_weights(path: str | Path) -> dict:
     if not path.is_file():
         raise ProbeError(f"weights file {path} does not exist", "check the path")
     size = path.stat().st_size
+    if size == 0:
+        raise ProbeError(f"{path} is empty (0 bytes)", "download or export the file again")
     with open(path, "rb") as fh:
         head = fh.read(9)
     if _is_safetensors(head, size):
@@ -128,9 +130,10 @@ def read_weights(path: str | Path) -> dict:
 
 
 def first_line(e: Exception, limit: int = 160) -> str:
-    """An exception's first line, cut at a word (with "…") where longer than ``limit``."""
+    """An exception's first line (its first sentence where it has several), cut at a word (with "…") where longer
+    than ``limit``."""
     text = str(e).strip().splitlines()
-    line = text[0] if text else type(e).__name__
+    line = re.split(r"(?<=[a-z)])\. (?=[A-Z])", text[0])[0] if text else type(e).__name__
     return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + " …"
 
 

@@ -149,6 +149,12 @@ def _unknown(tok, token: str) -> ProbeError:
     added = added_tokens(tok)
     if added:
         fix = f"use one of its added tokens: {', '.join(added)}"
+    elif _ADDED_LOOKING.fullmatch(token.strip()):  # <new1>: a token some artifact must add
+        fix = (
+            f"it added no tokens: load the file that defines {token.strip()} (a Custom Diffusion output folder with "
+            f"its {token.strip()}.safetensors, a Textual Inversion file), or use the instance word a DreamBooth or "
+            "LoRA model was trained on (e.g. sks)"
+        )
     else:
         fix = (
             "it added no tokens: use the instance word it was trained on (DreamBooth, LoRA: e.g. sks), or load the "

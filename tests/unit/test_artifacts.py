@@ -133,6 +133,11 @@ def test_files_given_alone_say_what_they_leave_beside_them(tmp_path):
     assert both.warnings == [] and list(both.embeddings) == ["<new1>"]
     torch.save({"string_to_param": {"*": torch.randn(1, 8)}, "name": "charturner"}, tmp_path / "mine.pt")
     assert "used as token 'mine', its file name" in parse_artifact(tmp_path / "mine.pt").warnings[0]
+    miniz = "failed reading zip archive: not a ZIP archive. This is an internal miniz error. If you are seeing"
+    assert first_line(RuntimeError(miniz)) == "failed reading zip archive: not a ZIP archive"
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    _raises(lambda: parse_artifact(empty), "is empty (0 bytes)")
     long = first_line(ValueError("word " * 60))
     assert long.endswith("word …") and len(long) <= 162
 
