@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 from ..analysis.stats import MIN_CI, fmt
 from ..errors import ProbeError
 from ..schema import ATTENTION_METRICS, BASELINE, METRICS, ROLES, STAGES, layer_label
+from ..text.byte_level import token_text
 from .common import Subparsers, json_safe, subparser
 
 if TYPE_CHECKING:
@@ -87,7 +88,9 @@ def print_table(rows: list[dict], tree: xr.DataTree, out: TextIO | None = None) 
         print(f"\nlearned embeddings of {model}{which} (norm vs vocabulary; nearest vocabulary tokens):", file=out)
         for v in emb.vector.values:
             e = emb.sel(vector=v)
-            near = ", ".join(f"{t} ({c:.2f})" for t, c in zip(e.neighbor_token.values, e.neighbor_cosine.values))
+            near = ", ".join(
+                f"{token_text(t)} ({c:.2f})" for t, c in zip(e.neighbor_token.values, e.neighbor_cosine.values)
+            )
             print(
                 f"  {e.vector_token.item():14} norm {e.norm.item():.3f} (percentile {e.norm_percentile.item():.1f}, "
                 f"z {e.norm_z.item():+.2f})  nearest: {near}",

@@ -51,8 +51,9 @@ def write_folder(tree: xr.DataTree, rows: list[dict], out: Path, stores: Iterabl
     lines = [f"# alignit-probe report: {', '.join(map(str, stores))}", ""]
     for model in st.models(tree):
         a = st.model_attrs(tree, model)
-        lines.append(f"- **{model}**: {a.get('method')} — {a.get('custom_ids') or a.get('model_id')}")
-        lines += [f"  - warning: {w}" for w in a.get("warnings", [])]
+        ids = a.get("custom_ids") or [a.get("model_id")]
+        lines.append(f"- **{model}**: {a.get('method')} — {', '.join(f'`{i}`' for i in ids)}")  # (code: <token> shown)
+        lines += [f"  - warning: {w.replace('<', '&lt;')}" for w in a.get("warnings", [])]  # (<new1>: no tag)
     lines += ["", "| model | stage | role | relative L2 (mean over layers) | 95% CI (mean over layers) | n |"]
     lines.append("|---|---|---|---|---|---|")
     shown = [s for s in stage_summary(rows, "relative_l2") if s["role"] in ("concept", "context", WHOLE_PROMPT)]

@@ -17,6 +17,7 @@ import xarray as xr
 from .. import store as st
 from ..analysis.stats import fmt
 from ..schema import ATTENTION_METRICS, BASELINE, alignit_branch, short_layer, unet_order_key
+from ..text.byte_level import token_text
 from .figures import is_alignit, metric_label
 from .notes import cell_text, ci_caption, ci_table_note
 
@@ -205,7 +206,9 @@ def embedding_section(tree: xr.DataTree) -> dict | None:
             e = emb.sel(vector=v)
             token = str(e.vector_token.item())
             learned.add(token)
-            near = ", ".join(f"{t} ({c:.2f})" for t, c in zip(e.neighbor_token.values, e.neighbor_cosine.values))
+            near = ", ".join(
+                f"{token_text(t)} ({c:.2f})" for t, c in zip(e.neighbor_token.values, e.neighbor_cosine.values)
+            )
             rows.append(
                 dict(
                     token=token,

@@ -113,3 +113,15 @@ def test_summary_md_says_why_its_ci_column_is_empty(stores, tmp_path):
     write_folder(tree, compare_rows(tree, n_boot=20), tmp_path, [stores[False]])
     summary = (tmp_path / "summary.md").read_text()
     assert "| — | 2 |" in summary and "No CI where n < 3 prompts" in summary
+
+
+def test_summary_md_keeps_angle_bracket_tokens_visible(stores, tmp_path):
+    """``<new1>`` in a path or a warning would be an HTML tag to a Markdown renderer: paths are code spans and
+    warnings escape it."""
+    from alignit_probe.cli.report import write_folder
+
+    tree = st.open_store(stores[False])
+    write_folder(tree, compare_rows(tree, n_boot=20), tmp_path, [stores[False]])
+    lines = [ln for ln in (tmp_path / "summary.md").read_text().splitlines() if ln.startswith(("- **", "  - warning"))]
+    assert lines and all("`" in ln for ln in lines if ln.startswith("- **"))
+    assert not any("<" in ln.replace("`", "") and "`" not in ln for ln in lines)
