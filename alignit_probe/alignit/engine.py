@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -72,6 +72,11 @@ class AlignITOptions:
         bad = [b for b in self.blocks or [] if b not in ("down", "mid", "up")]
         if bad:
             raise ProbeError(f"unknown block {bad[0]!r}", "use down, mid or up")
+
+
+def options_dict(options: AlignITOptions, xl: bool) -> dict:
+    """The options as stored and shown: ``pooled`` only for SDXL, the one model with a pooled embedding."""
+    return {k: v for k, v in asdict(options).items() if xl or k != "pooled"}
 
 
 def end_from(options: AlignITOptions, dummies: dict) -> int | None:

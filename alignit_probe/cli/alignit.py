@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 
 def cmd_alignit(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
+    from ..alignit.engine import options_dict
+    from ..models.pipes import is_xl
     from ..record.run import RecordOptions, check_job
     from ..viz.grid import image_grid
 
@@ -49,7 +49,8 @@ def cmd_alignit(args: argparse.Namespace) -> int:
         columns.setdefault("baseline", images["baseline"])
         columns[prefix + name if prefix else name] = images[name]
         columns[prefix + "alignit" if prefix else "alignit"] = images["alignit"]
-    config = {"prompts": prompts, "alignit": asdict(options), **gen, "models": probe.models.names}
+    xl = is_xl(probe.models.baseline)
+    config = {"prompts": prompts, "alignit": options_dict(options, xl), **gen, "models": probe.models.names}
     with staged_folder(out) as tmp:
         save_images(columns, tmp / "images")
         image_grid(columns, prompts, tmp / "grid.png", caption=caption(options, gen))

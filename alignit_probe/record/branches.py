@@ -7,19 +7,19 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 from numpy.typing import DTypeLike
 
-from ..alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv, end_from
+from ..alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv, end_from, options_dict
 from ..alignit.generation import generate_images
 from ..alignit.plan import alignit_plan, tokenize_dummies
 from ..capture.attention import AttentionCollector, AttentionSlices, capture_attention
 from ..capture.sites import attn2_paths
 from ..errors import ProbeWarning
+from ..models.pipes import is_xl
 from ..schema import ALIGNIT, BASELINE
 from ..store.batch import Batch, token_coords
 from ..store.writer import StoreWriter
@@ -68,7 +68,7 @@ def alignit_attrs(pair: ModelPair, options: AlignITOptions, extra_attrs: dict | 
         "custom_ids": pair.custom_ids,
         "method": "alignit",
         "custom_model": pair.name,
-        "options": asdict(options),
+        "options": options_dict(options, is_xl(pair.custom)),
         "sites": attn2_paths(pair.custom.unet),
         "warnings": [],
         **(extra_attrs or {}),

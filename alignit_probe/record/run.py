@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
-from ..alignit.engine import AlignITOptions, validate
+from ..alignit.engine import AlignITOptions, options_dict, validate
 from ..capture.sites import attn2_paths
 from ..errors import ProbeError, ProbeWarning
 from ..models.load import CHANGED_NOTHING, ModelPair, ModelSet
@@ -261,7 +261,7 @@ def record_store(
         n_tokens=n_tokens,
         dtype=str(dtype).replace("torch.", ""),
         device_type=device.type,
-        alignit=None if options.alignit is None else asdict(options.alignit),
+        alignit=None if options.alignit is None else options_dict(options.alignit, is_xl(models.baseline)),
         **({"summary": True} if options.summary else {}),  # full jobs keep the fingerprints they had
         **options.extra,
     )

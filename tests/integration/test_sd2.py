@@ -53,8 +53,11 @@ def test_padding_with_bang_keeps_roles_right(sd2_pair):
 
 
 def test_record_and_compare(sd2_pair, tmp_path):
-    out = record_store(sd2_pair, CONCEPTS, PROMPTS, tmp_path / "s.zarr", RecordOptions(batch_size=1), progress=False)
+    options = RecordOptions(batch_size=1, alignit=AlignITOptions())
+    out = record_store(sd2_pair, CONCEPTS, PROMPTS, tmp_path / "s.zarr", options, progress=False)
     tree = st.open_store(out)
+    stored = [st.store_attrs(tree)["options"]["alignit"], st.model_attrs(tree, "alignit")["options"]]
+    assert all("alpha" in o and "pooled" not in o for o in stored)  # no pooled embedding: no pooled option
     for model, pipe in (("custom", sd2_pair.custom), ("baseline", sd2_pair.baseline)):
         text = st.group(tree, model, "text")
         prompts = [str(p) for p in text.prompt_text.values]
