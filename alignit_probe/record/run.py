@@ -8,9 +8,11 @@ resume a store recorded differently.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,11 +133,30 @@ def check_job(
         check_clip_skip([models.baseline] + [p.custom for p in models.pairs], options.clip_skip)
     shard_range(len(prompts), options.batch_size, options.shard)
     for pair in models.pairs:
-        if options.alignit is not None:
-            validate(pair, concepts, options.alignit)  # (checks the concepts against the added tokens too)
-        else:  # strict where the added tokens are all the model learned
-            strict = pair.method == "textual_inversion"
-            check_concepts_use_added(pair.custom, models.baseline.tokenizer, concepts, strict=strict)
+        with for_model(pair.name, len(models.pairs)):
+            if options.alignit is not None:
+                validate(pair, concepts, options.alignit)  # (checks the concepts against the added tokens too)
+            else:  # strict where the added tokens are all the model learned
+                strict = pair.method == "textual_inversion"
+                check_concepts_use_added(pair.custom, models.baseline.tokenizer, concepts, strict=strict)
+
+
+@contextlib.contextmanager
+def for_model(name: str, n_models: int) -> Iterator[None]:
+    """With several customized models, what a check says names the model it is about (they share the concepts)."""
+    if n_models < 2:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except ProbeError as e:
+            fix = f"{e.fix} (every model of one store shares the concepts: record {name} in a store of its own)"
+            raise ProbeError(f"model {name}: {e.problem}", fix if e.fix else None) from e
+    for w in caught:
+        text = f"model {name}: {w.message}" if issubclass(w.category, ProbeWarning) else w.message
+        warnings.warn(text, w.category, stacklevel=3)
 
 
 def unet_only_note(names: list[str], xl: bool = False) -> str:

@@ -201,3 +201,21 @@ def test_python_errors_name_the_keyword_beside_the_flag(probe, tmp_path):
         assert err.fix == "use --end-tokens baseline or dummy"
     finally:
         probe.speaks_cli = False
+
+
+def test_with_several_models_a_concept_check_names_its_model(toy_dir, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    for name in ("<qa>", "<qb>"):
+        save_file(
+            {"emb_params": torch.randn(1, 32, generator=torch.Generator().manual_seed(3))},
+            str(tmp_path / f"{name}.safetensors"),
+        )
+    custom = {m: str(tmp_path / f"<q{m}>.safetensors") for m in ("a", "b")}
+    probe = Probe(toy_dir, custom=custom, concepts=[Concept("<qb>", "cat")], device="cpu", progress=False)
+    err = one_line(
+        lambda: probe.record(["a <qb> cat"], tmp_path / "s.zarr"),
+        r"^model a: concept token '<qb>' is unknown to the customized model's tokenizer",
+    )
+    assert "every model of one store shares the concepts: record a in a store of its own" in err.fix
