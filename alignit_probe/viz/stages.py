@@ -111,8 +111,11 @@ def stage_summary(rows: list[dict], metric: str = "relative_l2") -> list[dict]:
 
 
 def stage_label(stage: str, layers: int) -> str:
-    layered = stage.partition(" ")[0] in LAYERED
-    return f"{stage}\n(mean of {layers} layers)" if layered and layers > 1 else stage
+    """An x tick: the stage, below it its encoder (SDXL) and how many layers its point averages, a line each."""
+    base, _, encoder = stage.partition(" ")
+    notes = [encoder.strip("()")] if encoder else []
+    notes += [f"mean of {layers} layers"] if base in LAYERED and layers > 1 else []
+    return "\n".join([base, *(f"({n})" for n in notes)])
 
 
 def stage_figure(rows: list[dict], metric: str = "relative_l2", roles: Sequence[str] = ROLES) -> bytes | None:

@@ -157,3 +157,14 @@ def test_lines_on_top_of_each_other_at_zero_are_said(caught, tmp_path):
     notes = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes}
     assert notes["alignit-db vs baseline"] == ["at 0 everywhere (lines overlap): context, special"]
     assert notes["db vs baseline"] == []  # one role at 0 or none: nothing to say
+
+
+def test_stage_ticks_put_encoder_and_layer_count_on_lines_of_their_own():
+    assert stages.stage_label("encoder_layer (text_2)", 4) == "encoder_layer\n(text_2)\n(mean of 4 layers)"
+    assert stages.stage_label("token_embedding (text)", 1) == "token_embedding\n(text)"
+    assert stages.stage_label("key", 8) == "key\n(mean of 8 layers)" and stages.stage_label("encoder_output", 1) == (
+        "encoder_output"
+    )
+    longest = max(len(line) for s in ("token_embedding (text_2)", "encoder_layer (text_2)", "value") for line in
+                  stages.stage_label(s, 40).splitlines())  # fmt: skip
+    assert longest <= len("(mean of 40 layers)")  # SDXL's ticks as narrow as SD1's: no overlap
