@@ -242,7 +242,7 @@ def test_bad_cli_inputs(world_dir, tmp_path):
         (["--method", "lora", "--concept-spec", "shape=hexagon"], "not in the world"),
         (["--method", "lora", "--concept-spec", "color=blue"], "shape is unknown"),
         (["--method", "lora", "--class-word", "circle", "--concept-spec", "shape=square"], "class word"),
-        (["--method", "lora", "--out", tmp_path / "full"], "not empty"),
+        (["--method", "lora", "--out", tmp_path / "full"], "holds files alignit-probe did not write"),
         (["--method", "lora", "--device", "warp"], "unknown device"),
     ]
     for argv, message in bad:
