@@ -152,12 +152,10 @@ class Probe:
         to the baseline (computed on the device) instead of the activations, for ``compare`` on large prompt sets.
         Rerunning after a crash resumes."""
         prompts = as_prompts(prompts)
-        if not isinstance(out, (str, os.PathLike)) or not (nodes is None or isinstance(nodes, dict)):
-            what = "out" if not isinstance(out, (str, os.PathLike)) else "nodes"
-            raise ProbeError(
-                f"{what}= is {type(out if what == 'out' else nodes).__name__}",
-                "pass out=PATH (a .zarr folder or .nc file) and nodes={group: Dataset} or None",
-            )
+        if not isinstance(out, (str, os.PathLike)):
+            raise ProbeError(f"out= is {type(out).__name__}", "pass out=PATH (a .zarr folder or a .nc file)")
+        if nodes is not None and not isinstance(nodes, dict):
+            raise ProbeError(f"nodes= is {type(nodes).__name__}", "pass nodes={group: Dataset}, or None")
         options = RecordOptions(
             batch_size=as_count(batch_size, "batch_size"),
             clip_skip=clip_skip,
