@@ -74,6 +74,8 @@ def test_notebook_runs(path, tmp_path):
     seconds = time.perf_counter() - start
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    noise = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr" and o.text.strip()]
+    assert not noise, f"{path.name} prints on stderr: {noise}"  # no library notices or progress bars
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} shows no figure or image inline"
     print(f"{path.name}: {seconds:.1f} s (budget: under 60 s on 2 cores; timed here, not asserted)")
