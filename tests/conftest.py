@@ -41,3 +41,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def layout_sensitive():
+    """Matrix products that round by batch layout (``tests.layout``): a promised equality must hold under them."""
+    from tests.layout import layout_sensitive_linear
+
+    if os.environ.get("ALIGNIT_LAYOUT_AUDIT") == "1":  # the whole session is under them already
+        yield
+        return
+    with layout_sensitive_linear():
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _layout_audit():
+    """``ALIGNIT_LAYOUT_AUDIT=1``: the whole session under layout-sensitive products, module fixtures included
+    (session scope: set up before them). Finds equalities that compare two batch layouts; subprocesses (the CLI
+    run as a command) compute without them."""
+    if os.environ.get("ALIGNIT_LAYOUT_AUDIT") != "1":
+        yield
+        return
+    from tests.layout import layout_sensitive_linear
+
+    with layout_sensitive_linear():
+        yield

@@ -31,6 +31,7 @@ from ..text.concepts import Concept, TokenizedPrompt, check_concepts_use_added, 
 from ..text.encoder import conditioning
 from .generation import generate_images
 from .plan import (
+    BASELINE,
     DEFAULT_TEMPLATE,
     Plan,
     alignit_plan,
@@ -86,6 +87,18 @@ def end_from(options: AlignITOptions, dummies: dict) -> int | None:
     return min(dummies) if options.end_tokens == "dummy" else None
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One model's encoding of a batch of tokenized prompts: the conditioning c (prompt, token, channel), the pooled
+    embedding (SDXL) and the K/V at attn2 sites, as a recording pass computed them. ``alignit_kv`` takes them
+    instead of encoding again, so AlignIT's context K/V are the very values recorded for the baseline."""
+
+    tokenized: list[TokenizedPrompt]
+    c: torch.Tensor
+    pooled: torch.Tensor | None
+    kv: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
 @dataclass
 class AlignITKV:
     plans: list[Plan]
@@ -100,6 +113,7 @@ class AlignITKV:
     cond_pooled: torch.Tensor | None = None  # SDXL: the pooled embedding the AlignIT denoising gets
     baseline_pooled: torch.Tensor | None = None
     custom_pooled: torch.Tensor | None = None
+    dummy: Encoded | None = None  # the dummy prompts' encoding (a later batch of the same job may reuse it)
 
 
 def check_layouts(*unets: UNet2DConditionModel) -> None:
@@ -133,6 +147,28 @@ def validate(pair: ModelPair, concepts: list[Concept], options: AlignITOptions) 
     tokenize_dummies(pair.custom, pair.baseline.tokenizer, concepts, options.template)
 
 
+def encode(
+    pipe: StableDiffusionPipeline, tokenized: list[TokenizedPrompt], sites: list[str], clip_skip: int | None = None
+) -> Encoded:
+    c, pooled = conditioning(pipe, tokenized, clip_skip)
+    return Encoded(tokenized, c, pooled, record_kv(pipe.unet, c, sites))
+
+
+def encoded_for(
+    reused: Encoded | None,
+    pipe: StableDiffusionPipeline,
+    tokenized: list[TokenizedPrompt],
+    sites: list[str],
+    clip_skip: int | None,
+) -> Encoded:
+    """``reused`` where it encodes these very prompts at every site (else they are encoded here, in one batch of
+    their own: the layout a plain encoding of the same prompts has)."""
+    if reused is not None and [t.ids for t in reused.tokenized] == [t.ids for t in tokenized]:
+        if all(s in reused.kv for s in sites):
+            return Encoded(tokenized, reused.c, reused.pooled, {s: reused.kv[s] for s in sites})
+    return encode(pipe, tokenized, sites, clip_skip)
+
+
 def alignit_kv(
     pair: ModelPair,
     concepts: list[Concept],
@@ -140,9 +176,19 @@ def alignit_kv(
     options: AlignITOptions | None = None,
     allow_absent: bool = False,
     first: int = 0,
+    *,
+    clip_skip: int | None = None,
+    reuse: dict[str, Encoded] | None = None,
 ) -> AlignITKV:
     """Infused K/V for every prompt and chosen attn2 layer (computed once; no denoising). Warnings number the
-    prompts from ``first`` (a batch's global offset)."""
+    prompts from ``first`` (a batch's global offset). ``clip_skip``: as the baseline encodes (the customized
+    model's prompts and dummies are encoded the same way). ``reuse``: ``{"baseline": Encoded, "custom": Encoded,
+    "dummy": Encoded}`` from a recording pass (these prompts without the modifier, these prompts; the dummy prompts,
+    ``AlignITKV.dummy`` of an earlier batch), each taken where it encodes the same token ids at every site.
+
+    Every encoding is of one set of prompts in a batch of its own (the baseline's and the customized model's of
+    the prompts, the dummies'), so what AlignIT keeps equals, bit for bit, what a plain encoding of the same prompts
+    gives: the same matrix products over the same rows, whatever else shares a call."""
     options = options or AlignITOptions()
     check_alpha(options.alpha)
     check_pooled(options)
@@ -159,53 +205,68 @@ def alignit_kv(
         for k, p in enumerate(plans, first)
         if p.dropped
     ]
-    base_c, base_pooled = conditioning(pair.baseline, bt)
-    order = sorted(dummies)
-    # the prompts and the dummies through the customized text encoder(s) in one batch
-    both, both_pooled = conditioning(pair.custom, ct + [dummies[c] for c in order])
-    custom_c, dummy_c = both[: len(ct)], both[len(ct) :]
-    custom_pooled = None if both_pooled is None else both_pooled[: len(ct)]
-    base_kv = record_kv(pair.baseline.unet, base_c, sites)
+    reuse = reuse or {}
+    base = encoded_for(reuse.get("baseline"), pair.baseline, bt, sites, clip_skip)
     # the customized model's own K/V of the prompt: for what is not infused, and for blending (alpha < 1)
     own_kv = not (options.keys and options.values and options.alpha == 1.0)
-    custom_kv = record_kv(pair.custom.unet, custom_c, sites) if own_kv else {}
-    dummy_kv = record_kv(pair.custom.unet, dummy_c, sites)
+    custom = encoded_for(reuse.get("custom"), pair.custom, ct, sites if own_kv else [], clip_skip)
+    order = sorted(dummies)
+    dummy = encoded_for(reuse.get("dummy"), pair.custom, [dummies[c] for c in order], sites, clip_skip)
     device = placement(denoiser.unet)[0]
-    index = infuse_index(plans, order, base_c.device)  # the same at every site: built once
-    positions = partner_positions(plans, ct, custom_c.device) if own_kv else None
-    kv = {} if own_kv else infuse_sites(base_kv, dummy_kv, sites, index, device)
-    for path in sites if own_kv else []:
-        out = []
-        for which, use in ((0, options.keys), (1, options.values)):
-            if use:
-                dummy = {c: dummy_kv[path][which][i] for i, c in enumerate(order)}
-                x = infuse_batch(plans, base_kv[path][which], dummy, index)
-                if options.alpha != 1.0:
-                    x = blend(x, *partners_batch(plans, ct, custom_kv[path][which], positions), options.alpha)
-            else:
-                x = partners_batch(plans, ct, custom_kv[path][which], positions)[0]
-            out.append(x.to(device))
-        kv[path] = (out[0], out[1])
-    cond = custom_c if options.denoiser == "custom" else base_c
-    pooled = custom_pooled if options.pooled == "custom" else base_pooled
+    index = infuse_index(plans, order, base.c.device)  # the same at every site: built once
+    if own_kv:
+        kv = partial_sites(plans, ct, (base, custom, dummy), order, index, options)
+    else:
+        kv = infuse_sites(base.kv, dummy.kv, sites, index)
+    kv = {path: (k.to(device), v.to(device)) for path, (k, v) in kv.items()}
+    cond = custom.c if options.denoiser == "custom" else base.c
+    pooled = custom.pooled if options.pooled == "custom" else base.pooled
     return AlignITKV(
         plans,
         ct,
         bt,
         kv,
         cond.to(device),
-        base_c,
-        custom_c,
+        base.c,
+        custom.c,
         options,
         warnings,
         None if pooled is None else pooled.to(device),
-        base_pooled,
-        custom_pooled,
+        base.pooled,
+        custom.pooled,
+        dummy,
     )
 
 
+def partial_sites(
+    plans: list[Plan],
+    ct: list[TokenizedPrompt],
+    encoded: tuple[Encoded, Encoded, Encoded],
+    order: list[int],
+    index: torch.Tensor,
+    options: AlignITOptions,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """K/V where keys or values alone are infused, or blended with the customized model's own (``alpha`` < 1):
+    site by site. ``encoded``: the baseline's, the customized model's and the dummies' encodings."""
+    base, custom, dummy = encoded
+    positions = partner_positions(plans, ct, custom.c.device)
+    kv = {}
+    for path in base.kv:
+        out = []
+        for which, use in ((0, options.keys), (1, options.values)):
+            if use:
+                x = infuse_batch(plans, base.kv[path][which], dict(zip(order, dummy.kv[path][which])), index)
+                if options.alpha != 1.0:
+                    x = blend(x, *partners_batch(plans, ct, custom.kv[path][which], positions), options.alpha)
+            else:
+                x = partners_batch(plans, ct, custom.kv[path][which], positions)[0]
+            out.append(x)
+        kv[path] = (out[0], out[1])
+    return kv
+
+
 def infuse_sites(
-    base_kv: dict, dummy_kv: dict, sites: list[str], index: torch.Tensor, device: torch.device
+    base_kv: dict, dummy_kv: dict, sites: list[str], index: torch.Tensor
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Infused K and V of every site (``plan.infuse_stacked``: the sites of one width at once, a few operations
     instead of a few per site: SDXL has 70)."""
@@ -217,7 +278,7 @@ def infuse_sites(
         for group in widths.values():
             base = torch.stack([base_kv[p][which] for p in group])
             dummies = torch.stack([dummy_kv[p][which] for p in group])
-            for path, x in zip(group, infuse_stacked(base, dummies, index).to(device).unbind(0)):
+            for path, x in zip(group, infuse_stacked(base, dummies, index).unbind(0)):
                 out[path][which] = x
     return {path: (k, v) for path, (k, v) in out.items()}
 
@@ -227,8 +288,21 @@ def alignit(pair: ModelPair, akv: AlignITKV) -> Iterator[StableDiffusionPipeline
     """The denoising pipeline with AlignIT's K/V injected (condition it on ``prompt_embeds=akv.cond_embeds``; SDXL
     also ``pooled_prompt_embeds=akv.cond_pooled``)."""
     pipe = denoiser_of(pair, akv.options)
-    with inject_kv(pipe.unet, akv.cond_embeds, akv.kv):
+    with inject_kv(pipe.unet, akv.cond_embeds, {} if denoiser_own(akv) else akv.kv):
         yield pipe
+
+
+def denoiser_own(akv: AlignITKV) -> bool:
+    """Whether the infused K/V are, at every position of every prompt, the denoiser's own K/V of the conditioning it
+    is given: the baseline denoises, conditioned on the prompt without modifier, and every position takes the
+    baseline's K/V of that very position (a prompt without concept span, end tokens from the baseline). Then nothing
+    is injected and the layers project as in a plain call, over the pipeline's own rows, so the images are the
+    baseline's bit for bit whatever batch layout the projections of ``alignit_kv`` had."""
+    o = akv.options
+    if o.denoiser != "baseline" or not (o.keys and o.values and o.alpha == 1.0) or akv.cond_embeds.shape[1] == 0:
+        return False
+    same = lambda plan: all(s == BASELINE and pos == i for i, (s, pos) in enumerate(zip(plan.source, plan.position)))
+    return all(same(plan) and len(plan.source) == akv.cond_embeds.shape[1] for plan in akv.plans)
 
 
 def generate_alignit(

@@ -17,6 +17,7 @@ import torch
 import xarray as xr
 from numpy.typing import DTypeLike
 
+from ..alignit.engine import Encoded
 from ..capture.sites import record_kv
 from ..models.pipes import placement
 from ..store.batch import Batch, token_coords
@@ -108,6 +109,16 @@ def stage_tensors(
     return {**groups, "kv": record_kv(pipe.unet, c, kv_sites)}
 
 
+def as_encoded(pipe: StableDiffusionPipeline, tokenized: list[TokenizedPrompt], stages: dict) -> Encoded:
+    """``stage_tensors`` as AlignIT takes a recorded encoding (``alignit.engine.Encoded``): c and the pooled
+    embedding on the UNet's device and dtype, exactly as ``text.encoder.conditioning`` hands them over."""
+    out = output_group({g: v for g, v in stages.items() if g != "kv"})
+    device, dtype = placement(pipe.unet)
+    pooled = out.get("pooled")
+    pooled = None if pooled is None else pooled.to(device=device, dtype=dtype)
+    return Encoded(tokenized, out["encoder_output"].to(device=device, dtype=dtype), pooled, stages["kv"])
+
+
 def cut_tokens(name: str, t: torch.Tensor, cut: slice) -> torch.Tensor:
     """A stage's tensor with the token positions kept (``pooled`` has none)."""
     if name == "encoder_layer":
@@ -139,12 +150,14 @@ def record_batch(
     store_dtype: DTypeLike = np.float32,
     kv_sites: list[str] | None = None,
     n_tokens: int | None = None,
+    stages: dict | None = None,
 ) -> Batch:
     """Record all stages for one batch of tokenized prompts (global prompt indices start at ``start``).
 
     ``n_tokens`` keeps the first token positions only (``--drop-padding``): every stage is computed on all positions,
-    exactly as without it, and cut before it leaves the device."""
-    st = stage_tensors(pipe, tokenized, clip_skip=clip_skip, kv_sites=kv_sites)
+    exactly as without it, and cut before it leaves the device. ``stages``: ``stage_tensors`` of these prompts,
+    computed already (then ``clip_skip`` and ``kv_sites`` are what computed them)."""
+    st = stages if stages is not None else stage_tensors(pipe, tokenized, clip_skip=clip_skip, kv_sites=kv_sites)
     coords = token_coords(tokenized, start, n_tokens)
     cut = slice(0, coords.sizes["token"])
     ptc = ("prompt", "token", "channel")

@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 from numpy.typing import DTypeLike
 
-from ..alignit.engine import AlignITKV, AlignITOptions, alignit, alignit_kv, end_from, options_dict
+from ..alignit.engine import AlignITKV, AlignITOptions, alignit, end_from, options_dict
 from ..alignit.generation import generate_images
 from ..alignit.plan import alignit_plan, tokenize_dummies
 from ..capture.attention import AttentionCollector, AttentionSlices, capture_attention
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from diffusers import StableDiffusionPipeline
-    from tqdm import tqdm
 
     from ..models.load import ModelPair
 
@@ -73,40 +72,6 @@ def alignit_attrs(pair: ModelPair, options: AlignITOptions, extra_attrs: dict | 
         "warnings": [],
         **(extra_attrs or {}),
     }
-
-
-def write_alignit_branch(
-    writer: StoreWriter,
-    pair: ModelPair,
-    concepts: list[Concept],
-    prompts: list[str],
-    options: AlignITOptions,
-    *,
-    branch: str = ALIGNIT,
-    span: range | None = None,
-    batch_size: int = 8,
-    store_dtype: DTypeLike = np.float32,
-    progress: tqdm | None = None,
-    extra_attrs: dict | None = None,
-) -> list[str]:
-    """Compute AlignIT K/V batch by batch for ``prompts[span]`` (default all) and append them as branch ``branch``,
-    continuing after what ``writer`` already holds (a resumed job). Returns this run's warnings, which are also added
-    to the branch's ``warnings`` attribute (prompts numbered globally)."""
-    span = range(len(prompts)) if span is None else span
-    warnings = []
-    attrs = alignit_attrs(pair, options, extra_attrs)
-    done = writer.written(branch)
-    if progress is not None:
-        progress.update(done)
-    for i in range(span.start + done, span.stop, batch_size):
-        j = min(i + batch_size, span.stop)
-        akv = alignit_kv(pair, concepts, prompts[i:j], options, first=i)
-        warnings += akv.warnings
-        writer.append(branch, alignit_batch(akv, i, store_dtype), attrs)
-        if progress is not None:
-            progress.update(j - i)
-    writer.add_warnings(branch, warnings)
-    return warnings
 
 
 def generation_maps(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
-from ..alignit.engine import AlignITOptions, options_dict, validate
+from ..alignit.engine import AlignITOptions, alignit_kv, options_dict, validate
 from ..capture.sites import attn2_paths
 from ..errors import ProbeError, ProbeWarning
 from ..models.load import CHANGED_NOTHING, ModelPair, ModelSet
@@ -32,8 +32,8 @@ from ..text.concepts import Concept, check_concepts_use_added, modifier_ids
 from ..text.embeddings import embedding_diagnostics, learned_ids, same_text_encoders
 from ..text.tables import tokenize_table
 from . import jobs
-from .batch import record_batch, release_host_copies
-from .branches import alignit_length, write_alignit_branch
+from .batch import as_encoded, record_batch, release_host_copies, stage_tensors
+from .branches import alignit_attrs, alignit_batch, alignit_length
 from .summary import record_summary
 
 if TYPE_CHECKING:
@@ -197,7 +197,8 @@ def check_clip_skip(pipes: list[StableDiffusionPipeline], clip_skip: int) -> Non
 
 def record_models(
     writer: StoreWriter,
-    branches: list[tuple[str, StableDiffusionPipeline]],
+    models: ModelSet,
+    job: tuple[list[Concept], list[str]],
     tables: dict[str, TokenTable],
     span: range,
     options: RecordOptions,
@@ -206,24 +207,63 @@ def record_models(
     attrs: dict,
     progress: tqdm,
 ) -> None:
-    """Record every stage of each (name, pipeline) of ``branches`` on ``prompts[span]`` batch by batch, continuing
-    after what ``writer`` already holds for each."""
-    done = min(writer.written(name) for name, _ in branches)
+    """Record every stage of the baseline and each customized model on ``prompts[span]`` batch by batch, continuing
+    after what ``writer`` already holds for each; with ``options.alignit`` each model's AlignIT branch right after
+    it, from the same batch's encodings (``job``: the concepts and all prompts), so that AlignIT's context K/V are
+    the recorded baseline's values themselves."""
+    pipes = {BASELINE: models.baseline, **{p.name: p.custom for p in models.pairs}}
+    aligned = {}
+    if options.alignit is not None:
+        aligned = {p.name: alignit_branch(p.name, len(models.pairs)) for p in models.pairs}
+    done = min(writer.written(name) for name in [*pipes, *aligned.values()])
     progress.update(done)
+    warned: dict[str, list[str]] = {branch: [] for branch in aligned.values()}
+    dummies = {}  # each model's encoding of the dummy prompts: the same for every batch
     for start in range(span.start + done, span.stop, options.batch_size):
         stop = min(start + options.batch_size, span.stop)
-        for name, pipe in branches:
-            if span.start + writer.written(name) < stop:
+        todo = {b for b in [*pipes, *aligned.values()] if span.start + writer.written(b) < stop}
+        base = None  # the baseline's encoding, where an AlignIT branch of this batch takes it
+        for name, pipe in pipes.items():
+            branch = aligned.get(name)
+            if not (name in todo or branch in todo or (name == BASELINE and todo & set(aligned.values()))):
+                continue
+            tokenized = tables[name][start:stop]
+            stages = stage_tensors(pipe, tokenized, clip_skip=options.clip_skip)
+            if name in todo:
                 batch = record_batch(
-                    pipe,
-                    tables[name][start:stop],
-                    start,
-                    clip_skip=options.clip_skip,
-                    store_dtype=np.dtype(options.store_dtype),
-                    n_tokens=n_tokens,
+                    pipe, tokenized, start, store_dtype=options.store_dtype, n_tokens=n_tokens, stages=stages
                 )
                 writer.append(name, batch, attrs[name])
+            if name == BASELINE:
+                base = as_encoded(pipe, tokenized, stages)
+            elif branch in todo:
+                reuse = {"baseline": base, "custom": as_encoded(pipe, tokenized, stages), "dummy": dummies.get(name)}
+                del stages
+                concepts, prompts = job
+                pair, skip = models.pair(name), options.clip_skip
+                akv = alignit_kv(
+                    pair, concepts, prompts[start:stop], options.alignit, first=start, clip_skip=skip, reuse=reuse
+                )
+                warned[branch] += akv.warnings
+                dummies[name] = akv.dummy
+                writer.append(branch, alignit_batch(akv, start, options.store_dtype), attrs[branch])
         progress.update(stop - start)
+    for branch, w in warned.items():
+        writer.add_warnings(branch, w)
+
+
+def embedding_groups(writer: StoreWriter, models: ModelSet, concepts: list[Concept]) -> None:
+    """Each customized model's learned vectors of the concepts (an unchanged instance word is none)."""
+    for pair in models.pairs:
+        ids = sorted({i for c in concepts for i in modifier_ids(pair.custom, c)})
+        tokens = pair.custom.tokenizer.convert_ids_to_tokens(ids)
+        ids = learned_ids(pair.custom, models.baseline, ids)
+        writer.put(f"{pair.name}/embedding", embedding_diagnostics(pair.custom, models.baseline, ids))
+        if is_xl(pair.custom):  # SDXL: the second encoder's vectors of the same tokens
+            ids_2 = pair.custom.tokenizer_2.convert_tokens_to_ids(tokens)
+            ids_2 = learned_ids(pair.custom, models.baseline, ids_2, encoder=1)
+            diagnostics = embedding_diagnostics(pair.custom, models.baseline, ids_2, encoder=1)
+            writer.put(f"{pair.name}/embedding_2", diagnostics)
 
 
 def record_store(
@@ -303,7 +343,6 @@ def record_store(
         summary=1 if options.summary else None,
     )
     keep = n_tokens if options.drop_padding else None
-    store_dtype = np.dtype(options.store_dtype)
     # writes overlap the next batch's compute in a thread where a GPU computes; on CPU that thread would only take
     # cores from torch's own threads, so they write in between batches
     try:
@@ -330,35 +369,13 @@ def record_store(
                     writer, models, concepts, prompts, tables, span, options, n_tokens=keep, attrs=m_attrs, progress=bar
                 )
             else:
-                record_models(writer, branches, tables, span, options, n_tokens=keep, attrs=m_attrs, progress=bar)
+                if options.alignit is not None:
+                    for pair in models.pairs:
+                        m_attrs[alignit_branch(pair.name, len(models.pairs))] = alignit_attrs(pair, options.alignit)
+                job = (concepts, prompts)
+                record_models(writer, models, job, tables, span, options, n_tokens=keep, attrs=m_attrs, progress=bar)
             bar.close()
-            for pair in models.pairs:  # the concepts' learned vectors (an unchanged instance word is none)
-                ids = sorted({i for c in concepts for i in modifier_ids(pair.custom, c)})
-                tokens = pair.custom.tokenizer.convert_ids_to_tokens(ids)
-                ids = learned_ids(pair.custom, models.baseline, ids)
-                writer.put(f"{pair.name}/embedding", embedding_diagnostics(pair.custom, models.baseline, ids))
-                if is_xl(pair.custom):  # SDXL: the second encoder's vectors of the same tokens
-                    ids_2 = pair.custom.tokenizer_2.convert_tokens_to_ids(tokens)
-                    ids_2 = learned_ids(pair.custom, models.baseline, ids_2, encoder=1)
-                    diagnostics = embedding_diagnostics(pair.custom, models.baseline, ids_2, encoder=1)
-                    writer.put(f"{pair.name}/embedding_2", diagnostics)
-            if options.alignit is not None and not options.summary:
-                for pair in models.pairs:
-                    branch = alignit_branch(pair.name, len(models.pairs))
-                    abar = progress_bar(len(span), f"record {branch}", progress)
-                    write_alignit_branch(
-                        writer,
-                        pair,
-                        concepts,
-                        prompts,
-                        options.alignit,
-                        branch=branch,
-                        span=span,
-                        batch_size=options.batch_size,
-                        store_dtype=store_dtype,
-                        progress=abar,
-                    )
-                    abar.close()
+            embedding_groups(writer, models, concepts)
             for path, ds in (nodes or {}).items():
                 writer.put(path, ds)
             return writer.commit()

@@ -27,7 +27,7 @@ from ..alignit.engine import AlignITKV, alignit_kv
 from ..schema import BASELINE, METRICS, alignit_branch
 from ..store.batch import Batch, token_coords
 from ..text.concepts import TokenizedPrompt
-from .batch import TORCH_DTYPES, stage_tensors
+from .batch import TORCH_DTYPES, as_encoded, stage_tensors
 from .branches import alignit_attrs
 
 if TYPE_CHECKING:
@@ -182,6 +182,7 @@ def record_summary(
             branch_attrs[branch] = alignit_attrs(p, options.alignit)
     branches = [BASELINE, *pairs, *aligned]
     warned = {b: [] for b in aligned}
+    dummies = {}  # each AlignIT branch's encoding of the dummy prompts: the same for every batch
     done = min(writer.written(b) for b in branches)
     if progress is not None:
         progress.update(done)
@@ -200,8 +201,11 @@ def record_summary(
                 stages = stage_tensors(pairs[name].custom, tok, **kw)
                 batch = summary_batch(stages, base, tok, start, options.store_dtype, n_tokens)
             else:
-                akv = alignit_kv(aligned[name], concepts, prompts[start:stop], options.alignit, first=start)
+                base_enc = as_encoded(models.baseline, tables[BASELINE][start:stop], base)
+                pair, reuse = aligned[name], {"baseline": base_enc, "dummy": dummies.get(name)}
+                akv = alignit_kv(pair, concepts, prompts[start:stop], options.alignit, first=start, reuse=reuse, **kw)
                 warned[name] += akv.warnings
+                dummies[name] = akv.dummy
                 batch = alignit_summary_batch(akv, start, base["kv"], options.store_dtype, n_tokens)
             writer.append(name, batch, branch_attrs[name])
         if progress is not None:

@@ -71,8 +71,10 @@ def write_cd(toy_dir, out, covered=None, safe=True, tokens=("<new1>",), base_wei
 
 
 def write_lora(toy_dir, out, zero=False, seed=3):
-    """As train_dreambooth_lora.py: peft adapter on the UNet, saved with save_lora_weights. Returns the trained
-    UNet's K/V on a fixed c, which the loaded LoRA must reproduce exactly."""
+    """As train_dreambooth_lora.py: peft adapter on the UNet, saved with save_lora_weights. Returns a function
+    giving the trained UNet's K/V on a fixed c, which the loaded LoRA must reproduce exactly: computed when called,
+    under the products then in effect, not those of a module-scoped fixture's set-up (which runs before a test's
+    own fixtures, ``layout_sensitive`` and the layout audit among them: ``tests.layout``)."""
     pipe = load_pipeline(toy_dir)
     torch.manual_seed(seed)
     pipe.unet.add_adapter(
@@ -80,7 +82,7 @@ def write_lora(toy_dir, out, zero=False, seed=3):
     )
     layers = peft.utils.get_peft_model_state_dict(pipe.unet)
     StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers)
-    return sites.record_kv(pipe.unet, encoder_output())
+    return lambda: sites.record_kv(pipe.unet, encoder_output())
 
 
 TEXT_LORA_PROMPT = "a photo of sks dog"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from alignit_probe import store as st
-from alignit_probe.alignit.engine import AlignITOptions, alignit, alignit_kv, generate_alignit
+from alignit_probe.alignit.engine import AlignITOptions, alignit, alignit_kv, denoiser_own, generate_alignit
 from alignit_probe.alignit.plan import BASELINE
 from alignit_probe.alignit.swap import Source, swap_kv
 from alignit_probe.capture.inject import InjectKV
@@ -54,7 +54,7 @@ def test_alignit_kv_invariants(cd_pair, end_tokens):
         alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(end_tokens="custom"))
 
 
-def test_injected_kv_reach_attention_for_conditional_rows_only(cd_pair):
+def test_injected_kv_reach_attention_for_conditional_rows_only(cd_pair, layout_sensitive):
     akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1])
     paths = attn2_paths(cd_pair.custom.unet)
     unet = cd_pair.custom.unet
@@ -70,7 +70,7 @@ def test_injected_kv_reach_attention_for_conditional_rows_only(cd_pair):
     finally:
         for h in hooks:
             h.remove()
-    own = record_kv(unet, neg)  # processors restored: the layer's own K/V for the unconditional row
+    own = record_kv(unet, ehs)  # processors restored: the layer's own K/V of the call's rows, in its layout
     seen = 0
     for j, item in enumerate(calls):
         if isinstance(item, str):
@@ -139,7 +139,7 @@ def test_plain_layers_attend_with_the_built_kv_bit_identical(toy_dir, arts, monk
     assert np.array_equal(direct, images())
 
 
-def test_reused_kv_follow_a_new_negative_prompt(cd_pair):
+def test_reused_kv_follow_a_new_negative_prompt(cd_pair, layout_sensitive):
     """Within one block, a second call with other encoder states (another negative prompt) gets its own
     unconditional K/V, although the first tensor is gone and its memory could hold the second."""
     akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1])
@@ -157,7 +157,8 @@ def test_reused_kv_follow_a_new_negative_prompt(cd_pair):
     merge = lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1)
     for neg, calls in zip(negs, seen):
         k = merge(calls[first][1])
-        assert torch.equal(k[0], record_kv(unet, neg)[path][0][0]) and torch.equal(k[1], akv.kv[path][0][0])
+        own = record_kv(unet, torch.cat([neg, akv.cond_embeds]))[path][0][0]  # the call's rows, in its layout
+        assert torch.equal(k[0], own) and torch.equal(k[1], akv.kv[path][0][0])
 
 
 def test_processors_restored_after_exit_and_error(cd_pair):
@@ -169,11 +170,16 @@ def test_processors_restored_after_exit_and_error(cd_pair):
     assert {k: id(v) for k, v in cd_pair.custom.unet.attn_processors.items()} == before
 
 
-def test_empty_concept_span_reproduces_baseline_image_bit_for_bit(cd_pair):
+def test_empty_concept_span_reproduces_baseline_image_bit_for_bit(cd_pair, layout_sensitive):
     images, akv = generate_alignit(
         cd_pair, CONCEPTS, ["a red car on the beach"], AlignITOptions(denoiser="baseline"), allow_absent=True, **GEN
     )
     assert all(r != "concept" for r in akv.plans[0].tokens.role)
+    # every position would take the baseline's own K/V: nothing injected, the layers project over the pipeline's
+    # own rows (products that round by batch layout, ``layout_sensitive``, cannot tell the images apart)
+    assert denoiser_own(akv) and not denoiser_own(
+        alignit_kv(cd_pair, CONCEPTS, PROMPTS[:1], AlignITOptions(denoiser="baseline"))
+    )
     assert np.array_equal(images["alignit"], images["baseline"])
     assert not np.array_equal(images["custom"], images["baseline"])
 

@@ -14,7 +14,7 @@ from alignit_probe.text.concepts import Concept
 GEN = dict(seed=0, steps=2, guidance_scale=7.5, output_type="np")
 
 
-def test_maps_in_store_and_zero_divergence_for_identical_generation(cd_pair, tmp_path):
+def test_maps_in_store_and_zero_divergence_for_identical_generation(cd_pair, tmp_path, layout_sensitive):
     concepts = [Concept("<new1>", "cat")]
     prompts = ["a red car on the beach"]  # no concept: AlignIT on the baseline UNet is the baseline, bit for bit
     akv = alignit_kv(cd_pair, concepts, prompts, AlignITOptions(denoiser="baseline"), allow_absent=True)

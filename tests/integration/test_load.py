@@ -174,7 +174,7 @@ def test_lora_diffusers_format(toy_dir, arts, base):
     assert (pair.method, art.kind, art.tokens, art.warnings) == ("lora", "lora", [], [])
     assert art.sha256 == _sha(arts["lora"] / "pytorch_lora_weights.safetensors")
     kv, kv_base = sites.record_kv(pair.custom.unet, encoder_output()), sites.record_kv(base.unet, encoder_output())
-    for path, (k, v) in arts["lora_kv"].items():
+    for path, (k, v) in arts["lora_kv"]().items():
         assert torch.equal(kv[path][0], k) and torch.equal(kv[path][1], v)
         assert not torch.equal(k, kv_base[path][0])
 
@@ -185,7 +185,7 @@ def test_lora_kohya_format(toy_dir, arts, tmp_path):
     art = apply_artifact(pipe, str(kohya))
     assert (art.kind, art.warnings) == ("lora", [])
     kv = sites.record_kv(pipe.unet, encoder_output())
-    for path, (k, v) in arts["lora_kv"].items():  # alpha == rank: the same adapter as the diffusers file
+    for path, (k, v) in arts["lora_kv"]().items():  # alpha == rank: the same adapter as the diffusers file
         assert torch.allclose(kv[path][0], k, atol=1e-6) and torch.allclose(kv[path][1], v, atol=1e-6)
 
 
@@ -241,7 +241,7 @@ def test_two_loras_both_stay_active(toy_dir, arts, tmp_path, base):
         first = to_k(c)
         pair.custom.set_adapters(["artifact_1"])
         second = to_k(c) - k_base
-    assert torch.equal(first, arts["lora_kv"][path][0])
+    assert torch.equal(first, arts["lora_kv"]()[path][0])
     assert torch.allclose(both, first - k_base + second, atol=1e-6) and not torch.allclose(both, second, atol=1e-3)
 
 

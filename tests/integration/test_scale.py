@@ -345,7 +345,7 @@ def test_alignit_branch_shards_and_resumes(job, monkeypatch, capsys):
     """--alignit with --shard and --drop-padding: the shards merge into the single run's store, and a run that
     fails inside the alignit branch resumes it where it stopped. The longest prompt has no class word, so its
     AlignIT sequence (the dummy's span "<new1> cat") is one token longer than either tokenization of it."""
-    import alignit_probe.record.branches as branches
+    import alignit_probe.record.run as run_module  # where record_store calls alignit_kv
 
     d, argv = job
     prompts = d / "a_prompts.txt"
@@ -370,7 +370,7 @@ def test_alignit_branch_shards_and_resumes(job, monkeypatch, capsys):
         assert run(p, "--shard", f"{i}/3") == 0
     assert_same_data(open_store(merge_shards(paths, d / "a_merged.zarr")), ref)
 
-    calls, real = [], branches.alignit_kv
+    calls, real = [], run_module.alignit_kv
 
     def fail_second_batch(*args, **kwargs):
         calls.append(kwargs.get("first"))
@@ -378,7 +378,7 @@ def test_alignit_branch_shards_and_resumes(job, monkeypatch, capsys):
             raise RuntimeError("interrupted")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(branches, "alignit_kv", fail_second_batch)
+    monkeypatch.setattr(run_module, "alignit_kv", fail_second_batch)
     out = d / "a_resumed.zarr"
     with pytest.raises(RuntimeError, match="interrupted"):
         run(out)

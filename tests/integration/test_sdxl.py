@@ -83,9 +83,11 @@ def test_store_groups_equal_the_pipeline(xl_pair, xl_store):
         t1, t2 = st.group(xl_store, model, "text"), st.group(xl_store, model, "text_2")
         assert t1.sizes["channel"] + t2.sizes["channel"] == out.sizes["channel"]
         assert t1.sizes["layer"] == 3 and t2.sizes["layer"] == 4
-        for path, (k, v) in record_kv(pipe.unet, cond).items():
+        kvs = [record_kv(pipe.unet, e[0]) for e in enc]  # prompt by prompt too
+        for path in kvs[0]:
             g = st.group(xl_store, model, f"kv/{path}")
-            assert np.array_equal(g.key.values, k.numpy()) and np.array_equal(g.value.values, v.numpy())
+            k, v = (torch.cat([kv[path][i] for kv in kvs]).numpy() for i in (0, 1))
+            assert np.array_equal(g.key.values, k) and np.array_equal(g.value.values, v)
     assert len(st.kv_paths(xl_store, "custom")) == 8
 
 
@@ -141,10 +143,22 @@ def test_report_summarises_each_encoder_and_pooled(xl_store, tmp_path):
     assert "[" not in summary.split("| custom | pooled")[1].splitlines()[0]  # 2 prompts: no CI (as compare)
 
 
-def test_alignit_invariants(xl_pair):
-    akv = alignit_kv(xl_pair, CONCEPTS, PROMPTS)
-    base_c, base_pooled = conditioning(xl_pair.baseline, akv.baseline)
-    custom_c, custom_pooled = conditioning(xl_pair.custom, akv.custom)
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    n = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("clip_skip", [None, 1])
+def test_alignit_invariants(xl_pair, threads, clip_skip, layout_sensitive):
+    """Context K/V and the pooled embeddings equal, bit for bit, a plain encoding of the same prompts, with 1 and 2
+    threads, under products that round by batch layout (``tests.layout``), with and without clip skip."""
+    akv = alignit_kv(xl_pair, CONCEPTS, PROMPTS, clip_skip=clip_skip)
+    base_c, base_pooled = conditioning(xl_pair.baseline, akv.baseline, clip_skip)
+    custom_c, custom_pooled = conditioning(xl_pair.custom, akv.custom, clip_skip)
+    assert torch.equal(akv.baseline_embeds, base_c) and torch.equal(akv.custom_embeds, custom_c)
     base_kv = record_kv(xl_pair.baseline.unet, base_c)
     for path, (k, v) in akv.kv.items():
         for p, plan in enumerate(akv.plans):
@@ -154,13 +168,13 @@ def test_alignit_invariants(xl_pair):
             assert torch.equal(v[p, outside], base_kv[path][1][p, pos])
     assert torch.equal(akv.cond_pooled, base_pooled) and torch.equal(akv.custom_pooled, custom_pooled)
     assert not torch.equal(base_pooled, custom_pooled)
-    own = alignit_kv(xl_pair, CONCEPTS, PROMPTS, AlignITOptions(pooled="custom"))
+    own = alignit_kv(xl_pair, CONCEPTS, PROMPTS, AlignITOptions(pooled="custom"), clip_skip=clip_skip)
     assert torch.equal(own.cond_pooled, custom_pooled)
     with pytest.raises(ProbeError, match="pooled-embedding policy"):
         alignit_kv(xl_pair, CONCEPTS, PROMPTS, AlignITOptions(pooled="mean"))
 
 
-def test_empty_concept_span_reproduces_the_baseline_image(xl_pair):
+def test_empty_concept_span_reproduces_the_baseline_image(xl_pair, layout_sensitive):
     images, akv = generate_alignit(
         xl_pair, CONCEPTS, ["a red car on the beach"], AlignITOptions(denoiser="baseline"), allow_absent=True, **GEN
     )
