@@ -1,6 +1,6 @@
 """Shared by the analysis scripts: stores (or the shards of one job) in, per-stage means with 95% CIs out, and
 one-line errors. Public API only (``alignit_probe.open_shards``, ``alignit_probe.compare``) plus the documented
-store layout (README, "The store").
+store layout (docs/store.md).
 
 Stages with layers (``encoder_layer``: every text-encoder layer; ``key``/``value``: every attn2 layer) are summarised
 by their mean over layers. Its 95% CI is the percentile bootstrap over prompts of the per-prompt layer mean, the same

@@ -136,6 +136,13 @@ def check_pooled(options: AlignITOptions) -> None:
         raise ProbeError(f"unknown pooled-embedding policy {options.pooled!r}", "use --pooled baseline or custom")
 
 
+def check_infusion(options: AlignITOptions) -> None:
+    check_alpha(options.alpha)
+    check_pooled(options)
+    if not (options.keys or options.values):
+        raise ProbeError("neither keys nor values are infused", "infuse keys, values or both")
+
+
 def validate(pair: ModelPair, concepts: list[Concept], options: AlignITOptions) -> None:
     """Every AlignIT option checked against the models, before any work is done."""
     check_alpha(options.alpha)
@@ -190,10 +197,7 @@ def alignit_kv(
     the prompts, the dummies'), so what AlignIT keeps equals, bit for bit, what a plain encoding of the same prompts
     gives: the same matrix products over the same rows, whatever else shares a call."""
     options = options or AlignITOptions()
-    check_alpha(options.alpha)
-    check_pooled(options)
-    if not (options.keys or options.values):
-        raise ProbeError("neither keys nor values are infused", "infuse keys, values or both")
+    check_infusion(options)
     check_layouts(pair.baseline.unet, pair.custom.unet)
     denoiser = denoiser_of(pair, options)
     sites = select_sites(denoiser.unet, options.layers, options.blocks, options.resolutions)
@@ -299,7 +303,7 @@ def denoiser_own(akv: AlignITKV) -> bool:
     is injected and the layers project as in a plain call, over the pipeline's own rows, so the images are the
     baseline's bit for bit whatever batch layout the projections of ``alignit_kv`` had."""
     o = akv.options
-    if o.denoiser != "baseline" or not (o.keys and o.values and o.alpha == 1.0) or akv.cond_embeds.shape[1] == 0:
+    if o.denoiser != "baseline" or not (o.keys and o.values and o.alpha == 1.0):
         return False
     same = lambda plan: all(s == BASELINE and pos == i for i, (s, pos) in enumerate(zip(plan.source, plan.position)))
     return all(same(plan) and len(plan.source) == akv.cond_embeds.shape[1] for plan in akv.plans)

@@ -1,4 +1,4 @@
-"""Command line: ``alignit-probe {record, compare, merge, alignit, swap, attention, report, demo, toy, world}``.
+"""alignit-probe: record, compare, merge, alignit, swap, attention, report, demo, toy, world, clipscore.
 
 One module per command over ``common``; every command uses the public Python API (``Probe``, ``compare``,
 ``open_store`` …). Every bad input ends with one line ``error: <problem> — <fix>`` on stderr and exit status 2, no

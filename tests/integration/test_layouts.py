@@ -26,14 +26,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def threads(request):
-    n = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("summary", [False, True], ids=["full", "summary"])
 def test_recorded_alignit_context_is_the_recorded_baseline_with_clip_skip(
     cd_pair, tmp_path, threads, summary, layout_sensitive
@@ -81,3 +73,32 @@ def test_a_prompt_alone_and_in_a_batch_of_five_agree_within_float32_rounding(cd_
             torch.testing.assert_close(torch.from_numpy(var.isel(prompt=0).values), torch.from_numpy(other))
             compared += 1
     assert compared > 2 * 16  # K and V of every site of both models, AlignIT's and the text stages
+
+
+def test_alignit_context_is_the_baseline_under_every_clip_skip(cd_pair, layout_sensitive):
+    """``alignit_kv`` under every clip skip the toy's text encoder allows (0 … its layer count): every position
+    outside the concept span equals, bit for bit, the baseline's K/V of the prompt without modifier encoded with
+    that clip skip; the concept span differs from one clip skip to the next (it is encoded the same way)."""
+    from alignit_probe.alignit.engine import alignit_kv
+    from alignit_probe.alignit.plan import BASELINE
+    from alignit_probe.capture.sites import record_kv
+    from alignit_probe.record.run import check_clip_skip
+    from alignit_probe.text.encoder import conditioning
+
+    n = cd_pair.baseline.text_encoder.config.num_hidden_layers
+    check_clip_skip([cd_pair.baseline, cd_pair.custom], n)
+    concept = {}
+    for skip in [None, *range(n + 1)]:
+        akv = alignit_kv(cd_pair, CONCEPTS, PROMPTS[:2], clip_skip=skip)
+        base_kv = record_kv(cd_pair.baseline.unet, conditioning(cd_pair.baseline, akv.baseline, skip)[0])
+        for path, (k, v) in akv.kv.items():
+            for p, plan in enumerate(akv.plans):
+                outside = [i for i, s in enumerate(plan.source) if s == BASELINE]
+                pos = torch.tensor([plan.position[i] for i in outside])
+                assert torch.equal(k[p, outside], base_kv[path][0][p, pos]), (skip, path)
+                assert torch.equal(v[p, outside], base_kv[path][1][p, pos]), (skip, path)
+        spans = [i for i, s in enumerate(akv.plans[0].source) if s != BASELINE]
+        concept[skip] = next(iter(akv.kv.values()))[0][0, spans]
+    assert torch.equal(concept[None], concept[0])  # SD 1.x: clip skip 0 is the last layer's normed output
+    values = [concept[skip] for skip in range(n + 1)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(values) for b in values[i + 1 :])

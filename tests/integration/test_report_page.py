@@ -106,22 +106,25 @@ def test_cli_prints_the_output_path_as_given(stores, tmp_path, monkeypatch, caps
         assert capsys.readouterr().out.strip().splitlines()[-1] == f"report written to {out.rstrip('/')}"
 
 
-def test_summary_md_says_why_its_ci_column_is_empty(stores, tmp_path):
+@pytest.fixture(scope="module")
+def summary_md(stores, tmp_path_factory):
+    """The summary.md of the report folder of the full store (``write_folder`` also draws its four figures, ~3 s:
+    written once for the tests that read it)."""
     from alignit_probe.cli.report import write_folder
 
+    out = tmp_path_factory.mktemp("report-folder")
     tree = st.open_store(stores[False])
-    write_folder(tree, compare_rows(tree, n_boot=20), tmp_path, [stores[False]])
-    summary = (tmp_path / "summary.md").read_text()
-    assert "| — | 2 |" in summary and "No CI where n < 3 prompts" in summary
+    write_folder(tree, compare_rows(tree, n_boot=20), out, [stores[False]])
+    return (out / "summary.md").read_text()
 
 
-def test_summary_md_keeps_angle_bracket_tokens_visible(stores, tmp_path):
+def test_summary_md_says_why_its_ci_column_is_empty(summary_md):
+    assert "| — | 2 |" in summary_md and "No CI where n < 3 prompts" in summary_md
+
+
+def test_summary_md_keeps_angle_bracket_tokens_visible(summary_md):
     """``<new1>`` in a path or a warning would be an HTML tag to a Markdown renderer: paths are code spans and
     warnings escape it."""
-    from alignit_probe.cli.report import write_folder
-
-    tree = st.open_store(stores[False])
-    write_folder(tree, compare_rows(tree, n_boot=20), tmp_path, [stores[False]])
-    lines = [ln for ln in (tmp_path / "summary.md").read_text().splitlines() if ln.startswith(("- **", "  - warning"))]
+    lines = [ln for ln in summary_md.splitlines() if ln.startswith(("- **", "  - warning"))]
     assert lines and all("`" in ln for ln in lines if ln.startswith("- **"))
     assert not any("<" in ln.replace("`", "") and "`" not in ln for ln in lines)
