@@ -62,3 +62,12 @@ def clean(toy_dir):
     from alignit_probe.models.load import load_pipeline
 
     return load_pipeline(toy_dir)
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """The test runs with 1 and with 2 torch threads (a promised equality must not depend on the count)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(n)

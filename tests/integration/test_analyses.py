@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alignit_probe import compare
+from alignit_probe import Concept, Probe, compare
 from alignit_probe.cli import main
 
 ANALYSES = Path(__file__).resolve().parents[2] / "analyses"
@@ -60,8 +60,12 @@ def stores(toy_dir, cd_dir, one_thread, tmp_path_factory):
     prompts = d / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     full = record(toy_dir, cd_dir, prompts, d / "probe.zarr", "--alignit")
-    shards = [record(toy_dir, cd_dir, prompts, d / f"probe-{i}.zarr", "--alignit", "--shard", f"{i}/2") for i in (0, 1)]
-    plain = record(toy_dir, cd_dir, prompts, d / "plain.zarr")
+    # the same job's shards and a store without AlignIT through what `record` runs (Probe.record, the same
+    # options), the models loaded once for the three instead of once per command
+    probe = Probe(toy_dir, cd_dir, [Concept("<new1>", "cat")], progress=False)
+    texts = [p.format("<new1> cat") for p in PROMPTS]
+    shards = [probe.record(texts, d / f"probe-{i}.zarr", batch_size=2, alignit=True, shard=(i, 2)) for i in (0, 1)]
+    plain = probe.record(texts, d / "plain.zarr", batch_size=2)
     return dict(full=full, shards=shards, plain=plain)
 
 
@@ -130,9 +134,10 @@ def test_alignit_before_after_figure(stores, tmp_path):
     assert (before.value > 0).all()
 
 
-def test_kv_control_figure(toy_dir, tmp_path):
+def test_kv_control_figure(toy_dir, tmp_path, inproc):
+    """In this process (the script as a command: test_help, test_a_failing_script_prints_no_traceback)."""
     args = ["--baseline", toy_dir, "--key-prompt", "a dog on the grass", "--value-prompt", "a cat in the snow"]
-    out = ok(script("kv_control", *args, "--tokens", "dog", "--steps", "2", "--out", "swap.png", cwd=tmp_path))
+    out = ok(inproc("kv_control", *args, "--tokens", "dog", "--steps", "2", "--out", "swap.png"))
     assert (tmp_path / "swap.png").read_bytes()[:8] == PNG
     assert "all layers" in out and all(f"{b} only" in out for b in ("down", "mid", "up"))
 

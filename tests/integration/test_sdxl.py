@@ -30,8 +30,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def xl_pair(sdxl_dir, tmp_path_factory):
-    pair = load_pair(sdxl_dir, [str(write_finetune(sdxl_dir, tmp_path_factory.mktemp("xl") / "db"))], progress=False)
+def xl_db(sdxl_dir, tmp_path_factory):
+    """A DreamBooth-style fine-tune of the SDXL toy, written once per module (read, never changed)."""
+    return str(write_finetune(sdxl_dir, tmp_path_factory.mktemp("xl") / "db"))
+
+
+@pytest.fixture(scope="module")
+def xl_pair(sdxl_dir, xl_db):
+    pair = load_pair(sdxl_dir, [xl_db], progress=False)
     for pipe in (pair.baseline, pair.custom):
         pipe.set_progress_bar_config(disable=True)
     return pair
@@ -143,15 +149,7 @@ def test_report_summarises_each_encoder_and_pooled(xl_store, tmp_path):
     assert "[" not in summary.split("| custom | pooled")[1].splitlines()[0]  # 2 prompts: no CI (as compare)
 
 
-@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def threads(request):
-    n = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(n)
-
-
-@pytest.mark.parametrize("clip_skip", [None, 1])
+@pytest.mark.parametrize("clip_skip", [None, 0, 1, 2])  # every value the toy allows (its first encoder: 3 layers)
 def test_alignit_invariants(xl_pair, threads, clip_skip, layout_sensitive):
     """Context K/V and the pooled embeddings equal, bit for bit, a plain encoding of the same prompts, with 1 and 2
     threads, under products that round by batch layout (``tests.layout``), with and without clip skip."""
@@ -243,11 +241,11 @@ def test_summary_store_gives_the_full_store_rows(xl_pair, xl_store, tmp_path):
     assert {r["stage"] for r in rows if r["model"] == "custom"} >= {"pooled", "token_embedding", "encoder_layer"}
 
 
-def test_cli_on_sdxl(sdxl_dir, tmp_path, capsys):
+def test_cli_on_sdxl(sdxl_dir, xl_db, tmp_path, capsys):
     """record, compare, report, alignit, attention and swap through the CLI on SDXL directories."""
     from alignit_probe.cli import main
 
-    db = str(write_finetune(sdxl_dir, tmp_path / "db"))
+    db = xl_db  # (the fine-tune xl_pair loads: written once)
     models = ["--baseline", sdxl_dir, "--custom", db, "--concept", "sks", "--class-word", "cat", "--no-progress"]
     prompt = ["--prompt", PROMPTS[0]]
     assert main(["record", *models, *prompt, "--out", str(tmp_path / "s.zarr"), "--alignit"]) == 0

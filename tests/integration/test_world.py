@@ -81,15 +81,16 @@ def test_world_pipeline_command_writes_a_folder_the_loaders_take(tmp_path, capsy
 
 def test_world_eval_json_rows_on_held_out_captions(capsys, one_thread):
     """The shipped model draws what held-out captions ask (a small sample; the ≥ 90 % claim is measured with 200
-    samples in README), and the rows have exactly the documented keys."""
-    assert main(["world", "eval", "--samples", "30", "--seed", "3", "--json", "--no-progress"]) == 0
+    samples in docs/world.md), and the rows have exactly the documented keys."""
+    samples = 20  # sampling is the time here (~0.3 s a sample on one thread); every attribute is still asked ≥ 12×
+    assert main(["world", "eval", "--samples", str(samples), "--seed", "3", "--json", "--no-progress"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["attribute"] for r in rows} == {"shape", "color", "pattern", "size", "position", "background"}
     for r in rows:
         assert tuple(r) == ROW_KEYS and r["model"] == "baseline"
-        assert r["ci_low"] <= r["accuracy"] <= r["ci_high"] and 0 < r["n"] <= 30
+        assert r["ci_low"] <= r["accuracy"] <= r["ci_high"] and 0 < r["n"] <= samples
         assert r["accuracy"] >= 0.75, r
-    assert {r["attribute"]: r["n"] for r in rows}["shape"] == 30  # every caption names its shape
+    assert {r["attribute"]: r["n"] for r in rows}["shape"] == samples  # every caption names its shape
 
 
 def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_n():
