@@ -9,11 +9,14 @@ Ctrl-C is one line saying what the command left, exit status 130. Progress bars 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 
 from ..errors import ProbeError, ProbeWarning
 
@@ -107,18 +110,51 @@ def interrupted(args: argparse.Namespace | None) -> str:
     return f"error: interrupted{'; ' + left if left else ''} — {fix}"
 
 
+@contextlib.contextmanager
+def noticed_interrupts() -> Iterator[list[int]]:
+    """Every Ctrl-C noted, also one Python swallows: a ``KeyboardInterrupt`` raised inside a weakref callback or a
+    ``__del__`` (importlib's module-lock callbacks, during the first imports) is only printed as "Exception
+    ignored …" and lost. Where Python's own handler is in place (left alone otherwise: a caller's choice), a handler
+    notes each SIGINT before raising, and the unraisable hook keeps such a lost interrupt off stderr; ``main`` acts
+    on a noted one at its next step. Both are restored on exit."""
+    seen: list[int] = []
+    own = threading.current_thread() is threading.main_thread()  # (signal handlers are the main thread's)
+    if not own or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield seen
+        return
+
+    def handler(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    def unraisable(info, previous=sys.unraisablehook):
+        if not (seen and isinstance(info.exc_value, KeyboardInterrupt)):
+            previous(info)
+
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = hook
+
+
 def main(argv: list[str] | None = None) -> int:
     args, script = None, argv is None  # script: run as the command (from Python, Ctrl-C stays the caller's)
-    try:
-        argv = sys.argv[1:] if argv is None else list(argv)
-        quiet_libraries(progress=wants_progress(argv))  # before the parser's imports read the environment
-        args = build_parser().parse_args(argv)
-        rc = run(args)
-    except KeyboardInterrupt:  # Ctrl-C, also during the first second's imports (before `args` exists)
-        # Exit status 130 = 128 + SIGINT (2), the shells' convention for a program stopped by Ctrl-C, so a script
-        # running this can tell an interrupt from a failure (1) or a bad input (2).
-        print(interrupted(args), file=sys.stderr)
-        rc = 130
+    with noticed_interrupts() as seen:
+        try:
+            argv = sys.argv[1:] if argv is None else list(argv)
+            quiet_libraries(progress=wants_progress(argv))  # before the parser's imports read the environment
+            args = build_parser().parse_args(argv)
+            if seen:  # a Ctrl-C during the imports that Python swallowed
+                raise KeyboardInterrupt
+            rc = run(args)
+        except KeyboardInterrupt:  # Ctrl-C, also during the first second's imports (before `args` exists)
+            # Exit status 130 = 128 + SIGINT (2), the shells' convention for a program stopped by Ctrl-C, so a
+            # script running this can tell an interrupt from a failure (1) or a bad input (2).
+            print(interrupted(args), file=sys.stderr)
+            rc = 130
     if script:  # the work is over: a later Ctrl-C must not break the interpreter's shutdown into a traceback
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return rc

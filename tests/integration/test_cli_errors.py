@@ -181,6 +181,31 @@ def test_sigint_during_the_first_imports_is_one_line(tmp_path):
     assert err.count("error: interrupted") == 1, err
 
 
+def test_sigint_python_swallows_during_the_imports_is_one_line(tmp_path):
+    """A Ctrl-C that lands in a weakref callback (importlib's module-lock callbacks, while the parser's imports run)
+    is swallowed by Python ("Exception ignored …"): it still ends the command, as one line, status 130. The callback
+    is made to run deterministically here, inside ``build_parser``."""
+    code = (
+        "import signal, sys, weakref; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "import alignit_probe.cli as cli\n"
+        "real = cli.build_parser\n"
+        "class Lock: pass\n"
+        "def build_parser():\n"
+        "    lock = Lock()\n"
+        "    ref = weakref.ref(lock, lambda _: signal.getsignal(signal.SIGINT)(signal.SIGINT, None))\n"
+        "    del lock  # the callback runs: its KeyboardInterrupt is printed as ignored, and lost\n"
+        "    return real()\n"
+        "cli.build_parser = build_parser\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    argv = ["record", "--baseline", "b", "--custom", "c", "--concept", "t", "--prompt", "a t", "--out", str(tmp_path)]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and "Traceback" not in done.stderr and "ignored" not in done.stderr, done.stderr
+    assert [ln for ln in done.stderr.splitlines() if ln.strip()] == [
+        "error: interrupted; nothing was written — rerun the same command"
+    ]
+
+
 # ------------------------------------------------------------------------------------------------ progress bars
 @pytest.fixture
 def restore_env(monkeypatch):
