@@ -87,7 +87,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.alignit:
             raise ProbeError("--alignit needs a customized model", "pass --custom SPEC --concept TOKEN")
         pipe = load_pipeline(resolve_baseline(args.baseline), device)
-        rows = baseline_rows(pipe, args.samples, args.seed, progress=not args.no_progress)
+        gen = dict(steps=args.steps, guidance=args.guidance_scale)
+        rows = baseline_rows(pipe, args.samples, args.seed, progress=not args.no_progress, **gen)
     else:
         rows = custom_rows(args, device)
     if args.json:

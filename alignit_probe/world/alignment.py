@@ -63,11 +63,22 @@ def rows_of(model: str, table: dict[str, np.ndarray], seed: int = 0) -> list[dic
     return rows
 
 
-def baseline_rows(pipe: StableDiffusionPipeline, samples: int, seed: int = 0, progress: bool = False) -> list[dict]:
-    """The baseline's accuracy per attribute on ``samples`` held-out captions."""
+def baseline_rows(
+    pipe: StableDiffusionPipeline,
+    samples: int,
+    seed: int = 0,
+    progress: bool = False,
+    *,
+    steps: int = STEPS,
+    guidance: float = GUIDANCE,
+) -> list[dict]:
+    """The baseline's accuracy per attribute on ``samples`` held-out captions (``steps`` DDIM steps, guidance
+    ``guidance``: the world's sampler settings by default)."""
     scenes = sample_scenes(samples, torch.Generator().manual_seed(seed), "held_out")
     seeds = [seed * 100_003 + i for i in range(samples)]
-    images = world_images(pipe, scenes.captions(), seeds, batch=BATCH, progress=progress)
+    images = world_images(
+        pipe, scenes.captions(), seeds, batch=BATCH, steps=steps, guidance=guidance, progress=progress
+    )
     return rows_of("baseline", correctness(images, scenes), seed)
 
 

@@ -93,6 +93,18 @@ def test_world_eval_json_rows_on_held_out_captions(capsys, one_thread):
     assert {r["attribute"]: r["n"] for r in rows}["shape"] == samples  # every caption names its shape
 
 
+def test_world_eval_samples_with_the_steps_and_guidance_it_is_given(capsys, monkeypatch):
+    """``world eval --steps N --guidance-scale G`` without ``--custom`` samples the baseline with N steps and
+    guidance G (they were checked, then ignored)."""
+    from alignit_probe.world import alignment
+
+    seen, real = [], alignment.world_images
+    monkeypatch.setattr(alignment, "world_images", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    argv = ["world", "eval", "--samples", "2", "--steps", "3", "--guidance-scale", "2.5", "--json", "--no-progress"]
+    assert main(argv) == 0
+    assert [(kw["steps"], kw["guidance"]) for kw in seen] == [(3, 2.5)]
+
+
 def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_n():
     rng = np.random.default_rng(0)
     small, large = rng.random(20) < 0.7, rng.random(2000) < 0.7
