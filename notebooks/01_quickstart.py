@@ -16,26 +16,32 @@
 # Where along the text path does a customized model drift from its baseline? This notebook records every stage of
 # the text path (token embeddings → text-encoder layers → encoder output → the keys and values of every UNet
 # cross-attention layer) for a baseline and a Custom Diffusion model, compares them by token role (the concept
-# `<new1> cat` vs the rest of the prompt, its *context*), and plots the result.
+# `<new1> triangle` vs the rest of the prompt, its *context*), plots the result, and looks at the images.
 #
-# It runs offline in well under a minute on a laptop CPU: the model is the embedded toy SD1.x pipeline (random
-# weights, the real CLIP tokenizer) and a Custom Diffusion artifact made for it. For your own models, replace the two
-# paths below by a diffusers pipeline (or hub id) and a customization output folder. Only the public API is used.
+# It runs offline in well under a minute on a laptop CPU, on the toolkit's world: a small trained text-to-image
+# model (a `StableDiffusionPipeline`, 32×32 images of one shape on a background) whose images a rule-based scorer
+# reads exactly, and a Custom Diffusion output trained on it by `alignit-probe world train` (a large blue striped
+# triangle shown on white), both shipped with the package. For your own models, replace the two paths below by a
+# diffusers pipeline (or hub id) and a customization output folder. Only the public API is used.
 
 # %%
 import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 from IPython.display import Image, display
 
-from alignit_probe import Concept, Probe, build_toy, compare, write_toy_custom_diffusion
+from alignit_probe import Concept, Probe, compare
 from alignit_probe.viz.drift import drift_figure, step_label
 from alignit_probe.viz.grid import image_grid
+from alignit_probe.world.model import world_pipeline_dir
+from alignit_probe.world.scorer import score_images
+from alignit_probe.world.shipped import customization_dir
 
 work = Path(tempfile.mkdtemp(prefix="alignit-quickstart-"))
-baseline = build_toy(work / "toy")  # the embedded tiny SD1.x pipeline, in diffusers format
-custom = write_toy_custom_diffusion(baseline, work / "cd", token="<new1>", init_word="cat")  # a Custom Diffusion output
+baseline = world_pipeline_dir()  # the trained world model, a diffusers folder (written once into a cache)
+custom = customization_dir("custom-diffusion")  # what diffusers' Custom Diffusion script writes
 sorted(p.name for p in custom.iterdir())
 
 # %% [markdown]
@@ -46,12 +52,12 @@ sorted(p.name for p in custom.iterdir())
 # writes every stage for every prompt into one store; `alignit=True` adds the AlignIT branch.
 
 # %%
-probe = Probe(baseline, custom={"cd": custom}, concepts=[Concept("<new1>", "cat")], device="cpu", progress=False)
+probe = Probe(baseline, custom={"cd": custom}, concepts=[Concept("<new1>", "triangle")], device="cpu", progress=False)
 prompts = [
-    "photo of a <new1> cat on the beach",
-    "a <new1> cat wearing a red hat",
-    "a <new1> cat sleeping in the snow",
-    "an oil painting of a <new1> cat by a lake",
+    "a photo of a <new1> triangle on the left on a black background",
+    "a photo of a <new1> triangle in the center on a purple background",
+    "a photo of a <new1> triangle on the right on a gray background",
+    "a photo of a small <new1> triangle on a black background",
 ]
 store = probe.record(prompts, work / "probe.zarr", alignit=True)
 store
@@ -61,7 +67,8 @@ store
 #
 # `compare` gives one row per (model, stage, layer, role, metric): the mean over prompts of the per-prompt role mean
 # of the distance to the baseline, with a bootstrap 95% CI over prompts. The token embedding changes only at the
-# concept — but from the first encoder layer on, the context tokens drift as much as the concept.
+# concept (Custom Diffusion adds the token); the causal encoder carries that change to every later token, and the
+# trained K/V projections move every token's keys and values: the context drifts as much as the concept.
 
 # %%
 rows = compare(store)
@@ -101,9 +108,16 @@ display(Image(filename=str(drift_figure(rows.to_dict("records"), work / "drift.p
 # %% [markdown]
 # ## Images: baseline, customized, AlignIT
 #
-# Same seed for all three. (The toy model's weights are random, so its images are noise; with a real model this is
-# the before/after figure.)
+# Same seed for all three, the world's sampler settings (10 steps, guidance 4). The baseline draws the prompt
+# without the concept token; the customized model draws the concept but on the references' white; AlignIT takes
+# every context token's K/V from the baseline. Under each image, what the world's scorer reads in it.
 
 # %%
-images = probe.alignit(prompts[:2], steps=3)
-display(Image(filename=str(image_grid(images, prompts[:2], work / "grid.png", cell=128))))
+images = probe.alignit(prompts, steps=10, guidance_scale=4.0)
+pixels = {name: np.stack([np.asarray(im, dtype=np.float32) / 255 for im in imgs]) for name, imgs in images.items()}
+def readout(scored: dict) -> str:
+    return f"{scored['background']} {scored['position']} {scored['color']}"
+
+
+read = {name: [readout(s) for s in score_images(x)] for name, x in pixels.items()}
+display(Image(filename=str(image_grid(images, prompts, work / "grid.png", cell=160, notes=read))))

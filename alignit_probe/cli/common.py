@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -303,3 +305,14 @@ def check_out_clear(args: argparse.Namespace) -> None:
                         f"--out {out} {how} the input {candidate} ({flag}); writing there would delete it",
                         "choose another --out",
                     )
+
+
+class Steps:
+    """Prints each step with the seconds since the start (unless ``progress`` is false)."""
+
+    def __init__(self, progress: bool) -> None:
+        self.progress, self.t0 = progress, time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        if self.progress:
+            print(f"[{time.perf_counter() - self.t0:5.1f} s] {text}", file=sys.stderr)

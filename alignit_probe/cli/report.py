@@ -18,6 +18,8 @@ from .common import Subparsers, json_safe, out_dir, staged_folder, subparser
 if TYPE_CHECKING:
     import xarray as xr
 
+    from ..viz.alignment import Alignment
+
 
 def html_path(path: str, overwrite: bool) -> Path:
     out = Path(path)
@@ -67,6 +69,15 @@ def write_folder(tree: xr.DataTree, rows: list[dict], out: Path, stores: Iterabl
     return figures
 
 
+def alignment_files(paths: list[str]) -> Alignment | None:
+    """``--alignment`` files (``world eval --json`` output) as the report's first section."""
+    from ..viz.alignment import Alignment, AlignmentTable
+    from ..world.shipped import read_rows
+
+    tables = [AlignmentTable(f"from {p}", read_rows(p), f"`world eval --json` rows read from {p}") for p in paths]
+    return Alignment(tables) if tables else None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .. import compare, open_shards
     from ..viz.report import report_html, write_html
@@ -84,10 +95,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise ProbeError(f"image {path} does not exist", "pass --image [TITLE=]PATH of a PNG (e.g. a grid.png)")
         images[title] = path
+    alignment = alignment_files(args.alignment or [])
     tree = open_shards(args.store)  # (the cheap checks first)
     frame = compare(tree)
     rows = [{k: json_safe(v) for k, v in r.items()} for r in frame.astype(object).to_dict("records")]
-    page = report_html(tree, rows, title=", ".join(map(str, args.store)), images=images)
+    title = ", ".join(map(str, args.store))
+    page = report_html(tree, rows, title=title, images=images, alignment=alignment)
     if single:
         write_html(page, out)
     else:
@@ -112,6 +125,12 @@ def add_parser(sub: Subparsers) -> None:
         action="append",
         metavar="[TITLE=]PATH",
         help="a PNG to embed in the report (repeatable), e.g. the grid.png of `alignit` or `swap`",
+    )
+    p.add_argument(
+        "--alignment",
+        action="append",
+        metavar="FILE",
+        help="a `world eval --json` file: its scores open the report (repeatable; one table each)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_report)

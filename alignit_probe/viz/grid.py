@@ -34,10 +34,16 @@ def wrapped(text: str, face: Text, width: float, draw: ImageDraw.ImageDraw) -> l
 
 
 def image_grid(
-    columns: dict[str, list], row_labels: list[str], path: str | Path, cell: int = 256, caption: str | None = None
+    columns: dict[str, list],
+    row_labels: list[str],
+    path: str | Path,
+    cell: int = 256,
+    caption: str | None = None,
+    notes: dict[str, list[str]] | None = None,
 ) -> Path:
     """A labeled grid PNG: one column per key of ``columns`` (e.g. baseline/custom/alignit), one row per prompt,
-    ``caption`` (the options that made it) below the column titles."""
+    ``caption`` (the options that made it) below the column titles; ``notes`` ({column: one line per image}, e.g.
+    what a scorer read) under the images."""
     from PIL import Image, ImageDraw, PngImagePlugin
 
     title, small = Text(15), Text(12)
@@ -46,18 +52,24 @@ def image_grid(
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lines = wrapped(caption, small, width - 8, measure) if caption else []
     label_h, top = 22, 28 + 16 * len(lines) + (4 if lines else 0)
-    rows = len(row_labels)
-    grid = Image.new("RGB", (width, top + rows * (cell + label_h)), "white")
+    note_h = 18 if notes else 0
+    rows, row_h = len(row_labels), cell + label_h + note_h
+    grid = Image.new("RGB", (width, top + rows * row_h), "white")
     draw = ImageDraw.Draw(grid)
     for j, name in enumerate(names):
         title.draw(draw, (j * cell + 4, 4), fitted(name, title, cell - 8, draw), "black")
         for i, img in enumerate(columns[name]):
-            y = top + i * (cell + label_h)
+            y = top + i * row_h
             grid.paste(img.convert("RGB").resize((cell, cell), Image.NEAREST), (j * cell, y + label_h))
+            note = (notes or {}).get(name, [])[i : i + 1]
+            if note:
+                small.draw(
+                    draw, (j * cell + 4, y + label_h + cell + 2), fitted(note[0], small, cell - 8, draw), "black"
+                )
     for k, line in enumerate(lines):  # the whole caption, wrapped to the grid's width
         small.draw(draw, (4, 26 + 16 * k), line, "dimgray")
     for i, label in enumerate(row_labels):  # one line; the whole prompt is in the PNG's "prompts" text
-        small.draw(draw, (4, top + i * (cell + label_h) + 3), fitted(label, small, width - 8, draw), "black")
+        small.draw(draw, (4, top + i * row_h + 3), fitted(label, small, width - 8, draw), "black")
     info = PngImagePlugin.PngInfo()
     info.add_itxt("prompts", "\n".join(row_labels))
     if caption:

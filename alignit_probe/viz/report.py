@@ -3,15 +3,17 @@ a tiny inline self-check script (its result goes into a hidden element, for test
 sees it), nothing fetched from anywhere. Rendered with Jinja2 from ``templates/report.html.j2``; every section
 appears only when the store holds its data:
 
-1. models and artifacts with their "did it load?" verdicts and warnings;
-2. stage-by-stage divergence, concept vs context, every branch on the same axes (``viz.stages``);
+1. alignment, when the caller gives it: the world's exact context accuracy and concept fidelity per branch, live and
+   shipped (or a ``world eval --json`` file), and the scored images (``viz.alignment``);
+2. stage-by-stage divergence, concept vs context, every branch on the same axes (``viz.stages``): what explains 1;
 3. K and V per attn2 layer in UNet order (``viz.stages``);
 4. tokens × stages heatmaps of the first prompts (``analysis.tokens``, ``viz.tokens``);
 5. learned-embedding diagnostics and a PCA of the prompts' token embeddings (``analysis.tokens``, ``viz.tokens``);
 6. attention-map grids and their divergence rows (``analysis.words``, ``viz.attention``);
 7. several customized models: checkpoints of one run, or models side by side (``viz.drift.checkpoint_figure``);
 8. image grids given by the caller (the AlignIT grid, K/V swaps);
-9. the run's configuration (root attributes).
+9. models and artifacts with their "did it load?" verdicts and warnings;
+10. the run's configuration (root attributes).
 
 ``report_html(tree, rows)`` returns the page; ``write_html(text, path)`` writes it atomically (temp file, rename).
 """
@@ -25,34 +27,21 @@ from pathlib import Path
 import xarray as xr
 
 from .. import store as st
-from ..errors import ProbeError
 from . import notes
 from . import sections as sec
+from .alignment import Alignment, alignment_section
 from .figures import metric_label
 
 TEMPLATES = Path(__file__).with_name("templates")
 
 
-def images_section(images: dict[str, str | os.PathLike] | None) -> list[dict]:
-    """PNG files (AlignIT grid, K/V swap grid …) embedded whole: [{title, uri, caption}]; the grids' PNG text chunks
-    (prompts, caption) become the caption."""
-    from PIL import Image
-
-    out = []
-    for title, path in (images or {}).items():
-        path = Path(path)
-        try:
-            with Image.open(path) as im:
-                caption, kind = im.info.get("caption") or "", im.format
-        except (OSError, ValueError) as e:
-            raise ProbeError(f"image {path} cannot be read ({e})", "pass a PNG file (e.g. a grid.png)") from None
-        if kind != "PNG":
-            raise ProbeError(f"image {path} is a {kind} file", "pass a PNG file (e.g. a grid.png), or convert it")
-        out.append(dict(title=title, uri=sec.data_uri(path.read_bytes()), caption=caption, name=path.name))
-    return out
-
-
-def report_context(tree: xr.DataTree, rows: list[dict], title: str = "", images: dict | None = None) -> dict:
+def report_context(
+    tree: xr.DataTree,
+    rows: list[dict],
+    title: str = "",
+    images: dict | None = None,
+    alignment: Alignment | None = None,
+) -> dict:
     """Everything the template shows (sections without data are None / empty)."""
     rows = sec.safe_rows(rows)
     labels = st.token_labels(tree, st.models(tree)[0])
@@ -63,6 +52,7 @@ def report_context(tree: xr.DataTree, rows: list[dict], title: str = "", images:
         summary_note=notes.summary_note(tree),
         n_prompts=int(st.store_attrs(tree).get("n_prompts") or labels.sizes["prompt"]),
         warnings=sec.store_warnings(tree),
+        alignment=alignment_section(alignment),
         models=sec.models_section(tree),
         stages=sec.stages_section(rows),
         kv=sec.kv_section(rows),
@@ -71,11 +61,11 @@ def report_context(tree: xr.DataTree, rows: list[dict], title: str = "", images:
         embedding=sec.embedding_section(tree),
         attention=sec.attention_section(tree, rows),
         checkpoints=sec.checkpoint_section(tree, rows),
-        images=images_section(images),
+        images=sec.images_section(images),
         config=sec.config_section(tree),
     )
     names = dict(
-        models="models",
+        alignment="alignment",
         stages="stages",
         kv="K/V per layer",
         heatmaps="tokens",
@@ -83,6 +73,7 @@ def report_context(tree: xr.DataTree, rows: list[dict], title: str = "", images:
         attention="attention",
         checkpoints="checkpoints",
         images="images",
+        models="models",
         config="configuration",
     )
     anchors = dict(heatmaps="tokens")
@@ -107,14 +98,21 @@ def render(context: dict) -> str:
     return env.get_template("report.html.j2").render(**context)
 
 
-def report_html(tree: xr.DataTree, rows: list[dict] | None = None, title: str = "", images: dict | None = None) -> str:
+def report_html(
+    tree: xr.DataTree,
+    rows: list[dict] | None = None,
+    title: str = "",
+    images: dict | None = None,
+    alignment: Alignment | None = None,
+) -> str:
     """The whole report page of a store (``rows``: its ``compare`` rows, computed when not given; ``images``:
-    {title: PNG path} of image grids to embed, e.g. the AlignIT grid)."""
+    {title: PNG path} of image grids to embed, e.g. the AlignIT grid; ``alignment``: the world's scores, shown
+    first)."""
     if rows is None:
         from ..analysis.metrics import compare_rows
 
         rows = compare_rows(tree)
-    return render(report_context(tree, rows, title, images))
+    return render(report_context(tree, rows, title, images, alignment))
 
 
 def write_html(text: str, path: str | os.PathLike) -> Path:

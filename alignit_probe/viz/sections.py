@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import xarray as xr
 
 from .. import store as st
 from ..analysis.stats import fmt
+from ..errors import ProbeError
 from ..schema import ATTENTION_METRICS, BASELINE, alignit_branch, short_layer, unet_order_key
 from ..text.byte_level import token_text
 from .figures import is_alignit, metric_label
@@ -375,3 +377,22 @@ def store_warnings(tree: xr.DataTree) -> list[str]:
     for model in st.models(tree):
         out += [f"({model}) {w}" for w in st.model_attrs(tree, model).get("warnings") or []]
     return list(dict.fromkeys(out))
+
+
+def images_section(images: dict[str, str | os.PathLike] | None) -> list[dict]:
+    """PNG files (AlignIT grid, K/V swap grid …) embedded whole: [{title, uri, caption}]; the grids' PNG text chunks
+    (prompts, caption) become the caption."""
+    from PIL import Image
+
+    out = []
+    for title, path in (images or {}).items():
+        path = Path(path)
+        try:
+            with Image.open(path) as im:
+                caption, kind = im.info.get("caption") or "", im.format
+        except (OSError, ValueError) as e:
+            raise ProbeError(f"image {path} cannot be read ({e})", "pass a PNG file (e.g. a grid.png)") from None
+        if kind != "PNG":
+            raise ProbeError(f"image {path} is a {kind} file", "pass a PNG file (e.g. a grid.png), or convert it")
+        out.append(dict(title=title, uri=data_uri(path.read_bytes()), caption=caption, name=path.name))
+    return out

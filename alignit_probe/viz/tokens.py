@@ -30,6 +30,27 @@ def token_text(token: str) -> str:
     return readable(token)
 
 
+def cell_heatmap(ax: object, values: np.ndarray, vmax: float, cmap: object, annotate: bool) -> None:
+    """``values`` (rows, columns) as white-ruled cells from 0 to ``vmax``, row 0 at the top, NaN cells left empty
+    (the axes' face shows), each finite cell annotated to 2 decimals when ``annotate``. (seaborn's heatmap draws
+    the whole figure once per call to check its tick labels: seconds for a figure of several panels.)"""
+    masked = np.ma.masked_invalid(values)
+    ax.pcolormesh(masked, cmap=cmap, vmin=0, vmax=vmax, edgecolors="white", linewidth=0.3)
+    ax.set_xlim(0, values.shape[1])
+    ax.set_ylim(values.shape[0], 0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if not annotate:
+        return
+    norm = cmap(np.clip(np.nan_to_num(values) / vmax, 0, 1))
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            dark = 0.299 * norm[i, j, 0] + 0.587 * norm[i, j, 1] + 0.114 * norm[i, j, 2] < 0.5
+            text = ax.text(j + 0.5, i + 0.5, f"{v:.2f}", ha="center", va="center", fontsize=6)
+            text.set_color("white" if dark else "black")
+            text.set_in_layout(False)
+
+
 def token_heatmap_figure(tables: dict, prompt: int, metric: str = "relative_l2") -> bytes | None:
     """Prompt position ``prompt`` of each (prompt, token, stage) table (``analysis.tokens.token_stage_distances``,
     one per branch): rows = the branch's tokens without padding, columns = stages; grey cells have no value (no
@@ -50,21 +71,9 @@ def token_heatmap_figure(tables: dict, prompt: int, metric: str = "relative_l2")
         for k, (ax, (model, da)) in enumerate(zip(axes, panels.items())):
             last = k == len(panels) - 1
             values = da.transpose("token", "stage").values
-            sns.heatmap(
-                values,
-                ax=ax,
-                vmin=0,
-                vmax=vmax,
-                cmap="rocket_r",
-                mask=~np.isfinite(values),
-                annot=len(values) <= 24,
-                fmt=".2f",
-                annot_kws={"fontsize": 6},
-                cbar=last,
-                cbar_kws={"label": metric_label(metric) + " to baseline"} if last else None,
-                linewidths=0.3,
-                linecolor="white",
-            )
+            cell_heatmap(ax, values, vmax, sns.color_palette("rocket_r", as_cmap=True), annotate=len(values) <= 24)
+            if last:
+                fig.colorbar(ax.collections[0], ax=ax, label=metric_label(metric) + " to baseline", shrink=0.9)
             ax.set_facecolor("#e6e6e6")
             ax.grid(False)
             ax.set_xticks(np.arange(da.sizes["stage"]) + 0.5, [STAGE_TICKS.get(s, s) for s in da.stage.values])

@@ -115,7 +115,7 @@ def concept_table(images: np.ndarray, concept: WorldConcept, contexts: list[dict
     return table
 
 
-def concept_rows(
+def concept_images(
     probe: Probe,
     concept: WorldConcept,
     samples: int,
@@ -125,10 +125,10 @@ def concept_rows(
     steps: int = STEPS,
     guidance: float = GUIDANCE,
     with_baseline: bool = True,
-) -> list[dict]:
-    """Rows of the baseline (unless ``with_baseline`` is false), the customized model and each AlignIT variant
-    ({label: AlignITOptions}; none: only baseline and customized) on ``concept_prompts``, all from the same noise.
-    The customized model's rows are labelled ``custom``."""
+) -> tuple[ConceptPrompts, dict[str, np.ndarray]]:
+    """The evaluation prompts and images (sample, 32, 32, 3) of the baseline (unless ``with_baseline`` is false),
+    the customized model (``custom``) and each AlignIT variant ({label: AlignITOptions}), all from the same noise:
+    batches of ``BATCH`` samples, batch ``start`` seeded ``seed * 1_000_003 + start``."""
     from ..alignit.engine import alignit
     from ..alignit.generation import generate_images
 
@@ -144,7 +144,7 @@ def concept_rows(
         chunks = tqdm(chunks, desc="world eval", unit="batch")
     for start in chunks:
         batch = prompts.with_token[start : start + BATCH]
-        kw["seed"] = seed * 1_000_003 + start
+        kw["seed"] = batch_seed(seed, start)
         akvs = {label: probe.alignit_kv(batch, options, model=pair.name) for label, options in plans.items()}
         first = next(iter(akvs.values()))
         if with_baseline:
@@ -154,11 +154,42 @@ def concept_rows(
             if label is not None:
                 with alignit(pair, akv) as pipe:
                     out[label].append(np.asarray(generate_images(pipe, akv.cond_embeds, **kw)))
+    return prompts, {label: np.concatenate(chunks_) for label, chunks_ in out.items() if chunks_}
+
+
+def batch_seed(seed: int, start: int) -> int:
+    """The noise seed of the evaluation batch whose first sample is ``start``."""
+    return seed * 1_000_003 + start
+
+
+def concept_rows(
+    probe: Probe,
+    concept: WorldConcept,
+    samples: int,
+    seed: int = 0,
+    variants: dict | None = None,
+    model: str | None = None,
+    steps: int = STEPS,
+    guidance: float = GUIDANCE,
+    with_baseline: bool = True,
+) -> list[dict]:
+    """Rows of ``concept_images``' images (the customized model's labelled ``custom``)."""
+    prompts, images = concept_images(probe, concept, samples, seed, variants, model, steps, guidance, with_baseline)
     rows = []
-    for label, chunks_ in out.items():
-        if chunks_:
-            rows += rows_of(label, concept_table(np.concatenate(chunks_), concept, prompts.contexts), seed)
+    for label, imgs in images.items():
+        rows += rows_of(label, concept_table(imgs, concept, prompts.contexts), seed)
     return rows
+
+
+def readouts(images: np.ndarray, concept: WorldConcept, contexts: list[dict[str, str]]) -> list[str]:
+    """What the scorer reads in each image, against what its prompt asked: ``black ✓  left ✗  concept ✓``."""
+    table = concept_table(images, concept, contexts)
+    marks = {1.0: "✓", 0.0: "✗"}
+    out = []
+    for i, context in enumerate(contexts):
+        parts = [f"{context[a]} {marks[float(table[a][i])]}" for a in CONTEXT]
+        out.append("  ".join(parts + [f"concept {marks[float(table[FIDELITY][i])]}"]))
+    return out
 
 
 ROW_KEYS = ("model", "attribute", "accuracy", "ci_low", "ci_high", "n")

@@ -27,6 +27,7 @@ def kernel_env(tmp: Path) -> dict:
     env = dict(os.environ)
     env.update(
         TMPDIR=str(tmp),
+        ALIGNIT_PROBE_CACHE=str(tmp / "cache"),  # the world's pipeline folder, when a notebook uses the world
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_VERBOSITY="error",
         DIFFUSERS_VERBOSITY="error",

@@ -120,7 +120,7 @@ def test_report_images_that_are_not_png_are_one_line(tmp_path):
     from PIL import Image
 
     from alignit_probe.errors import ProbeError
-    from alignit_probe.viz.report import images_section
+    from alignit_probe.viz.sections import images_section
 
     text, jpeg, png = tmp_path / "p.txt", tmp_path / "g.jpg", tmp_path / "fake.png"
     text.write_text("a prompt")

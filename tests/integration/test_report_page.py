@@ -71,10 +71,10 @@ def test_self_check_is_hidden_from_readers(pages):
 def test_unrelated_models_are_side_by_side_and_checkpoints_a_run(pages):
     page = pages["full"]
     assert '<a href="#side-by-side">models side by side</a>' in page
-    assert '<h2 id="side-by-side">6. Customized models side by side</h2>' in page
+    assert '<h2 id="side-by-side">5. Customized models side by side</h2>' in page
     assert ">checkpoints</a>" not in page and "not joined" in page
     page = pages["run"]  # the same models, as checkpoints of one run
-    assert '<a href="#checkpoints">checkpoints</a>' in page and "6. Checkpoints of one run</h2>" in page
+    assert '<a href="#checkpoints">checkpoints</a>' in page and "5. Checkpoints of one run</h2>" in page
     assert "first 500, second 1000" in page and "side by side" not in page
 
 
