@@ -115,6 +115,8 @@ display(Image(filename=str(drift_figure(rows.to_dict("records"), work / "drift.p
 # %%
 images = probe.alignit(prompts, steps=10, guidance_scale=4.0)
 pixels = {name: np.stack([np.asarray(im, dtype=np.float32) / 255 for im in imgs]) for name, imgs in images.items()}
+
+
 def readout(scored: dict) -> str:
     return f"{scored['background']} {scored['position']} {scored['color']}"
 

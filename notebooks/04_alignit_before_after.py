@@ -20,7 +20,9 @@
 # — distance 0 at key and value — while the concept keeps its customization.
 #
 # This notebook generates baseline / customized / AlignIT images (one seed), records the AlignIT branch next to the
-# customized model, and shows the drift before and after, concept vs context. Embedded toy model, offline.
+# customized model, and shows the drift before and after, concept vs context. Offline, on the toolkit's world: a
+# small trained model whose images show one shape on a background, with the Custom Diffusion output shipped for it
+# (a large blue striped triangle, learned from renders on white).
 
 # %%
 import tempfile
@@ -31,29 +33,32 @@ import numpy as np
 import pandas as pd
 from IPython.display import Image, display
 
-from alignit_probe import AlignITOptions, Concept, Probe, build_toy, compare, layer_label, write_toy_custom_diffusion
+from alignit_probe import AlignITOptions, Concept, Probe, compare, layer_label
 from alignit_probe.viz.grid import image_grid
+from alignit_probe.world.model import world_pipeline_dir
+from alignit_probe.world.shipped import customization_dir
 
 work = Path(tempfile.mkdtemp(prefix="alignit-before-after-"))
-baseline = build_toy(work / "toy")
-custom = write_toy_custom_diffusion(baseline, work / "cd", token="<new1>", init_word="cat")
-probe = Probe(baseline, {"cd": custom}, [Concept("<new1>", "cat")], device="cpu", progress=False)
+baseline, custom = world_pipeline_dir(), customization_dir("custom-diffusion")
+probe = Probe(baseline, {"cd": custom}, [Concept("<new1>", "triangle")], device="cpu", progress=False)
 prompts = [
-    "photo of a <new1> cat on the beach",
-    "a <new1> cat wearing a red hat",
-    "a <new1> cat sleeping in the snow",
-    "an oil painting of a <new1> cat by a lake",
+    "a photo of a <new1> triangle on the left on a black background",
+    "a photo of a <new1> triangle in the center on a purple background",
+    "a photo of a <new1> triangle on the right on a gray background",
+    "a photo of a large <new1> triangle on a black background",
 ]
 
 # %% [markdown]
 # ## Images
 #
-# `probe.alignit` returns `{"baseline": [...], "cd": [...], "alignit": [...]}` (PIL images, same seed). The toy
-# model's weights are random, so these are noise; with a real model this is the paper's before/after figure.
+# `probe.alignit` returns `{"baseline": [...], "cd": [...], "alignit": [...]}` (PIL images, same seed; the world's
+# sampler: 10 steps, guidance 4). The customized model draws its triangle on the references' white whatever the
+# prompt asks; AlignIT draws the asked background and position — and on this world loses most of the concept
+# ([docs/world.md](../docs/world.md) has the numbers over 200 samples, and why).
 
 # %%
-images = probe.alignit(prompts[:2], steps=3)
-display(Image(filename=str(image_grid(images, prompts[:2], work / "grid.png", cell=160))))
+images = probe.alignit(prompts, steps=10, guidance_scale=4.0)
+display(Image(filename=str(image_grid(images, prompts, work / "grid.png", cell=160))))
 
 # %% [markdown]
 # ## Drift before and after, concept vs context
@@ -71,8 +76,8 @@ summary.round(4)
 # %% [markdown]
 # Per attn2 layer (UNet order), with 95% CIs over prompts as error bars: the customized model moves concept and
 # context alike; AlignIT puts the context back on the baseline exactly. Its concept span is the customized model's
-# K/V of the short dummy prompt ("photo of a <new1> cat"), not of the full prompt: the words before the concept
-# differ (CLIP's text encoder is causal), so its concept drift is not the customized model's — here it is larger.
+# K/V of the short dummy prompt ("photo of a <new1> triangle"), not of the full prompt: the words before the concept
+# differ (CLIP's text encoder is causal), so its concept drift is not exactly the customized model's.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), sharey=True)

@@ -8,7 +8,8 @@ shows a recognisable scene that the world's scorer reads exactly. Writes:
 * images of every branch on the first prompts with what the scorer read under each; cross-attention maps;
 * every stage of the text path recorded into ``probe.zarr`` (both models, their AlignIT branches, the maps), the
   comparison printed;
-* a K/V swap: keys of "a red circle", values of "a blue circle" at ``red``; the scorer reads the colour;
+* K/V swaps: keys of "a red circle", values of "a blue circle" at ``red`` only and at every token; the scorer reads
+  the colour each draws;
 * the HTML report, the alignment first. Uses only the public API."""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 SHOWN = 4  # prompts in the image grid and the store
 MAPPED = 2  # prompts with attention maps (the report shows two)
 TI, CD = "textual-inversion", "custom-diffusion"
-SWAP = ("a photo of a red circle on a white background", "a photo of a blue circle on a white background", ["red"])
+SWAP = ("a photo of a red circle on a white background", "a photo of a blue circle on a white background")
 
 
 def as_array(images: list) -> np.ndarray:
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace, out: Path, step: Steps) -> int:
     tree = open_store(store)
     print_table(stage_means(rows), tree)
     alignment = Alignment(tables(args, live), {"every branch, scored": grid})
-    page = report_html(tree, rows, title=str(store), images={"K/V swap": swapped}, alignment=alignment)
+    page = report_html(tree, rows, title=str(store), images={"K/V swaps": swapped}, alignment=alignment)
     report = write_html(page, out / "report.html")
     step("done")
     print(f"report: {report.resolve()}")
@@ -166,21 +167,25 @@ def maps_of(probe: Probe, mapped: list[str], step: Steps, seed: int, steps: int)
 
 
 def swap_grid(probe: Probe, out: Path, step: Steps, seed: int, steps: int) -> Path:
-    """Keys of A, values of B at the colour word; the scorer reads colour and shape of each image."""
+    """Keys of A, values of B — at the colour word only, then at every token; the scorer reads colour and shape."""
     from ..viz.grid import image_grid
     from ..world.model import GUIDANCE
     from ..world.scorer import score_images
 
-    key_prompt, value_prompt, tokens = SWAP
-    step(f"K/V swap: keys of A, values of B at {', '.join(tokens)}")
-    swapped = probe.swap(key_prompt, value_prompt, tokens=tokens, seed=seed, steps=steps, guidance_scale=GUIDANCE)
-    read = {k: [f"scorer: {s['color']} {s['shape']}" for s in score_images(as_array(v))] for k, v in swapped.items()}
+    key_prompt, value_prompt = SWAP
+    step(f"K/V swap: keys of {key_prompt!r}, values of {value_prompt!r}")
+    columns: dict[str, list] = {}
+    for tokens in (["red"], None):
+        swapped = probe.swap(key_prompt, value_prompt, tokens=tokens, seed=seed, steps=steps, guidance_scale=GUIDANCE)
+        for name, images in swapped.items():
+            columns.setdefault(name, []).extend(images)
+    read = {k: [f"scorer: {s['color']} {s['shape']}" for s in score_images(as_array(v))] for k, v in columns.items()}
     return image_grid(
-        swapped,
-        [f"K: {key_prompt} | V: {value_prompt}"],
+        columns,
+        ["values of B written at 'red' only", "values of B written at every token"],
         out / "swap_grid.png",
         cell=176,
-        caption=f"values of B written at {', '.join(tokens)} | seed {seed}, {steps} steps",
+        caption=f"A: {key_prompt} | B: {value_prompt} | seed {seed}, {steps} steps",
         notes=read,
     )
 

@@ -110,13 +110,10 @@ def test_stage_dissection_table(stores, tmp_path):
     np.testing.assert_allclose(v.sort_index(), per_layer.reindex(v.index).sort_index(), rtol=1e-9, atol=1e-12)
 
 
-def test_stage_dissection_reads_shards_as_one_store(stores, tmp_path):
-    ok(script("stage_dissection", stores["full"], "--out", "full.csv", "--metric", "cosine_distance", cwd=tmp_path))
-    ok(
-        script(
-            "stage_dissection", *stores["shards"], "--out", "shards.csv", "--metric", "cosine_distance", cwd=tmp_path
-        )
-    )
+def test_stage_dissection_reads_shards_as_one_store(stores, tmp_path, inproc):
+    """In this process (the script as a command: test_stage_dissection_table)."""
+    ok(inproc("stage_dissection", stores["full"], "--out", "full.csv", "--metric", "cosine_distance"))
+    ok(inproc("stage_dissection", *stores["shards"], "--out", "shards.csv", "--metric", "cosine_distance"))
     full, shards = pd.read_csv(tmp_path / "full.csv"), pd.read_csv(tmp_path / "shards.csv")
     assert (full.metric == "cosine_distance").all()
     pd.testing.assert_frame_equal(full, shards, rtol=1e-9)
