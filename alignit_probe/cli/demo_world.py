@@ -148,7 +148,7 @@ def scored_grid(
         caption=f"the first {len(shown)} scored samples ({TI}'s from the same noise); under each image what the "
         f"world's scorer read: the asked background and position, the concept | seed {args.seed}, {steps} steps, "
         f"guidance {GUIDANCE}",
-        notes=notes,
+        notes={titles[name]: lines for name, lines in notes.items()},
     )
 
 

@@ -1,5 +1,5 @@
-"""Labeled image grids (PIL; fonts as :class:`fonts.Text` picks them). The grid's PNG carries its row labels and caption
-as text chunks."""
+"""Labeled image grids (PIL; fonts as :class:`fonts.Text` picks them). The grid's PNG carries its row labels, caption
+and notes as text chunks."""
 
 from __future__ import annotations
 
@@ -74,6 +74,10 @@ def image_grid(
     info.add_itxt("prompts", "\n".join(row_labels))
     if caption:
         info.add_itxt("caption", caption)
+    if notes:  # what is written under the images, per column drawn
+        import json
+
+        info.add_itxt("notes", json.dumps({name: list(notes.get(name, [])) for name in names}))
     path = Path(path)
     grid.save(path, pnginfo=info)
     return path

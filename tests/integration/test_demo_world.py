@@ -55,6 +55,10 @@ def test_report_opens_with_the_alignment_then_the_stages(demo):
 def test_demo_writes_images_store_and_swap(demo):
     with Image.open(demo / "alignit_grid.png") as grid:
         assert grid.info["prompts"].count("<new1> triangle") == SAMPLES
+        notes = json.loads(grid.info["notes"])  # what the scorer read, under every image of every column
+    assert len(notes) == 5 and all(
+        len(lines) == SAMPLES and all("concept" in x for x in lines) for lines in notes.values()
+    )
     assert len(list((demo / "images").rglob("*.png"))) == 5 * SAMPLES
     tree = xr.open_datatree(demo / "probe.zarr", engine="zarr")
     branches = {"baseline", *METHODS, *(f"alignit-{m}" for m in METHODS)}
