@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, out: Path, step: Steps) -> int:
     from .. import AlignITOptions, Concept, Probe, compare, open_store
     from ..viz.alignment import Alignment
     from ..viz.report import report_html, write_html
-    from ..world.alignment import concept_images, concept_table, rows_of
+    from ..world.alignment import concept_images, scored_rows
     from ..world.concept import WorldConcept
     from ..world.model import STEPS, world_pipeline_dir
     from ..world.shipped import CLASS_WORD, METHODS, TOKEN, customization_dir
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, out: Path, step: Steps) -> int:
 
     step(f"score the world live: baseline / {CD} / AlignIT, {args.samples} samples each")
     prompts, scored = concept_images(probe, concept, args.samples, args.seed, {"alignit": AlignITOptions()}, CD, steps)
-    live = [r for label, imgs in scored.items() for r in rows_of(label, concept_table(imgs, concept, prompts.contexts))]
+    live = scored_rows(scored, concept, prompts.contexts, args.seed)
     (out / "alignment.json").write_text(json.dumps(live, indent=1) + "\n")
     grid = scored_grid(args, probe, concept, prompts, scored, out, step, steps)
     maps = maps_of(probe, prompts.with_token[:MAPPED], step, args.seed, steps)

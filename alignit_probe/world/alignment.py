@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -163,22 +163,19 @@ def batch_seed(seed: int, start: int) -> int:
 
 
 def concept_rows(
-    probe: Probe,
-    concept: WorldConcept,
-    samples: int,
-    seed: int = 0,
-    variants: dict | None = None,
-    model: str | None = None,
-    steps: int = STEPS,
-    guidance: float = GUIDANCE,
-    with_baseline: bool = True,
+    probe: Probe, concept: WorldConcept, samples: int, seed: int = 0, variants: dict | None = None, **options: Any
 ) -> list[dict]:
-    """Rows of ``concept_images``' images (the customized model's labelled ``custom``)."""
-    prompts, images = concept_images(probe, concept, samples, seed, variants, model, steps, guidance, with_baseline)
-    rows = []
-    for label, imgs in images.items():
-        rows += rows_of(label, concept_table(imgs, concept, prompts.contexts), seed)
-    return rows
+    """Rows of ``concept_images(probe, concept, samples, seed, variants, **options)`` (``model``, ``steps``,
+    ``guidance``, ``with_baseline``); the customized model's labelled ``custom``."""
+    prompts, images = concept_images(probe, concept, samples, seed, variants, **options)
+    return scored_rows(images, concept, prompts.contexts, seed)
+
+
+def scored_rows(
+    images: dict[str, np.ndarray], concept: WorldConcept, contexts: list[dict[str, str]], seed: int = 0
+) -> list[dict]:
+    """Rows of each label's images ({label: (sample, 32, 32, 3)}) against the contexts their prompts asked for."""
+    return [r for label, imgs in images.items() for r in rows_of(label, concept_table(imgs, concept, contexts), seed)]
 
 
 def readouts(images: np.ndarray, concept: WorldConcept, contexts: list[dict[str, str]]) -> list[str]:
