@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ProbeError
 from .common import Steps, Subparsers, save_images, subparser
+
+if TYPE_CHECKING:
+    from ..probe import Probe
 
 PROMPTS = (
     "photo of a <new1> cat on the beach",
@@ -49,15 +53,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return toy_demo(args, out, step)
 
 
-def toy_demo(args: argparse.Namespace, out: Path, step: Steps) -> int:
-    from .. import AlignITOptions, Concept, Probe, build_toy, compare, open_store, write_toy_custom_diffusion
+def toy_probe(args: argparse.Namespace, out: Path, progress: bool) -> Probe:
+    """The toy baseline of ``--arch`` and its Custom Diffusion artifact (SDXL: plus the token as a two-encoder
+    Textual Inversion), written into ``out`` unless already there."""
+    from .. import Concept, Probe, build_toy, write_toy_custom_diffusion
     from ..models.toy import write_toy_textual_inversion
-    from ..viz.grid import image_grid
-    from ..viz.overlay import write_overlays
-    from ..viz.report import report_html, write_html
-    from .compare import print_table
 
-    progress = step.progress
     suffix = "" if args.arch == "sd1" else f"-{args.arch}"
     base, artifact = out / f"toy-baseline{suffix}", out / f"toy-custom-diffusion{suffix}"
     if not (base / "model_index.json").exists():
@@ -70,6 +71,17 @@ def toy_demo(args: argparse.Namespace, out: Path, step: Steps) -> int:
         specs.append(str(write_toy_textual_inversion(base, out / "toy-textual-inversion-sdxl", seed=args.seed)))
     probe = Probe(base, {"custom": specs}, [Concept("<new1>", "cat")], device="cpu", progress=progress)
     probe.speaks_cli = True
+    return probe
+
+
+def toy_demo(args: argparse.Namespace, out: Path, step: Steps) -> int:
+    from .. import AlignITOptions, compare, open_store
+    from ..viz.grid import image_grid
+    from ..viz.overlay import write_overlays
+    from ..viz.report import report_html, write_html
+    from .compare import print_table
+
+    probe = toy_probe(args, out, step.progress)
     prompts, gen = list(PROMPTS), dict(seed=args.seed, steps=args.steps or 10, guidance_scale=7.5)
 
     step("images and cross-attention maps: baseline / customized / AlignIT")
