@@ -34,7 +34,27 @@ def sdxl_dir(tmp_path_factory):
     return str(build_toy(tmp_path_factory.mktemp("sdxl") / "sdxl", seed=0, arch="sdxl"))
 
 
+# Modules whose tests take the longest (10–25 s each on 2 cores): collected first, so that pytest-xdist hands them
+# out while the short tests can still fill the other worker, not at the end where one worker runs them alone.
+HEAVY_FIRST = (
+    "test_notebooks",
+    "test_report_html",
+    "test_demo_world",
+    "test_world_table",
+    "test_report_page",
+    "test_sdxl",
+    "test_models",
+    "test_scale",
+)
+
+
+def heavy_first(item: pytest.Item) -> int:
+    name = item.path.stem
+    return HEAVY_FIRST.index(name) if name in HEAVY_FIRST else len(HEAVY_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=heavy_first)  # stable: the order inside each module stays
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
