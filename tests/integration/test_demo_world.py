@@ -6,6 +6,7 @@ data is small and says how it was made. (Run on few samples and steps: the defau
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import xarray as xr
@@ -104,3 +105,18 @@ def test_report_refuses_an_alignment_file_without_rows(demo, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "holds no world eval rows" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_world_report_renders_in_a_browser(demo, tmp_path):
+    """The demo's report in headless Chromium: every image decodes, no script error (its self-check)."""
+    from tests.integration.test_report_html import CONSOLE_ERROR, SELFCHECK, chromium
+
+    exe = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    if exe is None:
+        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium)")
+    dom, log = chromium(exe, tmp_path, "--dump-dom", (demo / "report.html").as_uri())
+    found = SELFCHECK.search(dom)
+    assert found, dom[-500:] + log[-2000:]
+    images, broken, errors, _ = map(int, found.groups())
+    assert images >= 10 and broken == 0 and errors == 0, found.group(0)
+    assert not [ln for ln in log.splitlines() if CONSOLE_ERROR.search(ln)]
