@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from ..world.concept import WorldConcept
     from .common import Steps
 
-SHOWN = 4  # prompts in the image grid and the store
-MAPPED = 2  # prompts with attention maps (the report shows two)
+SHOWN = 4  # scored prompts shown in the image grid
+MAPPED = 2  # prompts recorded into the store with their attention maps (the report shows two)
 TI, CD = "textual-inversion", "custom-diffusion"
 SWAP = ("a photo of a red circle on a white background", "a photo of a blue circle on a white background")
 
