@@ -47,12 +47,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    from ..models.toy import save_pipeline
     from ..outputs import mark
     from ..world.model import world_pipeline
 
     out = out_dir(args.out, args.overwrite)
-    pipe = world_pipeline(args.weights)
-    pipe.save_pretrained(out, safe_serialization=True)
+    save_pipeline(world_pipeline(args.weights), out)
     mark(out)  # (a later --overwrite may replace it)
     print(f"world pipeline written to {out}")
     return 0

@@ -31,7 +31,7 @@ from ..schema import DEFAULT_CUSTOM
 from .apply import Artifact, apply_artifact, apply_parsed
 from .artifacts import NO_TOKEN_FILE, artifact_paths, first_line, is_pipeline_dir, parse_artifact
 from .components import check_components, component_folders, ema_note, load_components
-from .pipes import SD, SUPPORTED, not_supported, text_copy
+from .pipes import SD, SUPPORTED, TEXT_PARTS, not_supported, pipeline_copy, text_copy
 from .quiet import import_pipelines
 from .specs import check_device, check_model_name, mistyped_path, parse_custom_specs, resolve_spec, stacking_note
 from .verify import differs, stages
@@ -258,8 +258,11 @@ def _custom_model(
     note(progress, f"loading customized model {name}: {' + '.join(customs)}")
     if kinds[0] not in WHOLE and all(getattr(a, "kind", None) in TEXT_ONLY for a in parsed):
         custom = text_copy(base)  # the baseline's UNet and VAE, shared: nothing applied touches them
-    else:
-        custom = load_pipeline(customs[0] if kinds[0] == "pipeline" else baseline, device, dtype)
+    elif kinds[0] == "pipeline":
+        custom = load_pipeline(customs[0], device, dtype)
+    else:  # the baseline's weights, copied in memory (not read again); the VAE shared: nothing applied touches it
+        replaced = component_folders(customs[0]) if kinds[0] == "checkpoint" else {}
+        custom = pipeline_copy(base, tuple(p for p in (*TEXT_PARTS, "unet") if p not in replaced))
     if kinds[0] == "checkpoint":
         load_components(custom, component_folders(customs[0]))
     if sites.layout(base.unet) != sites.layout(custom.unet):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..models import toy
-from ..models.toy import SCHEDULER_CONFIG, clip_tokenizer
+from ..models.toy import SCHEDULER_CONFIG, clip_tokenizer, save_pipeline
 from .scenes import ATTRIBUTES, POSITION_WORDS
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def world_pipeline_dir(weights: str | Path | None = None) -> Path:
         pipe = world_pipeline(path)
         tmp = root / f".world-{digest}.{os.getpid()}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        save_pipeline(pipe, tmp)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     return out
