@@ -96,6 +96,10 @@ def test_two_named_models_two_branches_rows_and_figure(toy_dir, cd_dir, tmp_path
         for var in a.data_vars:
             assert np.array_equal(a[var].values, b[var].values), (name, var)
     assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    # the folder output: rows, figures and summary.md, and the page
+    names = {p.name for p in (tmp_path / "rep").iterdir()}
+    assert {"rows.json", "summary.md", "drift_relative_l2.png", "report.html"} <= names
+    assert json.loads((tmp_path / "rep" / "rows.json").read_text())
     # a Textual Inversion and a Custom Diffusion model: no checkpoints of one run, so side by side (models_*)
     assert (tmp_path / "rep" / "models_relative_l2.png").stat().st_size > 10_000
     assert "models_relative_l2.png" in (tmp_path / "rep" / "summary.md").read_text()
