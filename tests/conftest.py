@@ -1,7 +1,14 @@
 import os
+import sys
 
-import pytest
-import torch
+# README's test command installs without compiling every installed module to bytecode (pip --no-compile: most are
+# never imported). The session caches the bytecode of what it imports, once, for every later process (the xdist
+# workers, CLI subprocesses, notebook kernels), also where PYTHONDONTWRITEBYTECODE is set.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -66,7 +66,7 @@ def plot_overlay(
         for ax in axes:
             ax.axis("off")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})
     return path
 
 
