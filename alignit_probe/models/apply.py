@@ -18,7 +18,6 @@ import torch
 from ..errors import ProbeError
 from .artifacts import RETRAINED, Parsed, first_line, parse_artifact
 from .install import build_custom_diffusion, check_embeddings, check_lora, set_processors
-from .peft_text import peft_load_adapter
 from .pipes import TEXT_2, is_xl, text_encoders
 from .verify import PROBE, stages, verify
 
@@ -168,13 +167,13 @@ def load_tokens(
 
 
 def load_lora(pipe: StableDiffusionPipeline, parsed: Parsed) -> None:
-    """Delegate to diffusers' ``load_lora_weights`` (text-encoder layers too, see ``peft_text``); keep every LoRA
-    loaded so far active (diffusers activates only the newest adapter)."""
+    """Delegate to diffusers' ``load_lora_weights`` (text-encoder layers through transformers' ``load_adapter``);
+    keep every LoRA loaded so far active (diffusers activates only the newest adapter)."""
     names = list(dict.fromkeys(n for v in pipe.get_list_adapters().values() for n in v))
     name = f"artifact_{len(names)}"
     source, where = lora_source(parsed)
     try:
-        with peft_load_adapter([te for _, _, te in text_encoders(pipe)]), warnings.catch_warnings():
+        with warnings.catch_warnings():
             # peft on every LoRA after the first: "Already found a `peft_config` attribute" (stacking is the point)
             warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)
             pipe.load_lora_weights(source, adapter_name=name, **where)

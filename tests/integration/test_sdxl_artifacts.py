@@ -119,9 +119,11 @@ def test_textual_inversion_goes_into_both_encoders(sdxl_dir, tmp_path, form):
 
 
 def test_lora_on_unet_and_both_text_encoders(sdxl_dir, tmp_path):
-    """train_dreambooth_lora_sdxl.py --train_text_encoder: loads with any peft diffusers takes (with peft directly
-    where transformers refuses the installed one), exact as everywhere."""
-    pair = load_pair(sdxl_dir, [str(write_lora(sdxl_dir, tmp_path / "lora"))], progress=False)
+    """train_dreambooth_lora_sdxl.py --train_text_encoder: loads (text encoders through transformers' own
+    ``load_adapter``), exact as everywhere, and every recorded stage equals the stage of the pipeline a user loads
+    with diffusers alone (``from_pretrained`` + ``load_lora_weights``): max |diff| 0."""
+    lora = write_lora(sdxl_dir, tmp_path / "lora")
+    pair = load_pair(sdxl_dir, [str(lora)], progress=False)
     assert pair.method == "lora" and pair.warnings == [], pair.warnings
     adapters = pair.custom.get_list_adapters()
     assert adapters == {"unet": ["artifact_0"], "text_encoder": ["artifact_0"], "text_encoder_2": ["artifact_0"]}
@@ -132,6 +134,14 @@ def test_lora_on_unet_and_both_text_encoders(sdxl_dir, tmp_path):
     for group in ("text", "text_2"):
         assert not torch.equal(recorded[group]["encoder_layer"], base[group]["encoder_layer"]), group
     assert not torch.equal(recorded["text_out"]["pooled"], base["text_out"]["pooled"])
+    users = StableDiffusionXLPipeline.from_pretrained(sdxl_dir)
+    users.load_lora_weights(str(lora))
+    theirs, ours = stage_tensors(users, [tp]), stage_tensors(pair.custom, [tp])
+    assert ours.keys() == theirs.keys() and ours["kv"].keys() == theirs["kv"].keys()
+    pairs = [((g, s), v, theirs[g][s]) for g in ours if g != "kv" for s, v in ours[g].items()]
+    pairs += [((path, i), kv[i], theirs["kv"][path][i]) for path, kv in ours["kv"].items() for i in (0, 1)]
+    for where, a, b in pairs:
+        assert (a - b).abs().max().item() == 0, where
 
 
 def test_pivotal_tuning_folder_loads_lora_and_embeddings(sdxl_dir, tmp_path):
