@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ProbeError
+from ..schema import BASELINE
 from ..text.concepts import Concept, TokenizedPrompt, align_positions, tokenize_pair
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 DEFAULT_TEMPLATE = "photo of a {concept}"
-BASELINE = -1  # source index of the baseline prompt in a plan
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Plan:
     """The AlignIT token sequence of one prompt: its labels, and where each position's K/V comes from."""
 
     tokens: TokenizedPrompt  # ids/tokens/roles/labels; ref_index points into the baseline prompt
-    source: list[int]  # BASELINE or the concept index whose dummy prompt supplies the position
+    source: list[int | str]  # BASELINE (the baseline's prompt) or the index of the concept whose dummy prompt it is
     position: list[int]  # position within that source prompt
     dropped: int = 0
 

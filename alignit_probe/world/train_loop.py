@@ -1,5 +1,5 @@
 """The loop every world trainer shares: the concept's references, noised at random timesteps, denoised by the UNet
-conditioned on the training prompt; AdamW on whatever the method trains (a ``Plan``).
+conditioned on the training prompt; AdamW on whatever the method trains (a ``TrainingPlan``).
 
 The loss is pretraining's (``world.pretrain``): latents ``z`` drawn from the frozen VAE's posterior of each
 reference (times its scaling factor), ``t`` uniform, ``x_t = a·z + s·noise`` with ``a = sqrt(ᾱ_t)`` and
@@ -32,7 +32,7 @@ def _nothing() -> None:
 
 
 @dataclass
-class Plan:
+class TrainingPlan:
     """What one method trains and how it writes its output.
 
     ``groups``: AdamW parameter groups; ``prompt``: the training prompt as the tokenizer sees it (multi-vector
@@ -104,7 +104,7 @@ def noised(
 
 def fit(
     pipe: StableDiffusionPipeline,
-    plan: Plan,
+    plan: TrainingPlan,
     images: torch.Tensor,
     steps: int,
     seed: int,

@@ -36,7 +36,7 @@ import torch
 from ..errors import ProbeError
 from ..models.quiet import quiet_libraries
 from .concept import WorldConcept
-from .train_loop import Plan, fit, load_baseline
+from .train_loop import TrainingPlan, fit, load_baseline
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -218,7 +218,9 @@ def save_tokens(path: Path, token: str, rows: torch.Tensor) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ methods
-def textual_inversion(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: float, num_vectors: int, **_) -> Plan:
+def textual_inversion(
+    pipe: StableDiffusionPipeline, concept: WorldConcept, lr: float, num_vectors: int, **_
+) -> TrainingPlan:
     token = concept.token
     tokens = [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
     ids = add_tokens(pipe, tokens, concept.class_word)
@@ -230,10 +232,10 @@ def textual_inversion(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: 
         save_tokens(folder / TI_FILE, token, weight[min(ids) : max(ids) + 1])
 
     groups = [{"params": [weight], "lr": lr, "weight_decay": WEIGHT_DECAY}]
-    return Plan(groups, prompt, True, save, zero_grads, restore, [pipe.text_encoder])
+    return TrainingPlan(groups, prompt, True, save, zero_grads, restore, [pipe.text_encoder])
 
 
-def custom_diffusion(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: float, **_) -> Plan:
+def custom_diffusion(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: float, **_) -> TrainingPlan:
     from ..models.install import fresh_custom_diffusion
 
     (token_id,) = add_tokens(pipe, [concept.token], concept.class_word)
@@ -250,10 +252,12 @@ def custom_diffusion(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: f
 
     groups = [{"params": [weight] + layers, "lr": lr, "weight_decay": WEIGHT_DECAY}]
     modules = [pipe.text_encoder, *procs.values()]
-    return Plan(groups, concept.train_prompt(), True, save, zero_grads, restore, modules)
+    return TrainingPlan(groups, concept.train_prompt(), True, save, zero_grads, restore, modules)
 
 
-def dreambooth(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: float, text_encoder: bool, **_) -> Plan:
+def dreambooth(
+    pipe: StableDiffusionPipeline, concept: WorldConcept, lr: float, text_encoder: bool, **_
+) -> TrainingPlan:
     groups = [{"params": list(pipe.unet.requires_grad_(True).parameters()), "lr": lr, "weight_decay": WEIGHT_DECAY}]
     trained = [pipe.unet]
     if text_encoder:
@@ -264,10 +268,10 @@ def dreambooth(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: float, 
     def save(folder: Path) -> None:
         pipe.save_pretrained(str(folder), safe_serialization=True)
 
-    return Plan(groups, concept.train_prompt(), text_encoder, save, trained=trained)
+    return TrainingPlan(groups, concept.train_prompt(), text_encoder, save, trained=trained)
 
 
-def lora(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: float, rank: int, **_) -> Plan:
+def lora(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: float, rank: int, **_) -> TrainingPlan:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -282,7 +286,7 @@ def lora(pipe: StableDiffusionPipeline, concept: WorldConcept, lr: float, rank: 
         type(pipe).save_lora_weights(str(folder), unet_lora_layers=layers, safe_serialization=True)
 
     groups = [{"params": params, "lr": lr, "weight_decay": WEIGHT_DECAY}]
-    return Plan(groups, concept.train_prompt(), False, save, trained=[unet])
+    return TrainingPlan(groups, concept.train_prompt(), False, save, trained=[unet])
 
 
 PLANS = {
