@@ -9,6 +9,13 @@ The front door (every name loads lazily, so the read side — ``open_store`` and
 ``compare`` prints), ``token_text`` / ``token_texts`` (``token_str`` labels as written), ``capture_attention``,
 ``AlignITOptions``, ``AttentionSlices``, ``ProbeError``, ``ProbeWarning``, and the embedded toy model
 (``build_toy``, ``write_toy_custom_diffusion``).
+
+Layers, bottom to top (a module imports from its own layer and the ones below, never above; ``tests/unit/
+test_layers.py`` checks every import, those inside functions too): errors → schema → text → capture → models →
+arguments → store → outputs → analysis → alignit → record → probe → evaluation → world → viz → cli. ``text``
+tokenizes and labels prompts and knows no model; ``capture`` holds the instruments (hooks on diffusers' attention
+modules) and knows no model either; ``models`` loads pipelines and customizations and runs their text encoders; the
+read side (``store``, ``analysis``) imports no torch.
 """
 
 from __future__ import annotations
@@ -16,6 +23,24 @@ from __future__ import annotations
 from importlib import import_module
 
 __version__ = "0.1.0"
+LAYERS = (  # as the docstring declares them
+    "errors",
+    "schema",
+    "text",
+    "capture",
+    "models",
+    "arguments",
+    "store",
+    "outputs",
+    "analysis",
+    "alignit",
+    "record",
+    "probe",
+    "evaluation",
+    "world",
+    "viz",
+    "cli",
+)
 
 _EXPORTS = {
     "Probe": "probe",

@@ -30,6 +30,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 from alignit_probe.alignit.engine import alignit, alignit_kv  # noqa: E402
 from alignit_probe.alignit.generation import generate_images as _generate  # noqa: E402
+from alignit_probe.models.encoder import conditioning  # noqa: E402
 from alignit_probe.models.load import ModelPair, load_pair  # noqa: E402
 from alignit_probe.models.toy import (  # noqa: E402
     build_sd15_pipeline,
@@ -38,7 +39,6 @@ from alignit_probe.models.toy import (  # noqa: E402
     write_toy_custom_diffusion,
 )
 from alignit_probe.text.concepts import Concept, tokenize_prompts  # noqa: E402
-from alignit_probe.text.encoder import conditioning  # noqa: E402
 from benchmarks.skeleton import build_sdxl_skeleton_pipeline  # noqa: E402
 from benchmarks.ti_pair import ti_pair  # noqa: E402
 

@@ -28,9 +28,9 @@ from alignit_probe.alignit.engine import alignit, alignit_kv  # noqa: E402
 from alignit_probe.alignit.generation import generate_images  # noqa: E402
 from alignit_probe.capture.attention import capture_attention  # noqa: E402
 from alignit_probe.capture.sites import attn2_paths  # noqa: E402
+from alignit_probe.models.encoder import conditioning  # noqa: E402
 from alignit_probe.models.toy import build_toy_pipeline  # noqa: E402
 from alignit_probe.text.concepts import Concept, tokenize_prompts  # noqa: E402
-from alignit_probe.text.encoder import conditioning  # noqa: E402
 from benchmarks.op_count import OpCount  # noqa: E402
 from benchmarks.skeleton import build_sdxl_skeleton_pipeline  # noqa: E402
 from benchmarks.ti_pair import ti_pair  # noqa: E402

@@ -26,9 +26,9 @@ from ..arguments import as_ints, as_names
 from ..capture.inject import inject_kv
 from ..capture.sites import layout, record_kv, select_sites
 from ..errors import ProbeError
+from ..models.encoder import conditioning
 from ..models.pipes import placement
 from ..text.concepts import Concept, TokenizedPrompt, check_concepts_use_added, tokenize_prompts
-from ..text.encoder import conditioning
 from .generation import generate_images
 from .plan import (
     BASELINE,

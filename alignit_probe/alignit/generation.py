@@ -31,13 +31,13 @@ def generate_images(
     progress: bool = True,
 ) -> list:
     """One image per prompt; the initial noise comes from a CPU generator so every device draws the same. SDXL
-    needs ``pooled_prompt_embeds`` (``text.encoder.conditioning`` returns it with ``prompt_embeds``)."""
+    needs ``pooled_prompt_embeds`` (``models.encoder.conditioning`` returns it with ``prompt_embeds``)."""
     extra, (device, dtype) = {}, placement(pipe.unet)
     if is_xl(pipe):
         if pooled_prompt_embeds is None:
             raise ProbeError(
                 "an SDXL pipeline needs the pooled text embedding to generate",
-                "pass pooled_prompt_embeds= (text.encoder.conditioning returns it)",
+                "pass pooled_prompt_embeds= (models.encoder.conditioning returns it)",
             )
         extra["pooled_prompt_embeds"] = pooled_prompt_embeds.to(device)
         if negative_pooled_prompt_embeds is not None:

@@ -17,10 +17,10 @@ import torch
 from ..capture.inject import inject_kv
 from ..capture.sites import record_kv, select_sites
 from ..errors import ProbeError, ProbeWarning
+from ..models.encoder import conditioning
 from ..models.pipes import placement
 from ..schema import BASELINE
 from ..text.concepts import Concept, TokenizedPrompt, added_tokens, tokenize_pair
-from ..text.encoder import conditioning
 from ..text.prompt_text import quoted, token_pattern
 from .engine import check_layouts
 from .generation import generate_images

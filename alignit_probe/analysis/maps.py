@@ -26,9 +26,9 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from ..capture.maps_dataset import SPATIAL, normalize
 from ..text.byte_level import readable
 
-SPATIAL = ("y", "x")
 SPECIAL_TOKENS = frozenset({"<|startoftext|>", "<|endoftext|>", ""})
 # Added placeholder tokens (textual inversion, Custom Diffusion's <new1>) and their multi-vector pieces <new1>_1.
 PLACEHOLDER = re.compile(r"^<[^<>|\s]+>(_\d+)?$")
@@ -126,16 +126,6 @@ def split_words(tokens: Sequence[str]) -> list[tuple[str, list[int]]]:
                 flush()
     flush()
     return words
-
-
-def normalize(da: xr.DataArray, how: str | None = "max", dims: Sequence[str] = SPATIAL) -> xr.DataArray:
-    """Each map divided by its max (``"max"``) or its sum (``"sum"``) over ``dims``; all-zero maps stay 0."""
-    if how is None:
-        return da
-    if how not in ("max", "sum"):
-        raise ValueError(f"normalize must be 'max', 'sum' or None, not {how!r}")
-    scale = da.max(dims) if how == "max" else da.sum(dims)
-    return (da / scale.where(scale != 0, 1)).assign_attrs(da.attrs, normalization=how)
 
 
 def word_maps(

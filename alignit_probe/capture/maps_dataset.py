@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..analysis.maps import normalize
 from ..errors import ProbeError
+
+SPATIAL = ("y", "x")  # a map's spatial dimensions
 
 __all__ = ["maps_dataset", "UPSAMPLING", "REDUCTION"]
 
@@ -20,6 +21,16 @@ UPSAMPLING = {
     "daam": "bicubic (align_corners=False) of each head's map to the latent grid, clamped at 0, then the head mean",
 }
 REDUCTION = "sum over layers and steps of head-mean softmax(Q K^T * scale) of the conditional rows"
+
+
+def normalize(da: xr.DataArray, how: str | None = "max", dims: Sequence[str] = SPATIAL) -> xr.DataArray:
+    """Each map divided by its max (``"max"``) or its sum (``"sum"``) over ``dims``; all-zero maps stay 0."""
+    if how is None:
+        return da
+    if how not in ("max", "sum"):
+        raise ValueError(f"normalize must be 'max', 'sum' or None, not {how!r}")
+    scale = da.max(dims) if how == "max" else da.sum(dims)
+    return (da / scale.where(scale != 0, 1)).assign_attrs(da.attrs, normalization=how)
 
 
 def _variables(collector) -> dict:

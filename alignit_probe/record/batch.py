@@ -2,7 +2,7 @@
 K/V projection at every attn2 site, no denoising (stage names: ``schema``).
 
 ``token_embedding``, ``encoder_layer`` and ``encoder_output`` (SDXL: per encoder, and ``pooled``) come from
-``text.encoder.encode_groups``; ``key`` / ``value`` at every attn2 site are computed by each site's active attention
+``models.encoder.encode_groups``; ``key`` / ``value`` at every attn2 site are computed by each site's active attention
 processor (``capture.sites.project_kv``) from ``encoder_output``. ``stage_tensors`` leaves them on the device
 (``summary`` reduces them there); ``record_batch`` moves them to the host, one store group per text group.
 """
@@ -19,10 +19,10 @@ from numpy.typing import DTypeLike
 
 from ..alignit.engine import Encoded
 from ..capture.sites import record_kv
+from ..models.encoder import encode_groups, output_group
 from ..models.pipes import placement
 from ..store.batch import Batch, token_coords
 from ..text.concepts import TokenizedPrompt
-from ..text.encoder import encode_groups, output_group
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -100,7 +100,7 @@ def stage_tensors(
     clip_skip: int | None = None,
     kv_sites: list[str] | None = None,
 ) -> dict:
-    """Every stage of one batch on the model's device: the text groups of ``text.encoder.encode_groups`` ({group:
+    """Every stage of one batch on the model's device: the text groups of ``models.encoder.encode_groups`` ({group:
     {stage: tensor}}, each (prompt, [layer,] token, channel) over all token positions; SDXL's ``pooled`` (prompt,
     channel)) and ``kv`` ({attn2 path: (key, value)})."""
     groups = encode_groups(pipe, tokenized, clip_skip)
@@ -111,7 +111,7 @@ def stage_tensors(
 
 def as_encoded(pipe: StableDiffusionPipeline, tokenized: list[TokenizedPrompt], stages: dict) -> Encoded:
     """``stage_tensors`` as AlignIT takes a recorded encoding (``alignit.engine.Encoded``): c and the pooled
-    embedding on the UNet's device and dtype, exactly as ``text.encoder.conditioning`` hands them over."""
+    embedding on the UNet's device and dtype, exactly as ``models.encoder.conditioning`` hands them over."""
     out = output_group({g: v for g, v in stages.items() if g != "kv"})
     device, dtype = placement(pipe.unet)
     pooled = out.get("pooled")

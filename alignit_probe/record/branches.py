@@ -19,12 +19,12 @@ from ..alignit.plan import alignit_plan, tokenize_dummies
 from ..capture.attention import AttentionCollector, AttentionSlices, capture_attention
 from ..capture.sites import attn2_paths
 from ..errors import ProbeWarning
+from ..models.encoder import conditioning
 from ..models.pipes import is_xl
 from ..schema import ALIGNIT, BASELINE
 from ..store.batch import Batch, token_coords
 from ..store.writer import StoreWriter
 from ..text.concepts import Concept, TokenizedPrompt, tokenize_pair
-from ..text.encoder import conditioning
 from .batch import to_host_all
 
 if TYPE_CHECKING:

@@ -23,13 +23,13 @@ import xarray as xr
 from ..alignit.engine import AlignITOptions, alignit_kv, options_dict, validate
 from ..capture.sites import attn2_paths
 from ..errors import ProbeError, ProbeWarning
+from ..models.embeddings import embedding_diagnostics, learned_ids, same_text_encoders
 from ..models.load import CHANGED_NOTHING, ModelPair, ModelSet
 from ..models.pipes import TEXT_2, is_xl, placement, text_encoders
 from ..schema import BASELINE, alignit_branch
 from ..store.shards import shard_name, shard_range
 from ..store.writer import StoreWriter
 from ..text.concepts import Concept, check_concepts_use_added, modifier_ids
-from ..text.embeddings import embedding_diagnostics, learned_ids, same_text_encoders
 from ..text.tables import tokenize_table
 from . import jobs
 from .batch import as_encoded, record_batch, release_host_copies, stage_tensors

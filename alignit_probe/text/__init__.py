@@ -1,3 +1,3 @@
 """Text: prompts as text before any tokenizer (``prompt_text``), concepts in prompts and tokenization with role
-alignment (``concepts``, ``tables``), the text encoder's stages (``encoder``) and learned-embedding diagnostics
-(``embeddings``)."""
+alignment (``concepts``, ``tables``), and tokens read back as text (``byte_level``). Knows no model: the text
+encoders' stages are the models' (``models.encoder``, ``models.embeddings``)."""

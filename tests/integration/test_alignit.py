@@ -12,10 +12,10 @@ from alignit_probe.capture.inject import InjectKV
 from alignit_probe.capture.sdpa import intercept_sdpa, recording
 from alignit_probe.capture.sites import attn2_paths, record_kv
 from alignit_probe.errors import ProbeError
+from alignit_probe.models.encoder import encoder_states
 from alignit_probe.record.run import RecordOptions, record_store
 from alignit_probe.schema import short_layer
 from alignit_probe.text.concepts import Concept
-from alignit_probe.text.encoder import encoder_states
 
 CONCEPTS = [Concept("<new1>", "cat")]
 PROMPTS = ["photo of a <new1> cat on the beach", "a <new1> in a red hat"]

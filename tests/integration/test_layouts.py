@@ -82,8 +82,8 @@ def test_alignit_context_is_the_baseline_under_every_clip_skip(cd_pair, layout_s
     from alignit_probe.alignit.engine import alignit_kv
     from alignit_probe.alignit.plan import BASELINE
     from alignit_probe.capture.sites import record_kv
+    from alignit_probe.models.encoder import conditioning
     from alignit_probe.record.run import check_clip_skip
-    from alignit_probe.text.encoder import conditioning
 
     n = cd_pair.baseline.text_encoder.config.num_hidden_layers
     check_clip_skip([cd_pair.baseline, cd_pair.custom], n)

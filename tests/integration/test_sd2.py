@@ -10,11 +10,12 @@ from alignit_probe import store as st
 from alignit_probe.alignit.engine import AlignITOptions, alignit_kv, generate_alignit
 from alignit_probe.analysis.metrics import compare_rows
 from alignit_probe.capture.sites import record_kv
+from alignit_probe.models.encoder import encoder_states
 from alignit_probe.models.load import load_pair
 from alignit_probe.models.toy import write_toy_custom_diffusion
 from alignit_probe.record.run import RecordOptions, record_store
+from alignit_probe.schema import BASELINE
 from alignit_probe.text.concepts import tokenize_pair
-from alignit_probe.text.encoder import encoder_states
 
 CONCEPTS = [Concept("<new1>", "cat")]
 PROMPTS = ["photo of a <new1> cat on the beach!", "a <new1> cat wearing a red hat"]
@@ -80,7 +81,7 @@ def test_alignit_invariants_and_images(sd2_pair, layout_sensitive):
     akv = alignit_kv(sd2_pair, CONCEPTS, PROMPTS[:1])
     base_kv = record_kv(sd2_pair.baseline.unet, encoder_states(sd2_pair.baseline, akv.baseline))
     plan = akv.plans[0]
-    outside = [i for i, s in enumerate(plan.source) if s == -1]
+    outside = [i for i, s in enumerate(plan.source) if s == BASELINE]
     for path, (k, v) in akv.kv.items():
         pos = torch.tensor([plan.position[i] for i in outside])
         assert torch.equal(k[0, outside], base_kv[path][0][0, pos])

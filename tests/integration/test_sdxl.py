@@ -16,10 +16,10 @@ from alignit_probe.alignit.plan import BASELINE
 from alignit_probe.analysis.metrics import compare_rows
 from alignit_probe.capture.sites import record_kv
 from alignit_probe.errors import ProbeError
+from alignit_probe.models.encoder import conditioning
 from alignit_probe.models.load import load_pair
 from alignit_probe.record.run import RecordOptions, record_store
 from alignit_probe.text.concepts import ids_for, tokenize_pair
-from alignit_probe.text.encoder import conditioning
 from tests.integration.artifact_files import write_finetune
 
 CONCEPTS = [Concept("sks", "cat")]

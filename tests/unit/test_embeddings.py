@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from alignit_probe.text.embeddings import embedding_diagnostics
+from alignit_probe.models.embeddings import embedding_diagnostics
 
 
 def fake_pipe(weight: torch.Tensor):

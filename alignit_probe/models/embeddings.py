@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..models.pipes import text_encoders
+from .pipes import text_encoders
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline

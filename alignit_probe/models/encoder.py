@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..models.pipes import TEXT, is_xl, placement, text_encoders
-from .concepts import TokenizedPrompt, ids_for
+from ..text.concepts import TokenizedPrompt, ids_for
+from .pipes import TEXT, is_xl, placement, text_encoders
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
