@@ -253,18 +253,18 @@ def _custom_model(
     name: str, customs: list[str], parsed: list, base, baseline: str, device, dtype, progress: bool
 ) -> ModelPair:
     kinds = [resolve_spec(c) for c in customs]
-    if kinds[0] == "checkpoint":
-        check_components(component_folders(customs[0]), base)
+    replaced = (component_folders(customs[0]) or {}) if kinds[0] == "checkpoint" else {}  # a checkpoint's parts
+    if replaced:
+        check_components(replaced, base)
     note(progress, f"loading customized model {name}: {' + '.join(customs)}")
     if kinds[0] not in WHOLE and all(getattr(a, "kind", None) in TEXT_ONLY for a in parsed):
         custom = text_copy(base)  # the baseline's UNet and VAE, shared: nothing applied touches them
     elif kinds[0] == "pipeline":
         custom = load_pipeline(customs[0], device, dtype)
     else:  # the baseline's weights, copied in memory (not read again); the VAE shared: nothing applied touches it
-        replaced = component_folders(customs[0]) if kinds[0] == "checkpoint" else {}
         custom = pipeline_copy(base, tuple(p for p in (*TEXT_PARTS, "unet") if p not in replaced))
-    if kinds[0] == "checkpoint":
-        load_components(custom, component_folders(customs[0]))
+    if replaced:
+        load_components(custom, replaced)
     if sites.layout(base.unet) != sites.layout(custom.unet):
         raise ProbeError(
             f"{customs[0]} and baseline {baseline} have different cross-attention layouts (attn2 paths/heads/widths)",
